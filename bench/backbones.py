@@ -1,0 +1,96 @@
+"""Backbone factory and batched inference shared by the image extractors.
+
+torchvision ResNets with a width option and, for 32-64 px input, a small-image stem (3x3 conv,
+stride 1, no max-pool, as in CIFAR ResNets), so CPU profiles stay fast. ``fc`` is replaced by
+``Identity``: the backbone maps images to pooled features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+         "resnet50": (Bottleneck, [3, 4, 6, 3])}
+
+
+class ScaledResNet(ResNet):
+    """torchvision's ResNet with every stage's channels scaled by ``width / 64``."""
+
+    def __init__(self, arch: str = "resnet18", width: int = 64, small_images: bool = True):
+        block, layers = ARCHS[arch]
+        self._width = width
+        self._first_layer = True
+        super().__init__(block, layers)
+        if small_images:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.bn1 = nn.BatchNorm2d(width)
+        self.fc = nn.Identity()
+        self.feature_dim = 8 * width * block.expansion
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # noqa: D401
+        if self._first_layer:
+            self.inplanes = self._width
+            self._first_layer = False
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+
+def build_backbone(arch: str = "resnet18", width: int = 64, small_images: bool = True,
+                   seed: int | None = None) -> ScaledResNet:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown backbone {arch!r}; choose from {', '.join(ARCHS)}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return ScaledResNet(arch, width, small_images)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def images_to_tensor(images: np.ndarray, size: int | None = None,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW at ``size`` (bilinear resize when it differs)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def embed_images(model: nn.Module, image_batches, size: int | None,
+                 device: torch.device | str = "cpu") -> np.ndarray:
+    """Run ``model`` in eval mode over an iterable of uint8 image batches; float32 [n, d]."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        for images in image_batches:
+            x = images_to_tensor(images, size, device)
+            outputs.append(model(x).float().flatten(1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def batched_images(dataset, rows: np.ndarray, batch_size: int):
+    """Yield the dataset's images for ``rows`` in batches (only one batch in memory)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    for start in range(0, len(rows), batch_size):
+        yield dataset.images(rows[start:start + batch_size])

@@ -1,0 +1,115 @@
+"""The dataset contract every dataset plugin returns, and the columns tasks look for.
+
+A dataset is one table of items (one row per image) plus an image source and optional behaviour
+logs. Tasks select rows by the optional ``role`` column (``content``, ``product``, ``query``) and
+by ``split`` (``pretrain``, ``train``, ``test``); a task that needs a column the table lacks is
+skipped with a stated reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("pretrain", "train", "test")
+ROLES = ("content", "product", "query")
+LABEL_COLUMNS = ("style", "scene", "category", "coarse_category", "identity")
+OPTIONAL_COLUMNS = ("split", "role", "title", *LABEL_COLUMNS, "publish_day")
+
+ImageSource = Callable[[np.ndarray], np.ndarray]
+"""Maps row positions (int array) to uint8 images of shape [n, H, W, 3]."""
+
+
+class DatasetError(ValueError):
+    """Bad dataset input; the message names the file, column, id and count."""
+
+
+@dataclass
+class Dataset:
+    """Items (``table``, row order is the canonical order), their images and optional logs.
+
+    ``table`` always has a unique string ``id`` column and a ``split`` column; other columns are
+    optional (see ``OPTIONAL_COLUMNS``). ``logs`` holds behaviour tables for the ``ctr`` task,
+    e.g. ``logs["impressions"]`` with user_id, item_id, day, click, detail, conversion.
+    """
+
+    name: str
+    table: pd.DataFrame
+    image_source: ImageSource
+    image_size: int
+    fingerprint: str
+    logs: dict[str, pd.DataFrame] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.table = self.table.reset_index(drop=True)
+        if "id" not in self.table.columns:
+            raise DatasetError(f"dataset {self.name!r}: the item table has no 'id' column")
+        self.table["id"] = self.table["id"].astype(str)
+        duplicated = self.table["id"][self.table["id"].duplicated()]
+        if len(duplicated):
+            raise DatasetError(
+                f"dataset {self.name!r}: {len(duplicated)} duplicate ids, e.g. {duplicated.iloc[0]!r}"
+            )
+        if "split" not in self.table.columns:
+            self.table["split"] = "test"
+        unknown = sorted(set(self.table["split"]) - set(SPLITS))
+        if unknown:
+            raise DatasetError(f"dataset {self.name!r}: unknown split values {unknown}; use {SPLITS}")
+        self._position = pd.Index(self.table["id"])
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.table["id"].to_numpy(dtype=str)
+
+    def has(self, column: str) -> bool:
+        """True when the column exists and has at least one non-missing value."""
+        return column in self.table.columns and bool(self.table[column].notna().any())
+
+    def rows(self, *, role: str | None = None, split: str | Sequence[str] | None = None,
+             labelled: str | None = None) -> np.ndarray:
+        """Row positions matching a role (ignored when the table has no role column), split(s)
+        and, with ``labelled``, a non-missing value in that column."""
+        mask = np.ones(len(self.table), dtype=bool)
+        if role is not None and "role" in self.table.columns:
+            mask &= (self.table["role"] == role).to_numpy()
+        if split is not None:
+            splits = [split] if isinstance(split, str) else list(split)
+            mask &= self.table["split"].isin(splits).to_numpy()
+        if labelled is not None:
+            mask &= self.table[labelled].notna().to_numpy()
+        return np.flatnonzero(mask)
+
+    def images(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """uint8 images [n, H, W, 3] for the given row positions (all rows when None)."""
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        return self.image_source(rows)
+
+    def titles(self, rows: np.ndarray | None = None) -> list[str]:
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if "title" not in self.table.columns:
+            return [""] * len(rows)
+        return self.table["title"].iloc[rows].fillna("").astype(str).tolist()
+
+    def positions(self, ids: Sequence[str]) -> np.ndarray:
+        """Row positions of ids; raises DatasetError naming unknown ids."""
+        pos = self._position.get_indexer(pd.Index([str(i) for i in ids]))
+        missing = np.flatnonzero(pos < 0)
+        if len(missing):
+            raise DatasetError(
+                f"dataset {self.name!r}: {len(missing)} unknown ids, e.g. {ids[missing[0]]!r}"
+            )
+        return pos
+
+
+def array_image_source(images: np.ndarray) -> ImageSource:
+    """An image source over an in-memory uint8 array [n, H, W, 3]."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DatasetError(f"images must be uint8 [n, H, W, 3], got {images.dtype} {images.shape}")
+    return lambda rows: images[rows]

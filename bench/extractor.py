@@ -1,0 +1,51 @@
+"""What an extractor plugin must provide: a small protocol, no base class to inherit.
+
+An extractor has a ``name``, a ``dim``, the ``modalities`` it reads, an optional ``fit`` for
+extractors that learn (cached by the extractor itself under ``ctx.cache``), and ``embed`` which
+returns float32 vectors [n, dim] for dataset rows. Backbone extractors also expose
+``backbone()`` (a torch module mapping images to pooled features) and ``preprocess(images)``
+so tasks can fine-tune them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from bench.cache import Cache
+from bench.data import Dataset
+
+
+@dataclass
+class FitContext:
+    """Everything ``fit`` may use: budget from the profile, cache, device, seed, where logs go."""
+
+    cache: Cache
+    budget: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    seed: int = 0
+    log_dir: Path | None = None
+    progress: bool = True
+
+
+@runtime_checkable
+class Extractor(Protocol):
+    name: str
+    dim: int
+    modalities: tuple[str, ...]
+
+    def fit(self, dataset: Dataset, ctx: FitContext) -> None: ...
+
+    def embed(self, dataset: Dataset, rows: np.ndarray) -> np.ndarray: ...
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings that, with the dataset fingerprint, key the embeddings cache."""
+        ...
+
+
+@runtime_checkable
+class BackboneExtractor(Extractor, Protocol):
+    def backbone(self) -> Any: ...

@@ -1,0 +1,51 @@
+"""``random``: a randomly initialised backbone, the other floor (architecture prior, no learning)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bench.backbones import batched_images, build_backbone, embed_images, pick_device
+from bench.extractor import FitContext
+from bench.registry import extractor
+
+
+class RandomBackboneExtractor:
+    modalities = ("image",)
+
+    def __init__(self, arch: str = "resnet18", width: int = 32, image_size: int = 32,
+                 seed: int = 0, batch_size: int = 256):
+        self.name = "random"
+        self.arch, self.width, self.image_size, self.seed = arch, width, image_size, seed
+        self.batch_size = batch_size
+        self.model = build_backbone(arch, width, small_images=image_size <= 64, seed=seed)
+        self.dim = self.model.feature_dim
+        self.device = pick_device()
+        self.model.to(self.device)
+
+    def config(self) -> dict[str, Any]:
+        return {"arch": self.arch, "width": self.width, "image_size": self.image_size,
+                "seed": self.seed}
+
+    def fit(self, dataset, ctx: FitContext) -> None:
+        """Random weights are the point: nothing to learn."""
+
+    def backbone(self):
+        return self.model
+
+    def embed(self, dataset, rows: np.ndarray) -> np.ndarray:
+        batches = batched_images(dataset, rows, self.batch_size)
+        return embed_images(self.model, batches, self.image_size, self.device)
+
+
+@extractor("random")
+def make_random(options: dict[str, str], profile) -> RandomBackboneExtractor:
+    budget = profile.budget("random")
+    return RandomBackboneExtractor(
+        arch=options.get("arch", budget.get("arch", "resnet18")),
+        width=int(options.get("width", budget.get("width", 32))),
+        image_size=int(options.get("image_size", budget.get("image_size", 32))),
+        seed=int(options.get("seed", 0)),
+        batch_size=profile.embed_batch_size,
+    )
