@@ -103,7 +103,7 @@ class Dataset:
         missing = np.flatnonzero(pos < 0)
         if len(missing):
             raise DatasetError(
-                f"dataset {self.name!r}: {len(missing)} unknown ids, e.g. {ids[missing[0]]!r}"
+                f"dataset {self.name!r}: {len(missing)} unknown ids, e.g. {str(ids[missing[0]])!r}"
             )
         return pos
 

@@ -71,13 +71,13 @@ def validate(ids: np.ndarray, vectors: np.ndarray, source: str = "embeddings") -
     bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
     if len(bad_rows):
         raise EmbeddingError(
-            f"{source}: {len(bad_rows)} vectors contain NaN or Inf, e.g. id {ids[bad_rows[0]]!r}"
+            f"{source}: {len(bad_rows)} vectors contain NaN or Inf, e.g. id {str(ids[bad_rows[0]])!r}"
         )
     unique, counts = np.unique(ids, return_counts=True)
     duplicated = unique[counts > 1]
     if len(duplicated):
         raise EmbeddingError(
-            f"{source}: {len(duplicated)} duplicate ids, e.g. {duplicated[0]!r}"
+            f"{source}: {len(duplicated)} duplicate ids, e.g. {str(duplicated[0])!r}"
         )
 
 
@@ -89,9 +89,9 @@ def align(embeddings: Embeddings, dataset_ids: np.ndarray, source: str = "embedd
     extra = np.setdiff1d(embeddings.ids, dataset_ids)
     problems = []
     if missing:
-        problems.append(f"{len(missing)} dataset ids have no vector (e.g. {missing[0]!r})")
+        problems.append(f"{len(missing)} dataset ids have no vector (e.g. {str(missing[0])!r})")
     if len(extra):
-        problems.append(f"{len(extra)} ids are not in the dataset (e.g. {extra[0]!r})")
+        problems.append(f"{len(extra)} ids are not in the dataset (e.g. {str(extra[0])!r})")
     if problems:
         raise EmbeddingError(f"{source}: " + "; ".join(problems))
     order = np.fromiter((position[item] for item in dataset_ids), dtype=np.int64)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench import registry
-from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json
+from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json, write_text
 from bench.config import Profile
 from bench.data import Dataset
 from bench.embeddings import Embeddings
@@ -216,17 +216,22 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
         evaluate_tasks(run, spec, dataset, extractor, embeddings, cache)
         run.save()
     run.save()
-    if spec.report:
-        write_outputs(run)
+    write_outputs(run, full=spec.report)
     return run
 
 
-def write_outputs(run: Run) -> None:
-    """Summary tables and the report; failures here never lose results.csv."""
+def write_outputs(run: Run, full: bool = True) -> None:
+    """``summary.md`` always; plots and HTML when ``full``. Failures never lose results.csv."""
     try:
-        from bench.report import build_report
+        if full:
+            from bench.report import build_report
 
-        build_report(run.dir)
+            build_report(run.dir)
+        else:
+            from bench.report.tables import summary_markdown
+
+            results = pd.read_csv(run.dir / "results.csv")
+            write_text(run.dir / "summary.md", summary_markdown(results, f"Run {run.run_id}"))
     except Exception as error:  # noqa: BLE001
         run.error("report", error)
         run.save()

@@ -1,0 +1,52 @@
+"""Shared fixtures: an isolated cache per test session and a tiny in-memory dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bench  # noqa: F401  (patches torchvision before anything imports it)
+from bench import registry
+from bench.cache import Cache
+from bench.data import Dataset, array_image_source
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch_session=None):
+    import os
+
+    root = tmp_path_factory.mktemp("bench-cache")
+    old = os.environ.get("BENCH_CACHE_DIR")
+    os.environ["BENCH_CACHE_DIR"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("BENCH_CACHE_DIR", None)
+    else:
+        os.environ["BENCH_CACHE_DIR"] = old
+
+
+@pytest.fixture()
+def cache(tmp_path) -> Cache:
+    return Cache(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    registry.load_plugins()
+    return registry
+
+
+def tiny_dataset(n: int = 60, size: int = 16, seed: int = 0) -> Dataset:
+    """Two colour classes, split train/test, with identities and titles."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, size=(n, size, size, 3), dtype=np.uint8)
+    images[labels == 1, ..., 0] += 150
+    table = pd.DataFrame({
+        "id": [f"t{i:03d}" for i in range(n)],
+        "split": np.where(np.arange(n) % 3 == 0, "test", "train"),
+        "category": np.where(labels == 1, "red", "dark"),
+        "title": np.where(labels == 1, "a red sofa", "a dark chair"),
+    })
+    return Dataset("tiny", table, array_image_source(images), size, f"tiny-{n}-{size}-{seed}")

@@ -1,0 +1,54 @@
+"""The command line end to end: ``bench run`` on the quick profile writes every output file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from bench.cli import main
+from bench.runner import RESULT_COLUMNS
+
+
+def test_run_on_digits_writes_results_summary_and_run_json(tmp_path, capsys):
+    status = main(["run", "--profile", "quick", "--dataset", "digits", "--extractors",
+                   "pixels,nope", "--tasks", "knn,retrieval", "--out", str(tmp_path),
+                   "--run-id", "r1", "--no-report"])
+    assert status == 0
+    run_dir = tmp_path / "r1"
+    results = pd.read_csv(run_dir / "results.csv")
+    assert list(results.columns) == RESULT_COLUMNS
+    assert set(results["variant"]) == {"raw", "w"}
+    consistency = results.query("metric == 'category_consistency' and variant == 'raw'")["value"]
+    chance = results.query("metric == 'category_chance'")["value"].iloc[0]
+    assert consistency.iloc[0] > 3 * chance  # pixels cluster digits far above chance
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["skipped"][0]["task"] == "retrieval" and "identity" in info["skipped"][0]["reason"]
+    assert info["errors"][0]["where"] == "extractor nope"  # bad extractor reported, run went on
+    assert info["environment"]["packages"]["torch"].startswith("2.13")
+    assert "| pixels |" in (run_dir / "summary.md").read_text()
+
+
+def test_quick_profile_end_to_end_with_python_m(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run([sys.executable, "-m", "bench", "run", "--profile", "quick",
+                           "--out", str(tmp_path), "--run-id", "quick"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "quick"
+    for name in ("results.csv", "summary.md", "run.json"):
+        assert (run_dir / name).is_file(), name
+    results = pd.read_csv(run_dir / "results.csv")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert not info["errors"], info["errors"]
+    assert {"knn", "retrieval"} <= set(results["task"])
+    assert "## knn" in (run_dir / "summary.md").read_text()
+
+
+def test_list_shows_plugins(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "pixels" in out and "digits" in out and "knn" in out
