@@ -1,0 +1,218 @@
+"""Train DICM on the days before the last and score it on the last day (AUC, GAUC, logloss).
+
+The loop is plain PyTorch over precomputed index tensors: one shuffled permutation per epoch,
+slices of it as batches, a few gathers per batch. ``score`` is the one call a user needs:
+embeddings + dataset (or an impressions log) + feature set + aggregator + seed -> metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.metrics import auc, gauc, logloss
+from bench.tasks.ctr import data as ctr_data
+from bench.tasks.ctr.model import DICM, HEADS, ImageTower, loss, probabilities
+
+LABEL_OF_HEAD = {"ctr": 0, "detail": 1, "ctcvr": 2}  # column of CtrData.labels
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Model and training settings (the task's per-profile ``defaults`` fill these)."""
+
+    feature_set: str = "dicm"
+    aggregator: str = "mqap"
+    id_dim: int = 12
+    image_dim: int = 12
+    image_hidden: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = (200, 80)
+    epochs: int = 2
+    batch_size: int = 1024
+    lr: float = 4e-3
+    weight_decay: float = 0.0
+    threads: int = 1  # intra-op threads while training: ops here are too small to split
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], **overrides: Any) -> TrainConfig:
+        known = {k: v for k, v in {**options, **overrides}.items()
+                 if k in cls.__dataclass_fields__ and k != "extra"}
+        for name in ("image_hidden", "hidden"):
+            if name in known:
+                known[name] = tuple(int(v) for v in known[name])
+        return cls(**known)
+
+
+def image_vectors(vectors: np.ndarray) -> torch.Tensor:
+    """Centred and divided by one global scale, so every extractor's vectors enter the
+    projection at unit average variance while their geometry (and whitening) is untouched."""
+    x = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+    x = x - x.mean(0, keepdim=True)
+    return x / x.pow(2).mean().sqrt().clamp(min=1e-12)
+
+
+def build_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: TrainConfig,
+                seed: int) -> DICM:
+    torch.manual_seed(seed)
+    tower = None
+    if config.feature_set != "none":
+        if vectors is None:
+            raise ValueError(f"feature set {config.feature_set!r} needs image vectors")
+        tower = ImageTower(image_vectors(vectors), config.image_dim, config.image_hidden)
+    return DICM(n_users=data.n_users, item_vocab=data.item_vocab, item_fields=data.item_fields,
+                field_sizes=data.field_sizes, history_length=data.history_length,
+                image_tower=tower, feature_set=config.feature_set,
+                aggregator=config.aggregator, id_dim=config.id_dim,
+                hidden=config.hidden).to(config.device)
+
+
+def fit(model: DICM, data: ctr_data.CtrData, rows: np.ndarray, config: TrainConfig,
+        seed: int) -> dict[str, float]:
+    """Train with Adam on ``rows``; returns seconds, samples/s and the last epoch's mean loss."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    rows_t = torch.as_tensor(rows, dtype=torch.long)
+    model.train()
+    start, seen, epoch_loss = time.perf_counter(), 0, float("nan")
+    with torch_threads(config.threads):
+        for _ in range(config.epochs):
+            epoch_loss = _epoch(model, optimizer, data, rows_t, config, generator)
+            seen += len(rows_t)
+    seconds = time.perf_counter() - start
+    return {"train_s": seconds, "samples_per_s": seen / max(seconds, 1e-9),
+            "train_loss": epoch_loss}
+
+
+def _epoch(model: DICM, optimizer: torch.optim.Optimizer, data: ctr_data.CtrData,
+           rows: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> float:
+    """One shuffled pass over ``rows``; returns the mean loss."""
+    order = rows[torch.randperm(len(rows), generator=generator)].to(config.device)
+    total = torch.zeros((), device=config.device)
+    for batch_rows in order.split(config.batch_size):
+        value = loss(model(data.batch(batch_rows)), data.labels[batch_rows])
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        total += value.detach() * len(batch_rows)
+    return float(total) / max(len(rows), 1)
+
+
+@torch.inference_mode()
+def predict(model: DICM, data: ctr_data.CtrData, rows: np.ndarray,
+            batch_size: int = 8192, threads: int = 1) -> dict[str, np.ndarray]:
+    """Probabilities per head (ctr, detail, ctcvr) for impression ``rows``."""
+    with torch_threads(threads):
+        return _predict(model, data, rows, batch_size)
+
+
+def _predict(model: DICM, data: ctr_data.CtrData, rows: np.ndarray,
+             batch_size: int) -> dict[str, np.ndarray]:
+    model.eval()
+    device = data.labels.device
+    parts: dict[str, list[np.ndarray]] = {head: [] for head in HEADS}
+    for batch_rows in torch.as_tensor(rows, dtype=torch.long).split(batch_size):
+        probs = probabilities(model(data.batch(batch_rows.to(device))))
+        for head in HEADS:
+            parts[head].append(probs[head].double().cpu().numpy())
+    return {head: np.concatenate(chunks) if chunks else np.zeros(0)
+            for head, chunks in parts.items()}
+
+
+def metrics(labels: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray,
+            prefix: str = "") -> dict[str, float]:
+    """``{head}_auc``, ``{head}_gauc`` (by user) and ``{head}_logloss`` for each head. A metric
+    that is undefined on these rows (one class only) is left out and logged."""
+    out: dict[str, float] = {}
+    for head in HEADS:
+        y, p = labels[:, LABEL_OF_HEAD[head]], predictions[head]
+        if len(y) == 0:
+            continue
+        out[f"{prefix}{head}_logloss"] = logloss(y, p)
+        for name in ("auc", "gauc"):
+            try:
+                value = auc(y, p) if name == "auc" else gauc(y, p, groups)
+            except ValueError as error:
+                log.info("ctr: %s%s_%s undefined (%s)", prefix, head, name, error)
+                continue
+            out[f"{prefix}{head}_{name}"] = value
+    return out
+
+
+def evaluate(model: DICM, data: ctr_data.CtrData, rows: np.ndarray | None = None
+             ) -> dict[str, float]:
+    """Metrics on ``rows`` (default: the evaluation day) and on their cold-start subset."""
+    rows = data.test if rows is None else np.asarray(rows)
+    predictions = predict(model, data, rows)
+    labels = data.labels.cpu().numpy()[rows].astype(np.float64)
+    groups = data.groups[rows]
+    out = metrics(labels, predictions, groups)
+    cold = data.cold[rows]
+    if cold.any():
+        out |= metrics(labels[cold], {h: p[cold] for h, p in predictions.items()},
+                       groups[cold], prefix="cold_")
+    return out
+
+
+def prepare(log_frame: pd.DataFrame, table: pd.DataFrame, known_ids: Sequence[str],
+            history_length: int = 20,
+            item_fields: Sequence[str] = ctr_data.DEFAULT_ITEM_FIELDS) -> ctr_data.CtrData:
+    """Validate an impressions log against the embedding ids and build its index tensors."""
+    clean = ctr_data.validate_log(log_frame, known_ids)
+    return ctr_data.build(clean, table, history_length, item_fields)
+
+
+def train_and_evaluate(data: ctr_data.CtrData, vectors: np.ndarray | None, config: TrainConfig,
+                       seed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics, training stats) of one model; ``vectors`` are the image vectors of
+    ``data.item_rows`` (None for the ID-only ``none`` feature set)."""
+    data.to(config.device)
+    model = build_model(data, vectors, config, seed)
+    stats = fit(model, data, data.train, config, seed)
+    return evaluate(model, data), stats
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads (0 = leave torch's setting), then restore it.
+
+    Why: a batch's ops are small (1024 x a few hundred floats), so splitting them costs more
+    than it saves, and on a shared or loaded CPU extra threads spin and slow training 5-10x."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def score(vectors: np.ndarray | None, ids: Sequence[str], log_frame: pd.DataFrame,
+          table: pd.DataFrame | None = None, *, seed: int = 0, feature_set: str = "dicm",
+          aggregator: str = "mqap", history_length: int = 20, **options: Any
+          ) -> dict[str, float]:
+    """Score embeddings on an impressions log without the runner.
+
+    ``vectors`` [n, D] with their ``ids`` (the log's item ids must be among them); ``table`` may
+    add item columns (``category``, ``coarse_category``, ``publish_day``) keyed by ``id``.
+    """
+    ids = np.asarray(ids).astype(str)
+    table = pd.DataFrame({"id": ids}) if table is None else table
+    known = np.intersect1d(ids, table["id"].astype(str).to_numpy())
+    data = prepare(log_frame, table, known, history_length,
+                   options.pop("item_fields", ctr_data.DEFAULT_ITEM_FIELDS))
+    position = pd.Index(ids).get_indexer(table["id"].astype(str).to_numpy()[data.item_rows])
+    item_vectors = None if vectors is None else np.asarray(vectors)[position]
+    config = TrainConfig.from_options(options, feature_set=feature_set, aggregator=aggregator)
+    return train_and_evaluate(data, item_vectors, config, seed)[0]

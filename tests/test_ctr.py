@@ -1,0 +1,353 @@
+"""The ``ctr`` task: log validation, histories, attention masking, MQAP queries, metrics against
+scikit-learn, overfitting a tiny log, and the task's rows (baseline once, ablation labels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from bench import metrics as bm
+from bench.tasks import TaskContext, get_task
+from bench.tasks.ctr import BASELINE, CtrTask, ablation
+from bench.tasks.ctr import data as ctr_data
+from bench.tasks.ctr.model import AGGREGATORS, Aggregator, AttentivePooling, probabilities
+from bench.tasks.ctr.synthetic import make_log
+from bench.tasks.ctr.train import (
+    TrainConfig,
+    build_model,
+    evaluate,
+    fit,
+    predict,
+    prepare,
+    score,
+    train_and_evaluate,
+)
+
+SMALL = dict(n_users=80, n_items=120, n_days=3, per_day=10)
+
+
+@pytest.fixture(scope="module")
+def small():
+    dataset, embeddings = make_log(**SMALL, seed=1)
+    data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, history_length=6)
+    return dataset, embeddings, data
+
+
+# ------------------------------------------------------------------ log validation
+
+
+def test_log_with_missing_column_is_refused_naming_it(small):
+    dataset, _, _ = small
+    log = dataset.logs["impressions"].drop(columns=["detail"])
+    with pytest.raises(ctr_data.CtrDataError, match=r"missing column\(s\) \['detail'\]"):
+        ctr_data.validate_log(log, dataset.ids)
+
+
+def test_log_with_unknown_item_ids_is_refused_with_count_and_example(small):
+    dataset, _, _ = small
+    log = dataset.logs["impressions"].copy()
+    log.loc[[3, 7, 9], "item_id"] = ["nope-1", "nope-2", "nope-1"]
+    with pytest.raises(ctr_data.CtrDataError, match=r"2 item ids \(3 rows\).*'nope-1'"):
+        ctr_data.validate_log(log, dataset.ids)
+
+
+@pytest.mark.parametrize("column,value,pattern", [
+    ("click", 2, r"'click' must be 0/1"),
+    ("day", 1.5, r"'day' must hold integers"),
+    ("conversion", None, r"'conversion' has 1 missing"),
+])
+def test_log_with_bad_values_is_refused(small, column, value, pattern):
+    dataset, _, _ = small
+    log = dataset.logs["impressions"].copy()
+    log[column] = log[column].astype(object)
+    log.loc[5, column] = value
+    with pytest.raises(ctr_data.CtrDataError, match=pattern):
+        ctr_data.validate_log(log, dataset.ids)
+
+
+def test_single_day_log_is_refused(small):
+    dataset, _, _ = small
+    log = dataset.logs["impressions"]
+    with pytest.raises(ctr_data.CtrDataError, match="two days"):
+        ctr_data.validate_log(log[log["day"] == 0], dataset.ids)
+
+
+def test_task_refuses_a_bad_log_through_evaluate(small):
+    dataset, embeddings, _ = small
+    broken = type(dataset)(dataset.name + "-broken", dataset.table, dataset.image_source,
+                           dataset.image_size, dataset.fingerprint + "-broken",
+                           logs={"impressions": dataset.logs["impressions"].drop(columns="click")})
+    with pytest.raises(ctr_data.CtrDataError, match="click"):
+        CtrTask().evaluate(embeddings, broken, TaskContext(options={"epochs": 1}))
+
+
+def test_skip_reason_without_impressions(small):
+    dataset, _, _ = small
+    empty = type(dataset)("no-log", dataset.table, dataset.image_source, dataset.image_size, "x")
+    assert "impressions" in get_task("ctr").skip_reason(empty)
+    assert get_task("ctr").skip_reason(dataset) is None
+
+
+# ------------------------------------------------------------------ features
+
+
+def test_histories_are_the_last_clicks_before_the_day(small):
+    dataset, _, data = small
+    log = dataset.logs["impressions"]
+    item_index = {row: i for i, row in enumerate(data.item_rows)}
+    rows_of = dataset.positions(log["item_id"].tolist())
+    checked = 0
+    for n in range(0, len(log), 7):
+        user, day = log["user_id"].iloc[n], log["day"].iloc[n]
+        earlier = log[(log["user_id"] == user) & (log["day"] < day) & (log["click"] == 1)]
+        expected = [item_index[rows_of[i]] for i in earlier.index][-data.history_length:]
+        history = data.history[data.history_key[n]].numpy()
+        assert history[history >= 0].tolist() == expected
+        assert (history[: data.history_length - len(expected)] == -1).all()  # padding first
+        checked += len(expected) > 0
+    assert checked > 10
+
+
+def test_cold_items_come_from_publish_day_and_unseen_ids_map_to_zero(small):
+    dataset, _, data = small
+    publish = dataset.table["publish_day"].to_numpy()[data.item_rows]
+    item = data.item.numpy()
+    assert np.array_equal(data.cold, publish[item] == data.eval_day)
+    assert data.cold[data.test].any() and not data.cold[data.train].any()
+    cold_items = np.unique(item[data.cold])
+    assert (data.item_vocab[cold_items] == 0).all()  # never trained: out of vocabulary
+    assert (data.item_vocab[np.unique(item[data.train])] > 0).all()
+
+
+# ------------------------------------------------------------------ model pieces
+
+
+@pytest.mark.parametrize("kind", AGGREGATORS)
+def test_aggregators_ignore_padded_history(kind):
+    torch.manual_seed(0)
+    agg = Aggregator(kind, dim=6, length=5, id_dim=4)
+    history = torch.randn(3, 5, 6)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    ad_image, ad_id = torch.randn(3, 6), torch.randn(3, 4)
+    out = agg(history, mask, ad_image, ad_id)
+    noisy = torch.where(mask.unsqueeze(-1), history, 100 * torch.randn(3, 5, 6))
+    assert torch.allclose(out, agg(noisy, mask, ad_image, ad_id), atol=1e-6)
+    assert torch.count_nonzero(out[2]) == 0  # an empty history pools to zeros
+    assert torch.count_nonzero(out[0]) > 0
+
+
+def test_attention_weights_are_zero_on_padding_and_sum_to_one():
+    torch.manual_seed(0)
+    att = AttentivePooling(6, 6)
+    mask = torch.tensor([[0, 1, 1, 0, 1]], dtype=torch.bool)
+    weights = att.weights(torch.randn(1, 6), torch.randn(1, 5, 6), mask)
+    assert torch.all(weights[~mask] == 0)
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_decomposed_attention_equals_the_concatenated_din_unit():
+    torch.manual_seed(0)
+    att = AttentivePooling(4, 6, hidden=8)
+    query, keys = torch.randn(5, 4), torch.randn(5, 7, 6)
+    mask = torch.rand(5, 7) > 0.3
+    q = att.query(query).unsqueeze(1).expand_as(keys)
+    hidden = torch.sigmoid(att.first(torch.cat([q, keys, q - keys, q * keys], dim=-1)))
+    scores = att.second(hidden).squeeze(-1).masked_fill(~mask, -1e9)
+    expected = torch.softmax(scores, dim=1) * mask
+    assert torch.allclose(att.weights(query, keys, mask), expected, atol=1e-6)
+
+
+def test_mqap_channels_have_their_own_weights_and_queries():
+    torch.manual_seed(0)
+    agg = Aggregator("mqap", dim=6, length=5, id_dim=4)
+    assert agg.image_channel is not agg.id_channel
+    assert not torch.equal(agg.image_channel.first.weight, agg.id_channel.first.weight)
+    history, mask = torch.randn(4, 5, 6), torch.ones(4, 5, dtype=torch.bool)
+    ad_image, ad_id = torch.randn(4, 6), torch.randn(4, 4)
+    base = agg(history, mask, ad_image, ad_id)
+    new_id = agg(history, mask, ad_image, torch.randn(4, 4))
+    new_image = agg(history, mask, torch.randn(4, 6), ad_id)
+    assert torch.allclose(base[:, :6], new_id[:, :6]) and not torch.allclose(base[:, 6:],
+                                                                              new_id[:, 6:])
+    assert torch.allclose(base[:, 6:], new_image[:, 6:]) and not torch.allclose(base[:, :6],
+                                                                                new_image[:, :6])
+
+
+def test_esmm_ctcvr_is_the_product_and_never_exceeds_ctr():
+    logits = {"ctr": torch.randn(50), "detail": torch.randn(50), "cvr": torch.randn(50)}
+    p = probabilities(logits)
+    assert torch.allclose(p["ctcvr"], torch.sigmoid(logits["ctr"]) * torch.sigmoid(logits["cvr"]))
+    assert torch.all(p["ctcvr"] <= p["ctr"])
+
+
+def test_image_tower_is_separable_and_frozen(small):
+    _, embeddings, data = small
+    model = build_model(data, embeddings.take(data.item_rows), TrainConfig(), seed=0)
+    assert model.image_tower.table.requires_grad is False
+    assert "table" not in dict(model.named_parameters())
+    batch = data.batch(torch.arange(32))
+    ad, history = model.images(batch)
+    assert ad.shape == (32, 12) and history.shape == (32, data.history_length, 12)
+    assert torch.allclose(ad, model.image_tower(batch["item"]), atol=1e-6)
+    dense = model.dense(batch, ad, history)  # what an AMS worker calls with remote features
+    assert torch.allclose(dense["ctr"], model(batch)["ctr"])
+
+
+# ------------------------------------------------------------------ training and metrics
+
+
+def test_task_metrics_equal_bench_metrics_and_sklearn(small):
+    _, embeddings, data = small
+    config = TrainConfig(epochs=1)
+    model = build_model(data, embeddings.take(data.item_rows), config, seed=0)
+    fit(model, data, data.train, config, seed=0)
+    got = evaluate(model, data)
+    predictions = predict(model, data, data.test)
+    labels = data.labels[data.test].numpy()
+    groups = data.groups[data.test]
+    for head, column in (("ctr", 0), ("detail", 1), ("ctcvr", 2)):
+        y, p = labels[:, column], predictions[head]
+        assert got[f"{head}_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-10)
+        assert got[f"{head}_auc"] == pytest.approx(bm.auc(y, p), abs=1e-12)
+        assert got[f"{head}_logloss"] == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)),
+                                                       abs=1e-9)
+        per_user, weights = [], []
+        for g in np.unique(groups):
+            at = groups == g
+            if 0 < y[at].sum() < at.sum():
+                per_user.append(roc_auc_score(y[at], p[at]))
+                weights.append(at.sum())
+        assert got[f"{head}_gauc"] == pytest.approx(np.average(per_user, weights=weights),
+                                                    abs=1e-10)
+        assert got[f"{head}_gauc"] == pytest.approx(bm.gauc(y, p, groups), abs=1e-12)
+    cold = data.cold[data.test]
+    assert got["cold_ctr_auc"] == pytest.approx(
+        roc_auc_score(labels[cold, 0], predictions["ctr"][cold]), abs=1e-10)
+
+
+def test_model_overfits_a_tiny_log():
+    dataset, embeddings = make_log(n_users=12, n_items=30, n_days=2, per_day=12, seed=3)
+    data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, history_length=4)
+    config = TrainConfig(epochs=150, batch_size=64, lr=1e-2)
+    model = build_model(data, embeddings.take(data.item_rows), config, seed=0)
+    stats = fit(model, data, data.train, config, seed=0)
+    train = evaluate(model, data, data.train)
+    assert train["ctr_auc"] > 0.97, (train, stats)
+    assert train["detail_auc"] > 0.95
+
+
+def test_images_beat_ids_on_a_visual_preference_log():
+    dataset, embeddings = make_log(n_users=200, n_items=300, n_days=4, per_day=15, taste=3.0,
+                                   noise=0.2, seed=2)
+    kw = dict(table=dataset.table, epochs=3, history_length=10)
+    none = score(None, dataset.ids, dataset.logs["impressions"], feature_set="none", **kw)
+    dicm = score(embeddings.vectors, dataset.ids, dataset.logs["impressions"], **kw)
+    assert dicm["ctr_auc"] > none["ctr_auc"] + 0.03, (dicm, none)
+    assert dicm["cold_ctr_auc"] > none["cold_ctr_auc"] + 0.03
+
+
+def test_training_is_deterministic_per_seed(small):
+    _, embeddings, data = small
+    vectors = embeddings.take(data.item_rows)
+    config = TrainConfig(epochs=1, aggregator="attentive")
+    a = train_and_evaluate(data, vectors, config, seed=4)[0]
+    b = train_and_evaluate(data, vectors, config, seed=4)[0]
+    c = train_and_evaluate(data, vectors, config, seed=5)[0]
+    assert a == b and a != c
+
+
+# ------------------------------------------------------------------ the task's rows
+
+
+def test_task_rows_baseline_once_per_run_and_ablation_labels(small, tmp_path, cache):
+    dataset, embeddings, _ = small
+    task = get_task("ctr")
+    options = {**CtrTask.defaults["quick"], "history_length": 6, "feature_sets": ["ad"],
+               "aggregators": ["sum"], "ablation_extractor": "auto"}
+
+    def run(name, variant="raw", seed=0):
+        extractor = type("E", (), {"name": name})()
+        ctx = TaskContext(seed=seed, variant=variant, options=options, extractor=extractor,
+                          cache=cache, artifacts_dir=tmp_path / "artifacts")
+        return task.evaluate(embeddings, dataset, ctx)
+
+    first = run("alpha")
+    labels = {r.get("extractor") for r in first}
+    assert labels == {None, BASELINE, "alpha [ad]", "alpha [dicm, sum]"}
+    metrics = {r["metric"] for r in first if "extractor" not in r}
+    assert {"ctr_auc", "ctr_gauc", "ctcvr_auc", "detail_auc", "ctr_logloss",
+            "cold_ctr_auc"} <= metrics
+    second = run("beta")  # a later extractor: neither the baseline again nor the ablation
+    assert {r.get("extractor") for r in second} == {None}
+    assert {r.get("extractor") for r in run("beta", seed=1)} == {None, BASELINE}
+    again = run("alpha")  # same run folder, cached metrics, no duplicate baseline
+    main = {r["metric"]: r["value"] for r in first if "extractor" not in r}
+    assert {r["metric"]: r["value"] for r in again if "extractor" not in r} == main
+    assert BASELINE not in {r.get("extractor") for r in again}
+
+
+def test_ablation_function_covers_feature_sets_and_aggregators(small, cache):
+    dataset, embeddings, _ = small
+    out = pd.DataFrame(ablation(embeddings, dataset, seeds=1, feature_sets=("none", "behavior"),
+                                aggregators=("max", "mqap"), cache=cache, epochs=1,
+                                history_length=6))
+    combos = set(zip(out["feature_set"], out["aggregator"].fillna("-")))
+    assert combos == {("none", "-"), ("behavior", "mqap"), ("dicm", "max"), ("dicm", "mqap")}
+    assert out["value"].notna().all()
+
+
+# ------------------------------------------------------------------ runner and perf
+
+
+def test_runner_writes_ctr_rows_with_one_baseline_per_seed(tmp_path, cache, plugins):
+    from bench.config import get_profile
+    from bench.runner import RunSpec, run_benchmark
+
+    dataset, _ = make_log(**SMALL, seed=4)
+    plugins.DATASETS["ctr-synthetic-test"] = lambda cache, **_: dataset
+    profile = get_profile("quick")
+    spec = RunSpec(profile=profile, dataset="ctr-synthetic-test", extractors=("pixels", "random"),
+                   tasks=("ctr",), seeds=2, out_root=tmp_path, run_id="ctr", report=False)
+    run = run_benchmark(spec, cache)
+    assert not run.errors, run.errors
+    results = pd.read_csv(tmp_path / "ctr" / "results.csv")
+    assert set(results["task"]) == {"ctr"}
+    auc_rows = results[results["metric"] == "ctr_auc"]
+    assert sorted(auc_rows["extractor"].unique()) == sorted(["pixels", "random", BASELINE])
+    baseline = auc_rows[auc_rows["extractor"] == BASELINE]
+    assert sorted(baseline["seed"]) == [0, 1]  # once per seed, not once per extractor
+
+
+def test_perf_ctr_runs_on_the_synthetic_log(capsys):
+    import argparse
+
+    from bench.perf import ctr as perf_ctr
+
+    parser = argparse.ArgumentParser()
+    perf_ctr.add_arguments(parser)
+    args = parser.parse_args(["--small", "--dataset", "synthetic", "--epochs", "1"])
+    assert perf_ctr.run(args) == 0
+    out = capsys.readouterr().out
+    for label in ("DICM dicm/mqap", "DICM none", "DIN loop"):
+        assert label in out
+    speeds = [float(line.split()[-4]) for line in out.splitlines()
+              if line.startswith(("DICM", "DIN loop"))]
+    assert len(speeds) >= 3 and min(speeds) > 0
+
+
+def test_din_reference_features_are_left_aligned_histories(small):
+    from bench.perf.ctr import DinReference, reference_features
+
+    _, _, data = small
+    x, y, n_items = reference_features(data)
+    n_fields = len(data.field_sizes)
+    length, history = x[:, 2].astype(int), x[:, 3 + n_fields:].astype(int)
+    assert np.array_equal(length, (data.history[data.history_key] >= 0).sum(1).numpy())
+    filled = np.arange(history.shape[1])[None, :] < length[:, None]
+    assert np.all((history > 0) == filled)  # valid ids first, zeros after
+    model = DinReference(data.n_users, n_items, list(data.field_sizes))
+    assert model(torch.from_numpy(x[:16])).shape == (16,)
+    assert set(np.unique(y)) <= {0.0, 1.0}
