@@ -41,12 +41,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], help="extra plugin file")
     parser.add_argument("--cache", help="cache folder (default: $BENCH_CACHE_DIR or ./.cache/bench)")
     parser.add_argument("--no-report", action="store_true", help="skip plots and HTML")
+    parser.add_argument("--ctr-backend", choices=("local", "ams"),
+                        help="train the ctr task in this process (local) or on the AMS "
+                             "parameter-server path (ams, docs/ams.md)")
 
 
 def command_run(args: argparse.Namespace) -> int:
     from bench.runner import RunSpec, run_benchmark
 
     profile = get_profile(args.profile)
+    if getattr(args, "ctr_backend", None):
+        profile.task_options.setdefault("ctr", {})["backend"] = args.ctr_backend
     dataset_name, dataset_args = registry.parse_spec(args.dataset)
     options = profile.dataset_options(dataset_name)
     if "arg" in dataset_args:
