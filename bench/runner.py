@@ -26,6 +26,7 @@ from bench.config import Profile
 from bench.data import Dataset
 from bench.embeddings import Embeddings
 from bench.extractor import FitContext
+from bench.report.artifacts import RunArtifacts
 from bench.tasks import TaskContext, get_task
 from bench.whitening import fit_whitening
 
@@ -58,14 +59,23 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, profile: Profil
     timings: dict[str, float] = {}
     key = fingerprint(dataset.fingerprint, extractor.name, extractor.config(), CODE_VERSION)
     path = cache.path("embeddings", f"{dataset.name.replace(':', '_')}-{key}", ".npz")
-    if path.exists():
-        try:
-            return Embeddings.load(path), {"cached": 1.0}
-        except ValueError as error:
-            log(f"ignoring unreadable cached embeddings {path}: {error}")
-    start = time.perf_counter()
     ctx = FitContext(cache=cache, budget=profile.budget(extractor.name.split(":")[0]),
                      seed=0, log_dir=log_dir)
+    cached = None
+    if path.exists():
+        try:
+            cached = Embeddings.load(path)
+        except ValueError as error:
+            log(f"ignoring unreadable cached embeddings {path}: {error}")
+    if cached is not None:
+        timings["cached"] = 1.0
+        if callable(getattr(extractor, "backbone", None)):
+            # tasks may fine-tune backbone(): load its trained weights (a checkpoint cache hit)
+            start = time.perf_counter()
+            extractor.fit(dataset, ctx)
+            timings["fit_s"] = time.perf_counter() - start
+        return cached, timings
+    start = time.perf_counter()
     extractor.fit(dataset, ctx)
     timings["fit_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -202,6 +212,7 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
     run.timings["dataset"] = {"load_s": time.perf_counter() - start}
     run.info["dataset_fingerprint"] = dataset.fingerprint
     run.info["dataset_size"] = len(dataset)
+    pictures = RunArtifacts(dataset)  # embedding-map sample and KNN grid for the report
     for spec_text in spec.extractors:
         try:
             extractor = registry.build_extractor(spec_text, spec.profile)
@@ -214,7 +225,10 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
             run.save()
             continue
         evaluate_tasks(run, spec, dataset, extractor, embeddings, cache)
+        pictures.add(extractor.name, embeddings)
         run.save()
+    pictures.save(run.dir)
+    run.errors += pictures.errors
     run.save()
     write_outputs(run, full=spec.report)
     return run

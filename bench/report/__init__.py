@@ -1,30 +1,98 @@
-"""Report: tables (and, as tasks land, plots and HTML) built from a run folder's files alone."""
+"""Report: tables, plots and a self-contained HTML page built from a run folder's files alone.
+
+``results.csv`` is the only required input; ``run.json`` adds config, versions, hardware, errors
+and skipped tasks; ``artifacts/`` adds training logs, the embedding map and the KNN picture grid.
+Whatever is missing becomes a "not run" note, never a crash.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from bench.cache import write_text
-from bench.report.tables import summary_markdown
+from bench.cache import atomic_path, write_json, write_text
+from bench.report.tables import (
+    aggregate,
+    all_tables,
+    summary_markdown,
+    task_order,
+)
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Rebuild ``summary.md`` (and the rest of the report) from ``results.csv``."""
-    run_dir = Path(run_dir)
+@dataclass
+class Report:
+    """What :func:`build_report` wrote, and how long it took."""
+
+    run_dir: Path
+    html: Path | None
+    summary: Path
+    tables: list[Path] = field(default_factory=list)
+    plots: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _log(message: str) -> None:
+    print(f"[bench report] {message}", file=sys.stderr, flush=True)
+
+
+def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     results_path = run_dir / "results.csv"
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path}: no results file; is {run_dir} a run folder?")
-    results = pd.read_csv(results_path)
-    run_info = {}
-    if (run_dir / "run.json").is_file():
-        run_info = json.loads((run_dir / "run.json").read_text())
+    results = pd.read_csv(results_path, dtype={"run": str, "dataset": str, "extractor": str,
+                                               "variant": str, "task": str, "metric": str})
+    missing = {"extractor", "variant", "task", "metric", "value"} - set(results.columns)
+    if missing:
+        raise ValueError(f"{results_path}: missing columns {sorted(missing)}")
+    for column, default in (("dataset", ""), ("seed", 0), ("run", run_dir.name)):
+        if column not in results.columns:
+            results[column] = default
+    run_info: dict[str, Any] = {}
+    info_path = run_dir / "run.json"
+    if info_path.is_file():
+        try:
+            run_info = json.loads(info_path.read_text())
+        except ValueError as error:
+            _log(f"ignoring unreadable {info_path}: {error}")
+    return results, run_info
+
+
+def build_report(run_dir: str | Path, *, html: bool = True, tsne: bool = False) -> Report:
+    """Rebuild ``summary.md``, ``tables/<task>.{md,csv,json}`` and, with ``html``, ``plots/*.png``
+    and ``report.html`` from the run folder."""
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    results, run_info = read_run(run_dir)
     title = f"Run {run_info.get('run', run_dir.name)}"
-    text = summary_markdown(results, title)
-    skipped = run_info.get("skipped", [])
-    if skipped:
-        text += "\n## Skipped tasks\n\n" + "\n".join(
-            f"- {s['task']}: {s['reason']}" for s in skipped) + "\n"
-    return write_text(run_dir / "summary.md", text)
+    summary = write_text(run_dir / "summary.md", summary_markdown(results, title, run_info))
+    tables = all_tables(results, run_info)
+    written = []
+    for task, table in tables.items():
+        written.append(write_text(run_dir / "tables" / f"{task}.md",
+                                  table.to_markdown_parts() + "\n"))
+        with atomic_path(run_dir / "tables" / f"{task}.csv") as tmp:
+            table.to_frame().to_csv(tmp, index=False)
+        written += [run_dir / "tables" / f"{task}.csv",
+                    write_json(run_dir / "tables" / f"{task}.json", table.to_json())]
+    for stale in (run_dir / "tables").glob("*.*"):
+        if stale not in written and stale.suffix in (".md", ".csv", ".json"):
+            stale.unlink()
+    report = Report(run_dir, None, summary, written)
+    if html:
+        from bench.report import html as html_page
+        from bench.report.plots import PlotContext, make_plots
+
+        ctx = PlotContext(run_dir, aggregate(results), run_info, tsne=tsne)
+        report.plots = make_plots(ctx, log=_log)
+        tasks = task_order(results, run_info.get("tasks", ()))
+        page = html_page.render(run_dir, run_info, tables, tasks, report.plots,
+                                time.perf_counter() - start)
+        report.html = write_text(run_dir / "report.html", page)
+    report.seconds = time.perf_counter() - start
+    return report

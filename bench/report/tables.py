@@ -1,52 +1,308 @@
-"""Comparison tables from long-format results: extractors as rows, ``raw`` and ``+w`` side by side,
-mean ± std over seeds. Reads only ``results.csv`` data, never the tasks that produced it."""
+"""Comparison tables from long-format results, shaped like the reference study's tables.
+
+Extractors are rows; each metric has ``raw`` and ``+w`` columns side by side; cells are the mean
+over seeds, with ``± std`` when there are several. Per column the best value is marked bold and the
+second underlined (metrics where lower is better, such as logloss, bytes and time, rank the other
+way); chance columns (``*_chance``) appear once per task and are never ranked. A row or column the
+run did not produce reads "not run". Reads only ``results.csv`` data, never the tasks themselves.
+"""
 
 from __future__ import annotations
+
+import html
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-VARIANT_LABELS = {"raw": "raw", "w": "+w"}
+VARIANT_LABELS = {"raw": "raw", "w": "+w", "ft": "fine-tuned"}
+# Variants that are columns of an extractor's row (``ft``: the metric name already says
+# "finetune"); any other variant (an AMS mode, say) becomes a row of its own.
+COLUMN_SUFFIX = {"raw": "raw", "w": "+w", "ft": ""}
+NOT_RUN = "not run"
+_LOWER_IS_BETTER = re.compile(r"(loss|bytes|time|seconds|latency|memory|_s$|_mb$)")
+_UNRANKED = re.compile(r"(steps|count|epochs|^n_|_n$)")
+MAX_COLUMNS = 24  # wider tables are shown in parts (Markdown, HTML); CSV and JSON stay whole
+
+
+def is_ranked(metric: str) -> bool:
+    """Chance levels and bookkeeping counts (steps, epochs) are shown but never ranked."""
+    return not is_chance(metric) and not _UNRANKED.search(metric.lower())
+
+
+def lower_is_better(metric: str) -> bool:
+    """True for costs (logloss, bytes, time, memory): the smallest value ranks first."""
+    return bool(_LOWER_IS_BETTER.search(metric.lower()))
+
+
+def is_chance(metric: str) -> bool:
+    return metric == "chance" or metric.endswith("_chance")
+
+
+def row_label(extractor: str, variant: str) -> str:
+    """Rows are extractors; a variant other than raw/w/ft (an AMS mode, say) is its own row."""
+    return extractor if variant in COLUMN_SUFFIX else f"{extractor} ({variant})"
+
+
+def column_label(metric: str, variant: str) -> str:
+    if is_chance(metric):
+        return metric
+    return f"{metric} {COLUMN_SUFFIX.get(variant, '')}".strip()
 
 
 def aggregate(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and seed count per (dataset, task, extractor, variant, metric)."""
+    """Mean, sample std (ddof 1, 0 with one seed) and seed count per (dataset, task, extractor,
+    variant, metric), in order of first appearance, with the table's ``row`` and ``column``."""
     keys = ["dataset", "task", "extractor", "variant", "metric"]
-    grouped = results.groupby(keys, sort=False)["value"]
-    out = grouped.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+    if results.empty:
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "row", "column"])
+    frame = results.astype({k: str for k in keys})
+    grouped = frame.groupby(keys, sort=False)["value"]
+    out = grouped.agg(mean="mean", std=lambda v: float(v.std(ddof=1)) if v.count() > 1 else 0.0,
                       n="count").reset_index()
+    out["row"] = [row_label(e, v) for e, v in zip(out["extractor"], out["variant"])]
+    if out["dataset"].nunique() > 1:  # several datasets in one file: keep their rows apart
+        out["row"] = out["dataset"] + ": " + out["row"]
+    out["column"] = [column_label(m, v) for m, v in zip(out["metric"], out["variant"])]
     return out
 
 
-def task_table(results: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One task's table: rows extractors, columns ``metric raw`` / ``metric +w``, text cells."""
-    stats = aggregate(results[results["task"] == task])
-    if stats.empty:
-        return pd.DataFrame()
-    stats["column"] = stats["metric"] + " " + stats["variant"].map(VARIANT_LABELS).fillna(
-        stats["variant"])
-    stats["cell"] = [
-        f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}"
-        for m, s, n in zip(stats["mean"], stats["std"], stats["n"])
-    ]
-    table = stats.pivot_table(index="extractor", columns="column", values="cell",
-                              aggfunc="first", sort=False)
-    return table.fillna("not run")
+def format_number(x: float, like: float | None = None) -> str:
+    """Four decimals for scores; thousands and scientific notation for bytes, counts and times.
+    ``like``: format in the style chosen for that value (a std beside its mean)."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    size = abs(x if like is None or not math.isfinite(like) else like)
+    if size == 0 or 1e-3 <= size < 1e3:
+        return f"{x:.4f}"
+    if 1e3 <= size < 1e5:
+        return f"{x:,.1f}"
+    return f"{x:.3e}"
 
 
-def summary_markdown(results: pd.DataFrame, title: str = "Summary") -> str:
-    lines = [f"# {title}", ""]
-    for task in dict.fromkeys(results["task"]):
-        table = task_table(results, task)
-        if table.empty:
+@dataclass
+class Column:
+    key: str
+    metric: str
+    variant: str | None  # None for chance columns (variants pooled)
+    lower_is_better: bool
+    chance: bool
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+    rank: int = 0  # 1 best, 2 second, 0 unranked
+
+    @property
+    def text(self) -> str:
+        if self.n > 1 and math.isfinite(self.mean):
+            return f"{format_number(self.mean)} ± {format_number(self.std, like=self.mean)}"
+        return format_number(self.mean)
+
+
+@dataclass
+class TaskTable:
+    task: str
+    rows: list[str]
+    columns: list[Column]
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+
+    def cell(self, row: str, key: str) -> Cell | None:
+        return self.cells.get((row, key))
+
+    def text(self, row: str, key: str, markup: str = "plain") -> str:
+        """Cell text; ``markup`` "markdown" (``**x**``, ``<u>x</u>``), "html" or "plain"."""
+        cell = self.cell(row, key)
+        if cell is None:
+            return NOT_RUN
+        text = cell.text if markup != "html" else html.escape(cell.text)
+        if markup == "plain" or cell.rank == 0:
+            return text
+        if cell.rank == 1:
+            return f"**{text}**" if markup == "markdown" else f"<b>{text}</b>"
+        return f"<u>{text}</u>"
+
+    def parts(self, max_columns: int = MAX_COLUMNS) -> list[tuple[str, list[Column]]]:
+        """Column groups to show: all in one when narrow enough, else split by cold-start
+        prefix and metric kind (the name's last word, e.g. auc, gauc, logloss), scores
+        before costs, each group titled ("" for a single part)."""
+        if len(self.columns) <= max_columns:
+            return [("", self.columns)]
+        groups: dict[tuple[bool, bool, str], list[Column]] = {}
+        for column in self.columns:
+            cold = column.metric.startswith("cold_")
+            kind = column.metric.rsplit("_", 1)[-1] if "_" in column.metric else column.metric
+            groups.setdefault((cold, column.lower_is_better, kind), []).append(column)
+        order = sorted(groups, key=lambda g: (g[0], g[1]))  # stable: first appearance next
+        return [(f"{'cold start, ' if cold else ''}{kind}", groups[(cold, lower, kind)])
+                for cold, lower, kind in order]
+
+    def to_markdown(self, columns: list[Column] | None = None) -> str:
+        columns = self.columns if columns is None else columns
+        header = ["extractor", *(c.key for c in columns)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in self.rows:
+            cells = [self.text(row, c.key, "markdown") for c in columns]
+            lines.append("| " + " | ".join([row, *cells]) + " |")
+        return "\n".join(lines)
+
+    def to_markdown_parts(self) -> str:
+        """The table in parts (see :meth:`parts`), each under a bold title when split."""
+        parts = self.parts()
+        if len(parts) == 1:
+            return self.to_markdown()
+        return "\n\n".join(f"**{self.task}: {title}**\n\n{self.to_markdown(columns)}"
+                            for title, columns in parts)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Numbers for spreadsheets: ``<column>`` is the mean, ``<column> std`` the seed std
+        (empty with one seed); a cell that was not run is empty."""
+        records = []
+        for row in self.rows:
+            record: dict[str, Any] = {"extractor": row}
+            for column in self.columns:
+                cell = self.cell(row, column.key)
+                record[column.key] = cell.mean if cell else np.nan
+                if not column.chance:
+                    record[f"{column.key} std"] = cell.std if cell and cell.n > 1 else np.nan
+            records.append(record)
+        return pd.DataFrame.from_records(records)
+
+    def to_json(self) -> dict[str, Any]:
+        def cell_json(row: str, key: str) -> dict[str, Any] | None:
+            cell = self.cell(row, key)
+            if cell is None:
+                return None
+            mean = cell.mean if math.isfinite(cell.mean) else None
+            return {"mean": mean, "std": cell.std if cell.n > 1 else None, "n": cell.n,
+                    "rank": cell.rank or None, "text": cell.text}
+
+        return {
+            "task": self.task,
+            "columns": [{"key": c.key, "metric": c.metric, "variant": c.variant,
+                         "lower_is_better": c.lower_is_better, "chance": c.chance}
+                        for c in self.columns],
+            "rows": [{"extractor": row, "cells": {c.key: cell_json(row, c.key)
+                                                  for c in self.columns}}
+                     for row in self.rows],
+        }
+
+
+def _ranked_value(cell: Cell) -> float:
+    """The value as displayed, so that cells which read the same rank the same."""
+    return float(cell.text.split(" ± ")[0].replace(",", "")) if math.isfinite(cell.mean) else math.nan
+
+
+def _rank(table: TaskTable) -> None:
+    """Bold the best and underline the second distinct value of each ranked column; a column
+    needs two filled cells for a best and three for a second."""
+    for column in table.columns:
+        if not is_ranked(column.metric):
             continue
-        lines += [f"## {task}", "", to_markdown(table), ""]
+        cells = [c for r in table.rows if (c := table.cell(r, column.key)) is not None]
+        values = sorted({v for c in cells if math.isfinite(v := _ranked_value(c))},
+                        reverse=not column.lower_is_better)
+        filled = sum(math.isfinite(_ranked_value(c)) for c in cells)
+        if len(values) < 2:  # all equal (or empty): nothing stands out
+            continue
+        for cell in cells:
+            value = _ranked_value(cell)
+            if filled >= 2 and value == values[0]:
+                cell.rank = 1
+            elif filled >= 3 and value == values[1]:
+                cell.rank = 2
+
+
+def task_table(stats: pd.DataFrame, task: str, extra_rows: tuple[str, ...] = ()) -> TaskTable:
+    """One task's table from :func:`aggregate` output (all of it, or this task's part);
+    ``extra_rows`` (extractors that failed) appear with "not run" cells."""
+    part = stats[stats["task"] == task]
+    columns: dict[str, Column] = {}
+    variant_order = {v: i for i, v in enumerate(COLUMN_SUFFIX)}
+    metric_order = list(dict.fromkeys(part["metric"]))
+    keyed = sorted(zip(part["metric"], part["variant"], part["column"]),
+                   key=lambda t: (metric_order.index(t[0]), variant_order.get(t[1], -1)))
+    for metric, variant, key in keyed:
+        if key not in columns:
+            chance = is_chance(metric)
+            columns[key] = Column(key, metric,
+                                  variant if variant in COLUMN_SUFFIX and not chance else None,
+                                  lower_is_better(metric), chance)
+    rows = list(dict.fromkeys([*part["row"], *extra_rows]))
+    table = TaskTable(task, rows, list(columns.values()))
+    for (row, key), group in part.groupby(["row", "column"], sort=False):
+        if len(group) == 1:
+            item = group.iloc[0]
+            table.cells[(row, key)] = Cell(float(item["mean"]), float(item["std"]), int(item["n"]))
+        else:  # a chance column pools its variants: one value per row
+            table.cells[(row, key)] = Cell(float(group["mean"].mean()), 0.0, int(group["n"].max()))
+    _rank(table)
+    return table
+
+
+def task_order(results: pd.DataFrame, requested: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Tasks the run asked for first (in that order), then any other task found in the results."""
+    return list(dict.fromkeys([*requested, *map(str, results["task"].unique())]))
+
+
+def failed_extractors(run_info: dict[str, Any]) -> tuple[str, ...]:
+    """Extractors the runner could not build or embed with (``errors`` in run.json)."""
+    return tuple(dict.fromkeys(e["where"].removeprefix("extractor ")
+                               for e in run_info.get("errors", [])
+                               if str(e.get("where", "")).startswith("extractor ")))
+
+
+def all_tables(results: pd.DataFrame, run_info: dict[str, Any] | None = None
+               ) -> dict[str, TaskTable]:
+    stats = aggregate(results)
+    failed = failed_extractors(run_info or {})
+    return {task: task_table(stats, task, failed) for task in dict.fromkeys(stats["task"])}
+
+
+def summary_markdown(results: pd.DataFrame, title: str = "Summary",
+                     run_info: dict[str, Any] | None = None) -> str:
+    """``summary.md``: one table per task, then what did not run and why."""
+    run_info = run_info or {}
+    tables = all_tables(results, run_info)
+    lines = [f"# {title}", ""]
+    facts = [f"{k}: {run_info[k]}" for k in ("profile", "dataset") if run_info.get(k)]
+    if run_info.get("seeds"):
+        facts.append(f"seeds: {len(run_info['seeds'])}")
+    if facts:
+        lines += [" · ".join(facts), ""]
+    lines += ["Cells are the mean over seeds (± sample std when there are several); per column "
+              "**bold** is best and <u>underlined</u> second (lowest first for logloss, bytes "
+              "and time); chance columns are not ranked.", ""]
+    for task in task_order(results, run_info.get("tasks", ())):
+        lines += [f"## {task}", ""]
+        if task in tables:
+            lines += [tables[task].to_markdown_parts(), ""]
+        else:
+            lines += [f"{NOT_RUN}: {not_run_reason(task, run_info)}", ""]
+    problems = run_problems(run_info)
+    if problems:
+        lines += ["## Errors", "", *(f"- {p}" for p in problems), ""]
     return "\n".join(lines)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    header = ["extractor", *map(str, table.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, row in table.iterrows():
-        lines.append("| " + " | ".join([str(name), *map(str, row.tolist())]) + " |")
-    return "\n".join(lines)
+def not_run_reason(task: str, run_info: dict[str, Any]) -> str:
+    """Why a task has no rows: the run's skip reason or error, else that it was not asked for."""
+    for skipped in run_info.get("skipped", []):
+        if skipped.get("task") == task:
+            return f"skipped: {skipped.get('reason', 'no reason given')}"
+    errors = [e for e in run_info.get("errors", []) if f"task {task}" in e.get("where", "")]
+    if errors:
+        return f"{len(errors)} error(s), first: {errors[0].get('error', '')}"
+    if task in run_info.get("tasks", ()):
+        return "the task produced no rows"
+    return "the run did not include this task"
+
+
+def run_problems(run_info: dict[str, Any]) -> list[str]:
+    return [f"{e.get('where', '?')}: {e.get('error', '')}" for e in run_info.get("errors", [])]

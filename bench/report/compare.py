@@ -1,0 +1,125 @@
+"""``bench compare RUN_A RUN_B``: what changed between two runs, and is it more than seed noise?
+
+Per (task, extractor, variant, metric): the mean over seeds in A and in B, the change B - A, and
+whether ``|change| > 2 x pooled seed std``, where the pooled std is
+``sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2))`` with sample stds ``s`` (ddof 1).
+With a single seed on both sides there is no noise estimate and the answer is ``n/a``; with several
+seeds on one side only, that side's std is the estimate. ``better`` / ``worse`` follow the metric's
+direction (lower is better for logloss, bytes and time). Printed as a table and written as CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.report.tables import format_number, is_chance, lower_is_better
+
+KEYS = ["task", "extractor", "variant", "metric"]
+COLUMNS = [*KEYS, "mean_a", "mean_b", "change", "pooled_std", "n_a", "n_b", "beyond_noise",
+           "direction"]
+
+
+def _stats(results: pd.DataFrame) -> pd.DataFrame:
+    frame = results.astype({k: str for k in KEYS})
+    grouped = frame.groupby(KEYS, sort=False)["value"]
+    return grouped.agg(mean="mean", var=lambda v: float(np.var(v, ddof=1)) if v.count() > 1
+                       else 0.0, n="count").reset_index()
+
+
+def _verdict(change: float, pooled: float, df: int) -> str:
+    if df <= 0 or not math.isfinite(change):
+        return "n/a"
+    return "yes" if abs(change) > 2 * pooled else "no"
+
+
+def _direction(metric: str, change: float) -> str:
+    if is_chance(metric) or not math.isfinite(change):
+        return ""
+    if change == 0:
+        return "same"
+    improved = change < 0 if lower_is_better(metric) else change > 0
+    return "better" if improved else "worse"
+
+
+def compare_results(results_a: pd.DataFrame, results_b: pd.DataFrame) -> pd.DataFrame:
+    """One row per metric found in either run, sorted by task, extractor, variant, metric."""
+    a, b = _stats(results_a), _stats(results_b)
+    merged = a.merge(b, on=KEYS, how="outer", suffixes=("_a", "_b"), sort=False)
+    n_a = merged["n_a"].fillna(0).astype(int)
+    n_b = merged["n_b"].fillna(0).astype(int)
+    df = (n_a - 1).clip(lower=0) + (n_b - 1).clip(lower=0)
+    pooled_var = ((n_a - 1).clip(lower=0) * merged["var_a"].fillna(0)
+                  + (n_b - 1).clip(lower=0) * merged["var_b"].fillna(0)) / df.where(df > 0)
+    out = merged[KEYS].copy()
+    out["mean_a"], out["mean_b"] = merged["mean_a"], merged["mean_b"]
+    out["change"] = merged["mean_b"] - merged["mean_a"]
+    out["pooled_std"] = np.sqrt(pooled_var)
+    out["n_a"], out["n_b"] = n_a, n_b
+    verdicts = []
+    for change, pooled, dof, na, nb in zip(out["change"], out["pooled_std"], df, n_a, n_b):
+        if na == 0 or nb == 0:
+            verdicts.append("only in A" if nb == 0 else "only in B")
+        else:
+            verdicts.append(_verdict(change, pooled, int(dof)))
+    out["beyond_noise"] = verdicts
+    out["direction"] = [_direction(m, c) for m, c in zip(out["metric"], out["change"])]
+    return out[COLUMNS]
+
+
+def format_table(comparison: pd.DataFrame) -> str:
+    """A plain aligned text table for the terminal."""
+    def num(x: float, like: float | None = None) -> str:
+        return "" if pd.isna(x) else format_number(float(x), like)
+
+    header = ["task", "extractor", "variant", "metric", "A", "B", "change", "2x noise",
+              "beyond noise", "direction"]
+    lines = [header]
+    for row in comparison.itertuples(index=False):
+        noise = "" if pd.isna(row.pooled_std) else num(2 * row.pooled_std, row.mean_a)
+        change = "" if pd.isna(row.change) else \
+            f"{'+' if row.change >= 0 else ''}{num(row.change, row.mean_a)}"
+        lines.append([row.task, row.extractor, row.variant, row.metric, num(row.mean_a),
+                      num(row.mean_b), change, noise, row.beyond_noise, row.direction])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    text = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def _results(run: str) -> pd.DataFrame:
+    path = Path(run)
+    path = path / "results.csv" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results.csv; pass a run folder or a results file")
+    return pd.read_csv(path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_a", help="baseline run folder (or its results.csv)")
+    parser.add_argument("run_b", help="new run folder (or its results.csv)")
+    parser.add_argument("--out", help="CSV path (default: RUN_B/compare_vs_<RUN_A name>.csv)")
+    parser.add_argument("--changed-only", action="store_true",
+                        help="print only rows whose change is beyond the seed noise")
+
+
+def main(args: argparse.Namespace) -> int:
+    comparison = compare_results(_results(args.run_a), _results(args.run_b))
+    run_a, run_b = Path(args.run_a), Path(args.run_b)
+    folder_b = run_b if run_b.is_dir() else run_b.parent
+    name_a = (run_a if run_a.is_dir() else run_a.parent).resolve().name
+    out = Path(args.out) if args.out else folder_b / f"compare_vs_{name_a}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    comparison.to_csv(out, index=False)
+    shown = comparison[comparison["beyond_noise"] == "yes"] if args.changed_only else comparison
+    print(format_table(shown) if len(shown) else "no rows to show")
+    counts = comparison["beyond_noise"].value_counts().to_dict()
+    print(f"\n{len(comparison)} metrics; beyond 2x seed noise: {counts.get('yes', 0)}, within: "
+          f"{counts.get('no', 0)}, no noise estimate (one seed): {counts.get('n/a', 0)}, "
+          f"in one run only: {counts.get('only in A', 0) + counts.get('only in B', 0)}")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,75 @@
+"""``bench compare`` on two fixture runs: changes, pooled seed noise (checked by hand with numpy),
+one-seed "n/a", metrics present in one run only, direction of costs, the CLI's CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main as bench_main
+from bench.report.compare import compare_results
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RUN_A, RUN_B = FIXTURES / "report_run_a", FIXTURES / "report_run_b"
+
+
+@pytest.fixture(scope="module")
+def comparison() -> pd.DataFrame:
+    return compare_results(pd.read_csv(RUN_A / "results.csv"), pd.read_csv(RUN_B / "results.csv"))
+
+
+def _row(frame: pd.DataFrame, task: str, extractor: str, variant: str, metric: str) -> pd.Series:
+    hit = frame[(frame["task"] == task) & (frame["extractor"] == extractor)
+                & (frame["variant"] == variant) & (frame["metric"] == metric)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def _values(run: Path, extractor: str, variant: str, metric: str) -> np.ndarray:
+    frame = pd.read_csv(run / "results.csv")
+    return frame[(frame["extractor"] == extractor) & (frame["variant"] == variant)
+                 & (frame["metric"] == metric)]["value"].to_numpy()
+
+
+@pytest.mark.parametrize("extractor,expected", [("moco_v2", "yes"), ("m6_moe", "no")])
+def test_change_against_pooled_seed_noise(comparison: pd.DataFrame, extractor: str,
+                                          expected: str) -> None:
+    a = _values(RUN_A, extractor, "raw", "ctr_auc")
+    b = _values(RUN_B, extractor, "raw", "ctr_auc")
+    pooled = np.sqrt((np.var(a, ddof=1) * (len(a) - 1) + np.var(b, ddof=1) * (len(b) - 1))
+                     / (len(a) + len(b) - 2))
+    row = _row(comparison, "ctr", extractor, "raw", "ctr_auc")
+    assert row["mean_a"] == pytest.approx(a.mean()) and row["mean_b"] == pytest.approx(b.mean())
+    assert row["change"] == pytest.approx(b.mean() - a.mean())
+    assert row["pooled_std"] == pytest.approx(pooled)
+    assert row["n_a"] == row["n_b"] == 3
+    assert row["beyond_noise"] == expected
+    assert (abs(b.mean() - a.mean()) > 2 * pooled) == (expected == "yes")
+
+
+def test_one_seed_only_and_directions(comparison: pd.DataFrame) -> None:
+    swav = _row(comparison, "knn", "swav", "raw", "style_consistency")
+    assert swav["beyond_noise"] == "n/a" and swav["change"] == pytest.approx(0.05)
+    assert swav["direction"] == "better"
+    assert _row(comparison, "retrieval", "swav", "raw", "map@r")["beyond_noise"] == "only in A"
+    assert _row(comparison, "knn", "pixels", "raw",
+                "category_consistency")["beyond_noise"] == "only in B"
+    logloss = _row(comparison, "ctr", "moco_v2", "raw", "ctr_logloss")
+    assert logloss["change"] < 0 and logloss["direction"] == "better"  # lower is better
+    assert _row(comparison, "knn", "swav", "raw", "style_chance")["direction"] == ""
+
+
+def test_cli_prints_and_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cmp.csv"
+    assert bench_main(["compare", str(RUN_A), str(RUN_B), "--out", str(out),
+                       "--changed-only"]) == 0
+    printed = capsys.readouterr().out
+    written = pd.read_csv(out)
+    assert len(written) == len(pd.read_csv(RUN_A / "results.csv").groupby(
+        ["task", "extractor", "variant", "metric"])) + 1  # plus the metric only in B
+    assert (written["beyond_noise"] == "yes").sum() == 10  # moco_v2's ctr metrics, raw and +w
+    assert "ctr_auc" in printed and "style_consistency" not in printed
+    assert "beyond 2x seed noise: 10" in printed and f"wrote {out}" in printed
