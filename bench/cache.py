@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-CODE_VERSION = "1"  # bump when cached artefacts change meaning
+CODE_VERSION = "1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # bump when cached artefacts change meaning
 
 
 def fingerprint(*parts: Any) -> str:
@@ -35,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
