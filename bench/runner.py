@@ -74,6 +74,7 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, profile: Profil
             start = time.perf_counter()
             extractor.fit(dataset, ctx)
             timings["fit_s"] = time.perf_counter() - start
+        keep_train_log(path, log_dir, restore=True)
         return cached, timings
     start = time.perf_counter()
     extractor.fit(dataset, ctx)
@@ -87,7 +88,18 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, profile: Profil
     if embeddings.dim != extractor.dim:
         log(f"{extractor.name}: declared dim {extractor.dim} but produced {embeddings.dim}")
     embeddings.save(path)
+    keep_train_log(path, log_dir, restore=False)
     return embeddings, timings
+
+
+def keep_train_log(embeddings_path: Path, log_dir: Path, restore: bool) -> None:
+    """Keep the extractor's ``train_log.json`` beside its cached embeddings, and put it back
+    into the run folder on a cache hit, so loss curves survive runs that skip training."""
+    cached = embeddings_path.with_suffix(".train_log.json")
+    current = Path(log_dir) / "train_log.json"
+    source, target = (cached, current) if restore else (current, cached)
+    if source.is_file() and not (restore and target.is_file()):
+        write_text(target, source.read_text(encoding="utf-8"))
 
 
 def variants(embeddings: Embeddings, dataset: Dataset) -> dict[str, Embeddings]:
