@@ -1,0 +1,386 @@
+"""Fine-tuning shared by ``classify`` and ``retrieval``: copies of an extractor's backbone (as
+trained, or re-initialised from scratch), tensor augmentations, one SGD loop with a budget, and
+small JSON caches so a scratch baseline is trained once per (data, architecture, budget, seed).
+
+Why here and not in the tasks: the pretrained-vs-scratch comparison is only fair when both runs
+share every line of the training code; keeping the loop in one place guarantees that.
+The extractor's own backbone is never modified: every run works on a ``copy.deepcopy``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.backbones import images_to_tensor
+from bench.cache import CODE_VERSION, Cache, fingerprint, write_json
+
+FINETUNE_VERSION = "2"  # bump when training code changes what a cached result means
+ToTensor = Callable[[np.ndarray], torch.Tensor]
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What both the pretrained and the scratch run get: steps, schedule and a time cap."""
+
+    epochs: int = 10
+    max_steps: int = 0  # when > 0, at most this many steps (keeps run time independent of data size)
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to zero
+    max_seconds: float = 60.0  # safety cap; a capped run is logged and reports fewer steps
+    crop_padding: float = 0.125  # random crop after reflect padding by this share of the side
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Budget:
+        known = {f.name: f.type for f in fields(cls)}
+        values = {k: (int(v) if known[k] == "int" else float(v))
+                  for k, v in options.items() if k in known}
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key(self) -> dict[str, Any]:
+        """What a result depends on: everything but the time cap (capped runs are not cached)."""
+        return {k: v for k, v in asdict(self).items() if k != "max_seconds"}
+
+
+@dataclass
+class TrainLog:
+    """What happened in one run: steps done of those planned, seconds, mean loss per epoch."""
+
+    steps: int = 0
+    planned_steps: int = 0
+    seconds: float = 0.0
+    epoch_losses: list[float] = field(default_factory=list)
+
+    @property
+    def capped(self) -> bool:
+        return self.steps < self.planned_steps
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def finetune_copy(backbone: nn.Module) -> nn.Module:
+    """A deep copy to train, so the extractor's backbone (and its embeddings) stay untouched."""
+    return copy.deepcopy(backbone)
+
+
+def scratch_copy(backbone: nn.Module, seed: int) -> nn.Module:
+    """The same architecture with fresh weights: a deep copy whose every module is re-initialised.
+
+    ``reset_parameters`` gives each layer PyTorch's default initialisation (and resets
+    BatchNorm's running statistics); convolutions then get torchvision's ResNet initialisation
+    (Kaiming normal, fan-out), so the scratch baseline starts as torchvision would train it.
+    Parameters held by a module without ``reset_parameters`` get N(0, 0.02).
+    """
+    model = copy.deepcopy(backbone).cpu()  # initialise on the CPU RNG: the same on any device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                for parameter in module.parameters(recurse=False):
+                    nn.init.normal_(parameter, std=0.02)
+    return model
+
+
+def architecture_key(backbone: nn.Module) -> str:
+    """A fingerprint of the module tree (its repr: layers, strides, kernel sizes) and every
+    parameter's shape, not the values: equal keys mean the same architecture."""
+    shapes = [(name, list(p.shape)) for name, p in backbone.state_dict().items()]
+    return fingerprint(repr(backbone), shapes)
+
+
+def _setting(extractor: Any, backbone: nn.Module, name: str) -> Any:
+    options = getattr(extractor, "options", None)
+    for value in (getattr(extractor, name, None),
+                  options.get(name) if isinstance(options, dict) else None,
+                  getattr(backbone, name, None), getattr(backbone, f"_{name}", None)):
+        if value is not None:
+            return value
+    return None
+
+
+def architecture_label(extractor: Any, backbone: nn.Module) -> str:
+    """A short readable name for the scratch row, e.g. ``resnet18-w32-strided``; the class
+    name and parameter count when the extractor does not say."""
+    arch = _setting(extractor, backbone, "arch")
+    if arch is None:
+        count = sum(p.numel() for p in backbone.parameters())
+        return f"{type(backbone).__name__}-{count / 1e6:.2f}M"
+    parts = [str(arch)]
+    width = _setting(extractor, backbone, "width")
+    if width is not None:
+        parts.append(f"w{width}")
+    stem = getattr(backbone, "stem", None)
+    if isinstance(stem, str):
+        parts.append(stem)
+    return "-".join(parts)
+
+
+def image_transform(extractor: Any) -> ToTensor:
+    """The extractor's own ``preprocess`` when it has one, else the suite's standard one."""
+    preprocess = getattr(extractor, "preprocess", None)
+    if callable(preprocess):
+        return preprocess
+    return standard_transform(getattr(extractor, "image_size", None))
+
+
+def standard_transform(image_size: int | None) -> ToTensor:
+    return lambda images: images_to_tensor(images, image_size)
+
+
+def feature_dim(backbone: nn.Module, sample: torch.Tensor) -> int:
+    """Width of the pooled features, from one no-grad eval forward of two images."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        dim = int(backbone(sample[:2]).flatten(1).shape[1])
+    backbone.train(was_training)
+    return dim
+
+
+# --------------------------------------------------------------------------- training
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, padding: float) -> torch.Tensor:
+    """Random horizontal flip and random crop (reflect padding, same size), per sample."""
+    n, _, h, w = x.shape
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    pad = min(int(round(padding * min(h, w))), h - 1, w - 1)
+    if pad <= 0:
+        return x
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").permute(0, 2, 3, 1)
+    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator).to(x.device)
+    rows = dy + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = dx + torch.arange(w, device=x.device).view(1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1)
+    return padded[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def _autocast(device: torch.device):
+    """bfloat16 autocast on CUDA (no grad scaler needed), plain float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
+    """Learning-rate factor: linear warm-up over the first steps, then cosine decay to 0."""
+    warmup = max(1, int(round(warmup_fraction * total)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(model: nn.Module, n_items: int, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+          budget: Budget, generator: torch.Generator, device: torch.device) -> TrainLog:
+    """SGD with momentum and a warm-up + cosine schedule over ``epochs`` shuffled passes of
+    ``n_items`` (the last incomplete batch is dropped), at most ``max_steps`` steps;
+    ``loss_fn(indices)`` returns the loss of one batch. Stops early (logged, and visible as
+    fewer ``steps`` than ``planned_steps``) when ``max_seconds`` is reached."""
+    batch_size = max(2, min(budget.batch_size, n_items))  # BatchNorm needs two samples
+    steps_per_epoch = max(1, n_items // batch_size)
+    planned = budget.epochs * steps_per_epoch
+    log_ = TrainLog(planned_steps=min(planned, budget.max_steps) if budget.max_steps > 0 else planned)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=budget.lr, momentum=budget.momentum,
+                                weight_decay=budget.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, log_.planned_steps, budget.warmup_fraction))
+    model.train()
+    start = time.perf_counter()
+    while log_.steps < log_.planned_steps:
+        order = torch.randperm(n_items, generator=generator)
+        losses = []
+        for b in range(min(steps_per_epoch, log_.planned_steps - log_.steps)):
+            if time.perf_counter() - start > budget.max_seconds:
+                break
+            with _autocast(device):
+                loss = loss_fn(order[b * batch_size:(b + 1) * batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            log_.steps += 1
+        if losses:
+            log_.epoch_losses.append(float(np.mean(losses)))
+        if time.perf_counter() - start > budget.max_seconds:
+            break
+    log_.seconds = time.perf_counter() - start
+    if log_.capped:
+        log(f"fine-tuning stopped at its {budget.max_seconds:.0f} s cap after "
+            f"{log_.steps} of {log_.planned_steps} steps")
+    return log_
+
+
+def batch_tensor(images: np.ndarray, indices: torch.Tensor, to_tensor: ToTensor,
+                 device: torch.device, generator: torch.Generator, budget: Budget
+                 ) -> torch.Tensor:
+    """Preprocess and augment the images at ``indices`` on ``device``."""
+    x = to_tensor(images[indices.numpy()]).to(device, non_blocking=True)
+    return augment(x, generator, budget.crop_padding)
+
+
+def finetune_classifier(backbone: nn.Module, images: np.ndarray, labels: np.ndarray,
+                        n_classes: int, budget: Budget, seed: int, to_tensor: ToTensor,
+                        device: torch.device) -> tuple[nn.Sequential, TrainLog]:
+    """Train ``backbone`` (in place: pass a copy) and a new linear head with cross-entropy on
+    uint8 ``images`` [n, H, W, 3] and integer ``labels``; returns (backbone + head, log)."""
+    generator = torch.Generator().manual_seed(seed)
+    backbone = backbone.to(device)
+    dim = feature_dim(backbone, to_tensor(images[:2]).to(device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(dim, n_classes)
+    model = nn.Sequential(backbone, nn.Flatten(1), head.to(device))
+    targets = torch.as_tensor(labels, dtype=torch.long)
+    criterion = nn.CrossEntropyLoss()
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        x = batch_tensor(images, idx, to_tensor, device, generator, budget)
+        return criterion(model(x).float(), targets[idx].to(device))
+
+    return model, train(model, len(images), loss_fn, budget, generator, device)
+
+
+def finetune_pairs(backbone: nn.Module, images: np.ndarray, pairs: Callable[[torch.Tensor],
+                   tuple[np.ndarray, np.ndarray]], n_groups: int, budget: Budget, seed: int,
+                   to_tensor: ToTensor, device: torch.device, temperature: float = 0.1
+                   ) -> tuple[nn.Module, TrainLog]:
+    """Metric learning: lightly's NTXentLoss (InfoNCE) on the pooled features of positive
+    pairs. An epoch is one pass over ``n_groups`` (identities); ``pairs(group_indices)`` picks
+    one (anchor, positive) pair of image positions per group, so a batch holds no two pairs of
+    the same identity and every other pair is a true negative."""
+    from lightly.loss import NTXentLoss
+
+    generator = torch.Generator().manual_seed(seed)
+    model = backbone.to(device)
+    criterion = NTXentLoss(temperature=temperature)
+
+    def loss_fn(groups: torch.Tensor) -> torch.Tensor:
+        anchors, positives = pairs(groups)
+        both = torch.as_tensor(np.concatenate([anchors, positives]))
+        features = model(batch_tensor(images, both, to_tensor, device, generator, budget))
+        a, p = features.float().flatten(1).chunk(2)  # one forward: shared BatchNorm statistics
+        return criterion(a, p)
+
+    return model, train(model, n_groups, loss_fn, budget, generator, device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, to_tensor: ToTensor, device: torch.device,
+            batch_size: int = 256) -> np.ndarray:
+    """Eval-mode outputs (logits or features) for uint8 images, float32 numpy [n, d]."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = to_tensor(images[start:start + batch_size]).to(device)
+        with _autocast(device):
+            outputs.append(model(x).float().flatten(1).cpu().numpy())
+    return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- caching
+
+
+def result_key(*parts: Any) -> str:
+    return fingerprint(*parts, FINETUNE_VERSION, CODE_VERSION)
+
+
+def cached_result(cache: Cache | None, kind: str, key: str | None,
+                  compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``compute()`` once per key: results are JSON files under the cache (written atomically);
+    an unreadable entry is logged and recomputed. No cache or no key: always compute. A result
+    marked ``"capped"`` (training cut short by its time cap, so it reflects the machine's load
+    rather than the budget) is returned but not stored."""
+    if cache is None or key is None:
+        return compute()
+    path = cache.path(kind, key, ".json")
+    if path.exists():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            log(f"discarding unreadable cached result {path}: {error}")
+    result = compute()
+    if not result.get("capped"):
+        write_json(path, result)
+    return result
+
+
+def first_in_run(artifacts_dir: Path | None, task: str, key: str, record: dict[str, Any]
+                 ) -> bool:
+    """True the first time a (task, key) is seen in this run (a marker file under the run's
+    artifacts), so a scratch baseline shared by several extractors is reported once."""
+    if artifacts_dir is None:
+        return True
+    path = Path(artifacts_dir) / task / f"scratch-{key}.json"
+    if path.exists():
+        return False
+    write_json(path, record)
+    return True
+
+
+@dataclass
+class Comparison:
+    """A fine-tuned extractor's result and its scratch baseline's (``None`` when this run has
+    already reported that baseline for another extractor of the same architecture)."""
+
+    own: dict[str, Any]
+    scratch: dict[str, Any] | None
+    scratch_name: str
+
+
+def compare_with_scratch(task: str, extractor: Any, embeddings_key: str | None,
+                         data_key: tuple, seed: int, cache: Cache | None,
+                         artifacts_dir: Path | None, image_size: int | None,
+                         train_and_score: Callable[[nn.Module, ToTensor], dict[str, Any]]
+                         ) -> Comparison:
+    """Run ``train_and_score`` on a copy of the extractor's backbone (with its preprocessing)
+    and on a re-initialised copy (with the standard preprocessing at the same image size).
+
+    Both results are cached: the extractor's by its embeddings fingerprint (which keys its
+    weights), the scratch one by architecture, image size and ``data_key`` (dataset, budget,
+    seed), so every extractor with the same architecture shares one scratch baseline."""
+    backbone = extractor.backbone()
+    own = cached_result(
+        cache, "finetune", embeddings_key and result_key(task, embeddings_key, *data_key, seed),
+        lambda: train_and_score(finetune_copy(backbone), image_transform(extractor)))
+    label = architecture_label(extractor, backbone)
+    key = result_key(f"{task}-scratch", architecture_key(backbone), image_size, *data_key, seed)
+    scratch = cached_result(
+        cache, "finetune", key,
+        lambda: train_and_score(scratch_copy(backbone, seed), standard_transform(image_size)))
+    record = {"task": task, "architecture": label, "image_size": image_size, "seed": seed,
+              "first_extractor": getattr(extractor, "name", "?"), **scratch}
+    first = first_in_run(artifacts_dir, task, key, record)
+    return Comparison(own, scratch if first else None, f"scratch:{label}")

@@ -1,0 +1,219 @@
+"""``classify``: does the embedding (or the backbone) transfer to leaf-category classification?
+(Visual4Rec Table 5.)
+
+Product shots (role ``product``; every item on datasets without roles) with a ``category``:
+trained on split ``train``, scored on split ``test`` (test classes unseen in train are left out).
+
+- Linear probe, raw and +w: features standardised with train statistics, a multinomial
+  logistic-regression head trained full-batch with L-BFGS in torch; its L2 weight decay is
+  chosen from a small grid on a stratified validation part of ``train`` (as CLIP_benchmark and
+  dinov2 do), then the head is refitted on all of ``train``. Metrics ``probe_top1``,
+  ``probe_top5``.
+- Fine-tune (extractors exposing ``backbone()``, once per seed, on the ``raw`` pass): the whole
+  network plus a linear head trained with cross-entropy (bench.finetune), reported as variant
+  ``ft``: ``finetune_top1``, ``finetune_top5``, ``finetune_s`` (training wall time),
+  ``finetune_steps``. The same loop and budget train a re-initialised copy of the same
+  architecture, reported once per run as extractor ``scratch:<arch>`` (cached per dataset,
+  architecture, budget and seed, so extractors sharing an architecture share it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import finetune as ft
+from bench.backbones import pick_device
+from bench.data import Dataset
+from bench.embeddings import Embeddings
+from bench.metrics import topk_accuracy
+from bench.tasks import TaskContext, rows, task
+
+WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+TOP5 = 5
+
+
+@dataclass
+class Split:
+    """Row positions and integer labels of train (fit + validation parts) and test."""
+
+    classes: np.ndarray
+    train: np.ndarray
+    train_y: np.ndarray
+    fit: np.ndarray  # positions into ``train`` (not dataset rows)
+    val: np.ndarray
+    test: np.ndarray
+    test_y: np.ndarray
+
+
+def labelled_rows(dataset: Dataset, split: str) -> np.ndarray:
+    return dataset.rows(role="product", split=split, labelled="category")
+
+
+def make_split(dataset: Dataset, seed: int, val_fraction: float) -> Split:
+    """Encode train classes, drop test items of unseen classes, and hold out a stratified
+    ``val_fraction`` of each train class (classes with one item stay whole in the fit part)."""
+    category = dataset.table["category"].astype(str).to_numpy()
+    train, test = labelled_rows(dataset, "train"), labelled_rows(dataset, "test")
+    classes = np.unique(category[train])
+    test = test[np.isin(category[test], classes)]
+    train_y = np.searchsorted(classes, category[train])
+    test_y = np.searchsorted(classes, category[test])
+    rng = np.random.default_rng(seed)
+    val = []
+    for label in range(len(classes)):
+        members = rng.permutation(np.flatnonzero(train_y == label))
+        val.extend(members[: int(val_fraction * len(members))])
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    fit = np.setdiff1d(np.arange(len(train)), val)
+    return Split(classes, train, train_y, fit, val, test, test_y)
+
+
+# --------------------------------------------------------------------------- linear probe
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float,
+                 max_iter: int = 200) -> nn.Linear:
+    """Multinomial logistic regression: mean cross-entropy + weight_decay/2 * ||W||^2 (bias
+    not penalised), full-batch L-BFGS with a strong-Wolfe line search from zero weights."""
+    head = nn.Linear(x.shape[1], n_classes).to(x.device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                                  tolerance_grad=1e-7, tolerance_change=1e-10,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(head(x), y) + 0.5 * weight_decay * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return head
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int,
+                 fit: np.ndarray, val: np.ndarray, weight_decays=WEIGHT_DECAYS,
+                 max_iter: int = 200, device: torch.device | str = "cpu"
+                 ) -> tuple[np.ndarray, float]:
+    """Test-set scores [n_test, n_classes] and the weight decay chosen by validation top-1.
+
+    Features are standardised with the train set's mean and std. Each weight decay is fitted on
+    ``fit`` and scored on ``val`` (positions into train); the best (the larger on ties: the
+    simpler model) is refitted on all of train. Without a validation part the middle of the
+    grid is used."""
+    mean = train_x.mean(axis=0)
+    std = train_x.std(axis=0) + 1e-6
+    xt = torch.as_tensor((train_x - mean) / std, dtype=torch.float32, device=device)
+    xs = torch.as_tensor((test_x - mean) / std, dtype=torch.float32, device=device)
+    yt = torch.as_tensor(train_y, dtype=torch.long, device=device)
+    grid = sorted(float(w) for w in weight_decays)
+    best = grid[len(grid) // 2]
+    if len(val) and len(fit):
+        fit_t, val_t = torch.as_tensor(fit, device=device), torch.as_tensor(val, device=device)
+        scores = []
+        for wd in grid:
+            head = fit_logistic(xt[fit_t], yt[fit_t], n_classes, wd, max_iter)
+            with torch.no_grad():
+                scores.append((head(xt[val_t]).argmax(1) == yt[val_t]).float().mean().item())
+        best = max(zip(scores, grid))[1]
+    head = fit_logistic(xt, yt, n_classes, best, max_iter)
+    with torch.no_grad():
+        return head(xs).cpu().numpy(), best
+
+
+def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, float]:
+    """Top-1 and, when there are more than five classes, top-5."""
+    metrics = {f"{prefix}_top1": topk_accuracy(scores, labels, 1)}
+    if scores.shape[1] > TOP5:
+        metrics[f"{prefix}_top5"] = topk_accuracy(scores, labels, TOP5)
+    return metrics
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def finetune_scores(backbone: nn.Module, dataset: Dataset, split: Split, budget: ft.Budget,
+                    seed: int, to_tensor: ft.ToTensor, eval_batch_size: int) -> dict[str, Any]:
+    """Fine-tune ``backbone`` (a copy) on train, score on test: metrics plus the training log."""
+    device = pick_device()
+    model, log_ = ft.finetune_classifier(backbone, dataset.images(split.train), split.train_y,
+                                         len(split.classes), budget, seed, to_tensor, device)
+    logits = ft.predict(model, dataset.images(split.test), to_tensor, device, eval_batch_size)
+    metrics = accuracy_metrics(logits, split.test_y, "finetune")
+    metrics.update(finetune_s=log_.seconds, finetune_steps=float(log_.steps))
+    return {"metrics": metrics, "epoch_losses": log_.epoch_losses,
+            "planned_steps": log_.planned_steps, "capped": log_.capped,
+            "budget": budget.as_dict()}
+
+
+class Classify:
+    name = "classify"
+    main_score = "probe_top1"
+    needs = ("vectors", "category on train and test product shots")
+    seeded = True
+    variants = ("raw", "w")
+    defaults = {
+        "quick": dict(val_fraction=0.2, probe_max_iter=100, finetune=True, epochs=1,
+                      max_steps=4, batch_size=32, lr=0.05, max_seconds=10, eval_batch_size=256),
+        "default": dict(val_fraction=0.2, probe_max_iter=200, finetune=True, epochs=8,
+                        max_steps=48, batch_size=64, lr=0.05, max_seconds=60,
+                        eval_batch_size=256),
+        "full": dict(val_fraction=0.2, probe_max_iter=500, finetune=True, epochs=40,
+                     batch_size=256, lr=0.1, max_seconds=900, eval_batch_size=1024),
+    }
+
+    def skip_reason(self, dataset: Dataset) -> str | None:
+        if not dataset.has("category"):
+            return "the dataset has no 'category' column"
+        category = dataset.table["category"]
+        train = category.iloc[labelled_rows(dataset, "train")].astype(str)
+        test = category.iloc[labelled_rows(dataset, "test")].astype(str)
+        if train.nunique() < 2:
+            return "fewer than two categories among train product shots"
+        if not test.isin(set(train)).any():
+            return "no test product shot whose category appears in train"
+        return None
+
+    def evaluate(self, embeddings: Embeddings, dataset: Dataset,
+                 ctx: TaskContext) -> list[dict[str, Any]]:
+        options = ctx.options
+        split = make_split(dataset, ctx.seed, float(options.get("val_fraction", 0.2)))
+        scores, _ = linear_probe(embeddings.take(split.train), split.train_y,
+                                 embeddings.take(split.test), len(split.classes), split.fit,
+                                 split.val, options.get("weight_decays", WEIGHT_DECAYS),
+                                 int(options.get("probe_max_iter", 200)), pick_device())
+        out = rows(accuracy_metrics(scores, split.test_y, "probe"))
+        backbone_of = getattr(ctx.extractor, "backbone", None)
+        if ctx.variant == "raw" and options.get("finetune", True) and callable(backbone_of):
+            out += self.finetune_rows(embeddings, dataset, split, ctx)
+        return out
+
+    def finetune_rows(self, embeddings: Embeddings, dataset: Dataset, split: Split,
+                      ctx: TaskContext) -> list[dict[str, Any]]:
+        """Variant ``ft`` rows for the extractor, and once per run the scratch baseline's."""
+        budget = ft.Budget.from_options(ctx.options)
+        batch = int(ctx.options.get("eval_batch_size", 256))
+        image_size = getattr(ctx.extractor, "image_size", dataset.image_size)
+        data_key = (dataset.fingerprint, split.classes.tolist(), len(split.train),
+                    budget.key())
+        result = ft.compare_with_scratch(
+            self.name, ctx.extractor, embeddings.meta.get("fingerprint"), data_key, ctx.seed,
+            ctx.cache, ctx.artifacts_dir, image_size,
+            lambda model, to_tensor: finetune_scores(model, dataset, split, budget, ctx.seed,
+                                                     to_tensor, batch))
+        out = rows(result.own["metrics"], variant="ft")
+        if result.scratch is not None:
+            out += rows(result.scratch["metrics"], variant="ft", extractor=result.scratch_name)
+        return out
+
+
+@task("classify")
+def make_classify() -> Classify:
+    return Classify()
