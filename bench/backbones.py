@@ -19,19 +19,28 @@ ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4,
          "resnet50": (Bottleneck, [3, 4, 6, 3])}
 
 
+STEMS = ("small", "strided", "imagenet")
+"""``small``: 3x3 conv, stride 1, no max-pool (CIFAR ResNets; full resolution in layer1);
+``strided``: 3x3 conv, stride 2, no max-pool (a quarter of ``small``'s cost, for CPU budgets);
+``imagenet``: torchvision's 7x7 stride-2 conv and max-pool (needed for torchvision weights)."""
+
+
 class ScaledResNet(ResNet):
     """torchvision's ResNet with every stage's channels scaled by ``width / 64``."""
 
-    def __init__(self, arch: str = "resnet18", width: int = 64, small_images: bool = True):
+    def __init__(self, arch: str = "resnet18", width: int = 64, small_images: bool = True,
+                 stem: str | None = None):
         block, layers = ARCHS[arch]
         self._width = width
         self._first_layer = True
         super().__init__(block, layers)
-        if small_images:
-            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
-        else:
+        self.stem = stem or ("small" if small_images else "imagenet")
+        if self.stem == "imagenet":
             self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        else:
+            stride = 1 if self.stem == "small" else 2
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=stride, padding=1, bias=False)
+            self.maxpool = nn.Identity()
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.bn1 = nn.BatchNorm2d(width)
         self.fc = nn.Identity()
@@ -45,12 +54,16 @@ class ScaledResNet(ResNet):
 
 
 def build_backbone(arch: str = "resnet18", width: int = 64, small_images: bool = True,
-                   seed: int | None = None) -> ScaledResNet:
+                   seed: int | None = None, stem: str | None = None) -> ScaledResNet:
+    """A ResNet mapping images to pooled features; ``stem`` (see ``STEMS``) overrides
+    ``small_images`` (True: ``small``, False: ``imagenet``)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown backbone {arch!r}; choose from {', '.join(ARCHS)}")
+    if stem is not None and stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
     if seed is not None:
         torch.manual_seed(seed)
-    return ScaledResNet(arch, width, small_images)
+    return ScaledResNet(arch, width, small_images, stem)
 
 
 def pick_device(requested: str | None = None) -> torch.device:

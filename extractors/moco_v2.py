@@ -1,0 +1,150 @@
+"""``moco_v2``: MoCo v2 trained without labels on the dataset's ``train`` images (every role).
+
+Built from lightly's pieces as in its MoCo example: a query encoder (backbone +
+``MoCoProjectionHead``) trained by SGD; a key encoder that is its exponential moving average
+(``update_momentum``, momentum cosine-scheduled towards 1 with ``cosine_schedule``, no gradient
+via ``deactivate_requires_grad``); ``NTXentLoss`` whose negatives come from a memory bank of past
+keys; two ``MoCoV2Transform``-style views per image, drawn by the batched augmentations of
+``bench.training`` (lightly's transform defaults, resized for small images, blur off at 32 px as
+in lightly's CIFAR-10 benchmark). The embedding is the backbone's pooled features, not the
+projection.
+
+Budgets (``DEFAULTS``): ``quick`` trains a width-16 ResNet-18 for one short epoch; ``default``
+a width-32 ResNet-18 with the strided stem on 32 px images for a few epochs (about 2-3 minutes on
+2 CPU cores, ``max_seconds`` caps it); ``full`` a width-64 ResNet-18 with the small-image stem
+on 64 px images for 100 epochs, sized for a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import MoCoProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.transforms import MoCoV2Transform
+from lightly.utils.scheduler import cosine_schedule
+from torch import nn
+
+from bench.backbones import build_backbone, pick_device
+from bench.extractor import FitContext
+from bench.registry import extractor
+from bench.training import (
+    BackboneEmbedder,
+    StepInfo,
+    TrainConfig,
+    ViewSpec,
+    augment,
+    checkpoint_key,
+    lightly_view,
+    resolve_options,
+    to_unit,
+    train,
+    unlabelled_rows,
+)
+
+NAME = "moco_v2"
+_COMMON = dict(arch="resnet18", lr=0.06, momentum=0.9, weight_decay=5e-4, temperature=0.2,
+               ema_start=0.99, hidden_dim=512, out_dim=128, cj_strength=0.5, min_scale=0.35,
+               blur=0.0, seed=0, device="")
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
+                            max_seconds=6.0, memory_bank=256),
+    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=30,
+                              batch_size=128, max_seconds=170.0, memory_bank=256),
+    "full": _COMMON | dict(width=64, stem="small", image_size=64, epochs=100, batch_size=256,
+                           max_seconds=1800.0, memory_bank=4096, ema_start=0.996,
+                           hidden_dim=2048, blur=0.5),
+}
+
+
+class MoCo(nn.Module):
+    """Query encoder and its momentum copy (the key encoder)."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = MoCoProjectionHead(feature_dim, hidden_dim, out_dim)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+    @torch.no_grad()
+    def forward_momentum(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1))
+
+
+class MoCoV2Method:
+    """One MoCo v2 step: momentum update, two views, query vs key with bank negatives."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, options: dict[str, Any],
+                 memory_bank: int):
+        torch.manual_seed(options["seed"])
+        self.model = MoCo(backbone, feature_dim, options["hidden_dim"], options["out_dim"])
+        self.criterion = NTXentLoss(temperature=options["temperature"],
+                                    memory_bank_size=(memory_bank, options["out_dim"])
+                                    if memory_bank else 0)
+        self.view = moco_view(options["image_size"], options["cj_strength"],
+                              options["min_scale"], options["blur"])
+        self.ema_start = options["ema_start"]
+
+    def loss(self, images: torch.Tensor, targets: torch.Tensor | None,
+             info: StepInfo) -> torch.Tensor:
+        momentum = cosine_schedule(info.step, info.total_steps, self.ema_start, 1.0)
+        update_momentum(self.model.backbone, self.model.backbone_momentum, m=momentum)
+        update_momentum(self.model.projection_head, self.model.projection_head_momentum,
+                        m=momentum)
+        x = to_unit(images)
+        query = self.model(augment(x, self.view, info.generator))
+        key = self.model.forward_momentum(augment(x, self.view, info.generator))
+        return self.criterion(query.float(), key.float())
+
+
+def moco_view(size: int, cj_strength: float = 1.0, min_scale: float = 0.2,
+              blur: float = 0.0) -> ViewSpec:
+    """``MoCoV2Transform``'s augmentations at ``size`` px with lightly's knobs."""
+    return lightly_view(MoCoV2Transform, size, cj_strength=cj_strength, min_scale=min_scale,
+                        blur=blur)
+
+
+class MoCoV2Extractor(BackboneEmbedder):
+    name = NAME
+
+    def __init__(self, options: dict[str, Any], batch_size: int = 256):
+        self.options = options
+        self.image_size = int(options["image_size"])
+        self.batch_size = batch_size
+        self.device = pick_device(options["device"] or None)
+        self.model = build_backbone(options["arch"], options["width"], stem=options["stem"],
+                                    seed=options["seed"]).to(self.device)
+        self.dim = self.model.feature_dim
+        self.training_result = None
+
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if k != "device"}
+
+    def method(self, n_items: int) -> MoCoV2Method:
+        # A bank larger than half the data would hold stale keys of the query's own image.
+        bank = min(int(self.options["memory_bank"]), n_items // 2)
+        return MoCoV2Method(self.model, self.dim, self.options, bank)
+
+    def fit(self, dataset: Any, ctx: FitContext) -> None:
+        """Train on every ``train``-split image, no labels (cached by config and data)."""
+        rows = unlabelled_rows(dataset, NAME)
+        key = checkpoint_key(NAME, self.config(), dataset.fingerprint, len(rows))
+        self.training_result = train(
+            self.method(len(rows)), dataset.images(rows), None,
+            TrainConfig.from_options(self.options), name=NAME, key=key, cache=ctx.cache,
+            device=self.device, log_dir=ctx.log_dir, progress=ctx.progress)
+
+
+@extractor(NAME)
+def make_moco_v2(options: dict[str, str], profile: Any) -> MoCoV2Extractor:
+    resolved = resolve_options(NAME, DEFAULTS, profile, options)
+    return MoCoV2Extractor(resolved, batch_size=profile.embed_batch_size)

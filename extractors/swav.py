@@ -1,0 +1,173 @@
+"""``swav``: SwAV trained without labels on the dataset's ``train`` images (every role).
+
+Built from lightly's pieces as in its SwAV examples: backbone + ``SwaVProjectionHead``,
+L2-normalised features scored against ``SwaVPrototypes`` (kept frozen for the first
+``freeze_epochs`` epochs via ``n_steps_frozen_prototypes``, renormalised every step),
+``SwaVLoss`` with Sinkhorn-Knopp codes computed from the global crops, and multi-crop views
+(``global_crops`` at the image size, ``local_crops`` at half of it) with ``SwaVTransform``'s
+defaults, drawn by the batched augmentations of ``bench.training``. Crops of one resolution go
+through the network as one batch. An optional queue (lightly's ``MemoryBankModule``, one per
+global crop) adds past features to the Sinkhorn problem; it is off by default because the
+batches here are large next to the number of prototypes. The embedding is the backbone's
+pooled features, not the projection.
+
+Budgets (``DEFAULTS``) mirror ``moco_v2``: ``quick`` seconds, ``default`` about 2-3 minutes on
+2 CPU cores (width-32 ResNet-18, strided stem, 32 px, 2+4 crops), ``full`` a width-64 ResNet-18
+on 64 px images (2x64 + 6x32 crops) for a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightly.loss import SwaVLoss
+from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+from lightly.models.modules.memory_bank import MemoryBankModule
+from lightly.transforms import SwaVTransform
+from torch import nn
+
+from bench.backbones import build_backbone, pick_device
+from bench.extractor import FitContext
+from bench.registry import extractor
+from bench.training import (
+    BackboneEmbedder,
+    StepInfo,
+    TrainConfig,
+    ViewSpec,
+    augment,
+    checkpoint_key,
+    lightly_view,
+    resolve_options,
+    to_unit,
+    train,
+    unlabelled_rows,
+)
+
+NAME = "swav"
+_COMMON = dict(arch="resnet18", lr=0.15, momentum=0.9, weight_decay=5e-4, hidden_dim=512,
+               out_dim=64, n_prototypes=128, freeze_epochs=1, temperature=0.1,
+               sinkhorn_epsilon=0.05, global_crops=2, local_crops=4, global_min_scale=0.35,
+               local_min_scale=0.1, local_max_scale=0.4, cj_strength=0.25, queue=0, blur=0.0,
+               seed=0, device="")
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
+                            max_seconds=6.0, local_crops=2, freeze_epochs=0),
+    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=18,
+                              batch_size=128, max_seconds=170.0),
+    "full": _COMMON | dict(width=64, stem="small", image_size=64, epochs=100, batch_size=256,
+                           max_seconds=1800.0, n_prototypes=512, out_dim=128, hidden_dim=2048,
+                           local_crops=6, blur=0.5),
+}
+
+
+class SwaV(nn.Module):
+    """Backbone, projection head and prototypes; optional per-global-crop feature queues."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, hidden_dim: int, out_dim: int,
+                 n_prototypes: int, frozen_steps: int, queues: int, queue_length: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = SwaVProjectionHead(feature_dim, hidden_dim, out_dim)
+        self.prototypes = SwaVPrototypes(out_dim, n_prototypes,
+                                         n_steps_frozen_prototypes=frozen_steps)
+        self.queues = nn.ModuleList(
+            [MemoryBankModule(size=(queue_length, out_dim)) for _ in range(queues)]
+            if queue_length > 0 else [])
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.projection_head(self.backbone(x).flatten(start_dim=1))
+        return F.normalize(features, dim=1, p=2)
+
+
+class SwaVMethod:
+    """One SwAV step: prototypes normalised, multi-crop features, swapped prediction loss."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, options: dict[str, Any],
+                 steps_per_epoch: int):
+        torch.manual_seed(options["seed"])
+        self.n_global, self.n_local = options["global_crops"], options["local_crops"]
+        self.model = SwaV(backbone, feature_dim, options["hidden_dim"], options["out_dim"],
+                          options["n_prototypes"], options["freeze_epochs"] * steps_per_epoch,
+                          self.n_global, options["queue"])
+        self.criterion = SwaVLoss(temperature=options["temperature"],
+                                  sinkhorn_epsilon=options["sinkhorn_epsilon"])
+        self.global_view, self.local_view = swav_views(
+            options["image_size"], options["global_min_scale"], options["local_min_scale"],
+            options["local_max_scale"], options["cj_strength"], options["blur"])
+        self.queue_start = steps_per_epoch  # the queue holds random vectors at first
+
+    def loss(self, images: torch.Tensor, targets: torch.Tensor | None,
+             info: StepInfo) -> torch.Tensor:
+        self.model.prototypes.normalize()
+        x = to_unit(images)
+        high = self._features(x, self.global_view, self.n_global, info)
+        low = self._features(x, self.local_view, self.n_local, info)
+        prototypes = self.model.prototypes
+        high_p = [prototypes(z, info.step).float() for z in high]
+        low_p = [prototypes(z, info.step).float() for z in low]
+        return self.criterion(high_p, low_p, self._queue_prototypes(high, info)).squeeze()
+
+    def _features(self, x: torch.Tensor, view: ViewSpec, count: int,
+                  info: StepInfo) -> list[torch.Tensor]:
+        if count == 0:
+            return []
+        crops = torch.cat([augment(x, view, info.generator) for _ in range(count)])
+        return list(self.model.project(crops).chunk(count))
+
+    def _queue_prototypes(self, high: list[torch.Tensor],
+                          info: StepInfo) -> list[torch.Tensor] | None:
+        if not len(self.model.queues):
+            return None
+        queued = [bank(z.detach().float(), update=True)[1].T
+                  for bank, z in zip(self.model.queues, high)]
+        if info.step < self.queue_start:
+            return None
+        return [self.model.prototypes(q, info.step).float() for q in queued]
+
+
+def swav_views(size: int, global_min: float, local_min: float, local_max: float,
+               cj_strength: float = 1.0, blur: float = 0.0) -> tuple[ViewSpec, ViewSpec]:
+    """``SwaVTransform``'s global and local crops at ``size`` and ``size // 2`` px."""
+    global_view = lightly_view(SwaVTransform, size, crop=0, cj_strength=cj_strength,
+                               min_scale=global_min, blur=blur)
+    local_view = lightly_view(SwaVTransform, max(8, size // 2), crop=1, min_scale=local_min,
+                              max_scale=local_max, cj_strength=cj_strength, blur=blur)
+    return global_view, local_view
+
+
+class SwaVExtractor(BackboneEmbedder):
+    name = NAME
+
+    def __init__(self, options: dict[str, Any], batch_size: int = 256):
+        self.options = options
+        self.image_size = int(options["image_size"])
+        self.batch_size = batch_size
+        self.device = pick_device(options["device"] or None)
+        self.model = build_backbone(options["arch"], options["width"], stem=options["stem"],
+                                    seed=options["seed"]).to(self.device)
+        self.dim = self.model.feature_dim
+        self.training_result = None
+
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if k != "device"}
+
+    def method(self, n_items: int) -> SwaVMethod:
+        steps_per_epoch = max(1, n_items // min(int(self.options["batch_size"]), n_items))
+        return SwaVMethod(self.model, self.dim, self.options, steps_per_epoch)
+
+    def fit(self, dataset: Any, ctx: FitContext) -> None:
+        """Train on every ``train``-split image, no labels (cached by config and data)."""
+        rows = unlabelled_rows(dataset, NAME)
+        key = checkpoint_key(NAME, self.config(), dataset.fingerprint, len(rows))
+        self.training_result = train(
+            self.method(len(rows)), dataset.images(rows), None,
+            TrainConfig.from_options(self.options), name=NAME, key=key, cache=ctx.cache,
+            device=self.device, log_dir=ctx.log_dir, progress=ctx.progress)
+
+
+@extractor(NAME)
+def make_swav(options: dict[str, str], profile: Any) -> SwaVExtractor:
+    resolved = resolve_options(NAME, DEFAULTS, profile, options)
+    return SwaVExtractor(resolved, batch_size=profile.embed_batch_size)
