@@ -48,8 +48,8 @@ from bench.training import (
 NAME = "swav"
 _COMMON = dict(arch="resnet18", lr=0.15, momentum=0.9, weight_decay=5e-4, hidden_dim=512,
                out_dim=64, n_prototypes=128, freeze_epochs=1, temperature=0.1,
-               sinkhorn_epsilon=0.05, global_crops=2, local_crops=4, global_min_scale=0.35,
-               local_min_scale=0.1, local_max_scale=0.4, cj_strength=0.25, queue=0, blur=0.0,
+               sinkhorn_epsilon=0.05, global_crops=2, local_crops=4, global_min_scale=0.6,
+               local_min_scale=0.2, local_max_scale=0.5, cj_strength=0.25, queue=0, blur=0.0,
                seed=0, device="")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
