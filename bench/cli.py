@@ -27,6 +27,21 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def _specs(text: str | None) -> tuple[str, ...] | None:
+    """Split extractor specs on commas, keeping ``name:a=1,b=2`` together: a part that is a
+    bare ``key=value`` continues the spec before it."""
+    parts = _csv(text)
+    if parts is None:
+        return None
+    specs: list[str] = []
+    for part in parts:
+        if specs and "=" in part and ":" not in part.split("=", 1)[0]:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return tuple(specs)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
                         help="quick | default | full (default: full with CUDA, else default)")
@@ -58,7 +73,7 @@ def command_run(args: argparse.Namespace) -> int:
         options["root"] = dataset_args.pop("arg")
     options.update(dataset_args)
     spec = RunSpec(profile=profile, dataset=args.dataset, dataset_options=options,
-                   extractors=_csv(args.extractors) or profile.extractors,
+                   extractors=_specs(args.extractors) or profile.extractors,
                    tasks=_csv(args.tasks) or profile.tasks,
                    seeds=args.seeds or profile.seeds, out_root=Path(args.out),
                    run_id=args.run_id, plugins=tuple(args.plugin), report=not args.no_report)

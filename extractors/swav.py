@@ -12,8 +12,9 @@ batches here are large next to the number of prototypes. The embedding is the ba
 pooled features, not the projection.
 
 Budgets (``DEFAULTS``) mirror ``moco_v2``: ``quick`` seconds, ``default`` about 2-3 minutes on
-2 CPU cores (width-32 ResNet-18, strided stem, 32 px, 2+4 crops), ``full`` a width-64 ResNet-18
-on 64 px images (2x64 + 6x32 crops) for a GPU.
+2 CPU cores (width-32 ResNet-18, strided stem, 32 px, 2+4 crops, 64 prototypes on 32-d features;
+see docs/learned-extractors.md for why), ``full`` a width-64 ResNet-18 on 64 px images (2x64 +
+6x32 crops, 512 prototypes) for a GPU.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from bench.training import (
 
 NAME = "swav"
 _COMMON = dict(arch="resnet18", lr=0.15, momentum=0.9, weight_decay=5e-4, hidden_dim=512,
-               out_dim=64, n_prototypes=128, freeze_epochs=1, temperature=0.1,
+               out_dim=32, n_prototypes=64, freeze_epochs=1, temperature=0.1,
                sinkhorn_epsilon=0.05, global_crops=2, local_crops=4, global_min_scale=0.6,
                local_min_scale=0.2, local_max_scale=0.5, cj_strength=0.25, queue=0, blur=0.0,
                seed=0, device="")

@@ -52,3 +52,11 @@ def test_list_shows_plugins(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "pixels" in out and "digits" in out and "knn" in out
+
+
+def test_extractor_specs_keep_their_options_together():
+    from bench.cli import _specs
+
+    assert _specs("pixels,moco_v2:epochs=5,lr=0.1,random") == (
+        "pixels", "moco_v2:epochs=5,lr=0.1", "random")
+    assert _specs("precomputed:/a/b.npz,pixels:size=4") == ("precomputed:/a/b.npz", "pixels:size=4")
