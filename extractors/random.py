@@ -15,18 +15,19 @@ class RandomBackboneExtractor:
     modalities = ("image",)
 
     def __init__(self, arch: str = "resnet18", width: int = 32, image_size: int = 32,
-                 seed: int = 0, batch_size: int = 256):
+                 seed: int = 0, batch_size: int = 256, stem: str = "strided"):
         self.name = "random"
         self.arch, self.width, self.image_size, self.seed = arch, width, image_size, seed
+        self.stem = stem
         self.batch_size = batch_size
-        self.model = build_backbone(arch, width, small_images=image_size <= 64, seed=seed)
+        self.model = build_backbone(arch, width, seed=seed, stem=stem)
         self.dim = self.model.feature_dim
         self.device = pick_device()
         self.model.to(self.device)
 
     def config(self) -> dict[str, Any]:
         return {"arch": self.arch, "width": self.width, "image_size": self.image_size,
-                "seed": self.seed}
+                "seed": self.seed, "stem": self.stem}
 
     def fit(self, dataset, ctx: FitContext) -> None:
         """Random weights are the point: nothing to learn."""
@@ -39,6 +40,11 @@ class RandomBackboneExtractor:
         return embed_images(self.model, batches, self.image_size, self.device)
 
 
+def default_stem(image_size: int) -> str:
+    """The stem the learned extractors use at this size (strided at 32 px, small up to 64)."""
+    return "strided" if image_size <= 32 else "small" if image_size <= 64 else "imagenet"
+
+
 @extractor("random")
 def make_random(options: dict[str, str], profile) -> RandomBackboneExtractor:
     budget = profile.budget("random")
@@ -48,4 +54,7 @@ def make_random(options: dict[str, str], profile) -> RandomBackboneExtractor:
         image_size=int(options.get("image_size", budget.get("image_size", 32))),
         seed=int(options.get("seed", 0)),
         batch_size=profile.embed_batch_size,
+        # the learned extractors' backbone at 32-64 px (see docs/learned-extractors.md), so
+        # `random` is the untrained floor of the same architecture and shares its scratch row
+        stem=options.get("stem", budget.get("stem", default_stem(budget.get("image_size", 32)))),
     )
