@@ -5,14 +5,15 @@ Built from lightly's pieces as in its MoCo example: a query encoder (backbone +
 (``update_momentum``, momentum cosine-scheduled towards 1 with ``cosine_schedule``, no gradient
 via ``deactivate_requires_grad``); ``NTXentLoss`` whose negatives come from a memory bank of past
 keys; two ``MoCoV2Transform``-style views per image, drawn by the batched augmentations of
-``bench.training`` (lightly's transform defaults, resized for small images, blur off at 32 px as
-in lightly's CIFAR-10 benchmark). The embedding is the backbone's pooled features, not the
-projection.
+``bench.training`` (lightly's transform defaults with lightly's knobs set for 32 px images: no
+blur, as in lightly's CIFAR-10 benchmark, ``cj_strength`` 0.5, crops of at least 60 % of the
+image, which kept the room layout that scene labels depend on; see docs/learned-extractors.md).
+The embedding is the backbone's pooled features, not the projection.
 
 Budgets (``DEFAULTS``): ``quick`` trains a width-16 ResNet-18 for one short epoch; ``default``
-a width-32 ResNet-18 with the strided stem on 32 px images for a few epochs (about 2-3 minutes on
-2 CPU cores, ``max_seconds`` caps it); ``full`` a width-64 ResNet-18 with the small-image stem
-on 64 px images for 100 epochs, sized for a GPU.
+a width-32 ResNet-18 with the strided stem on 32 px images for 30 epochs with a 256-key bank
+(about 2 minutes on 2 idle CPU cores; ``max_seconds`` caps it); ``full`` a width-64 ResNet-18
+with the small-image stem on 64 px images for 100 epochs with a 4096-key bank, for a GPU.
 """
 
 from __future__ import annotations
