@@ -163,8 +163,9 @@ def knn_consistency(ctx: PlotContext) -> Figure:
         if len(chance):
             ax.axhline(float(chance.mean()), color="black", linestyle="--", linewidth=1,
                        label=f"chance {float(chance.mean()):.3f}")
-            ax.legend(fontsize=8, loc="upper right")
-        ax.set_ylim(0, 1.05)
+            ax.legend(fontsize=8, loc="upper left", ncol=3)  # in the headroom above the bars
+        ax.set_ylim(0, 1.25)
+        ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.set_title(metric.replace("_", " "), fontsize=10)
         ax.set_ylabel(f"share of top-{k} neighbours\nwith the same label (0-1)")
     fig.suptitle("KNN consistency per extractor, raw vs +w (dashed: chance)", fontsize=11)
