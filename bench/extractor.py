@@ -9,7 +9,7 @@ so tasks can fine-tune them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,10 +21,10 @@ from bench.data import Dataset
 
 @dataclass
 class FitContext:
-    """Everything ``fit`` may use: budget from the profile, cache, device, seed, where logs go."""
+    """Everything ``fit`` may use: cache, device, seed, where logs go. The training budget is
+    not here: each plugin's factory reads it with ``profile.budget(name, DEFAULTS)``."""
 
     cache: Cache
-    budget: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     seed: int = 0
     log_dir: Path | None = None

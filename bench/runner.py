@@ -53,14 +53,12 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, profile: Profile,
-                 log_dir: Path) -> tuple[Embeddings, dict[str, float]]:
+def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) -> tuple[Embeddings, dict[str, float]]:
     """Fit (the extractor caches its own weights) and embed every dataset row, cached."""
     timings: dict[str, float] = {}
     key = fingerprint(dataset.fingerprint, extractor.name, extractor.config(), CODE_VERSION)
     path = cache.path("embeddings", f"{dataset.name.replace(':', '_')}-{key}", ".npz")
-    ctx = FitContext(cache=cache, budget=profile.budget(extractor.name.split(":")[0]),
-                     seed=0, log_dir=log_dir)
+    ctx = FitContext(cache=cache, seed=0, log_dir=log_dir)
     cached = None
     if path.exists():
         try:
@@ -147,6 +145,7 @@ class Run:
         self.timings: dict[str, dict[str, float]] = {}
         self.started = time.perf_counter()
         self.info: dict[str, Any] = {}
+        self.environment = environment()  # once: save() runs after every extractor
 
     def error(self, where: str, error: BaseException) -> None:
         log(f"error in {where}: {type(error).__name__}: {error}")
@@ -174,7 +173,7 @@ class Run:
             "config": {"train": spec.profile.train, "task_options": spec.profile.task_options},
             "timings": self.timings, "total_s": time.perf_counter() - self.started,
             "errors": self.errors, "skipped": self.skipped, "plugin_errors":
-                [str(e) for e in registry.load_errors], "environment": environment(),
+                [str(e) for e in registry.load_errors], "environment": self.environment,
             **self.info})
 
 
@@ -229,7 +228,7 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
         try:
             extractor = registry.build_extractor(spec_text, spec.profile)
             log(f"{extractor.name}: fit and embed {len(dataset)} items")
-            embeddings, timings = embed_cached(extractor, dataset, cache, spec.profile,
+            embeddings, timings = embed_cached(extractor, dataset, cache,
                                                run.dir / "artifacts" / extractor.name)
             run.timings[extractor.name] = timings
         except Exception as error:  # noqa: BLE001

@@ -136,8 +136,7 @@ def _from_dataset(args: argparse.Namespace) -> tuple:
     if "impressions" not in dataset.logs:
         raise SystemExit(f"error: dataset {args.dataset!r} has no impressions log")
     extractor = registry.build_extractor(args.extractor, profile)
-    extractor.fit(dataset, FitContext(cache=cache, budget=profile.budget(
-        extractor.name.split(":")[0]), seed=0))
+    extractor.fit(dataset, FitContext(cache=cache, seed=0))
 
     def vectors_for(rows: np.ndarray) -> np.ndarray:
         return extractor.embed(dataset, np.asarray(rows))
