@@ -78,6 +78,13 @@ class TrainLog:
     def capped(self) -> bool:
         return self.steps < self.planned_steps
 
+    def result(self, metrics: dict[str, float], budget: Budget) -> dict[str, Any]:
+        """A task's cached fine-tune result: its metrics plus time, steps and the run's log."""
+        metrics = {**metrics, "finetune_s": self.seconds, "finetune_steps": float(self.steps)}
+        return {"metrics": metrics, "epoch_losses": self.epoch_losses,
+                "planned_steps": self.planned_steps, "capped": self.capped,
+                "budget": budget.as_dict()}
+
 
 # --------------------------------------------------------------------------- backbones
 

@@ -146,11 +146,7 @@ def finetune_scores(backbone: nn.Module, dataset: Dataset, split: Split, budget:
     model, log_ = ft.finetune_classifier(backbone, dataset.images(split.train), split.train_y,
                                          len(split.classes), budget, seed, to_tensor, device)
     logits = ft.predict(model, dataset.images(split.test), to_tensor, device, eval_batch_size)
-    metrics = accuracy_metrics(logits, split.test_y, "finetune")
-    metrics.update(finetune_s=log_.seconds, finetune_steps=float(log_.steps))
-    return {"metrics": metrics, "epoch_losses": log_.epoch_losses,
-            "planned_steps": log_.planned_steps, "capped": log_.capped,
-            "budget": budget.as_dict()}
+    return log_.result(accuracy_metrics(logits, split.test_y, "finetune"), budget)
 
 
 class Classify:

@@ -125,11 +125,7 @@ def finetune_scores(backbone: nn.Module, dataset: Dataset, groups: list, budget:
 
     scores = retrieval_metrics(features(queries), identity[queries], features(gallery),
                                identity[gallery])
-    metrics = {f"finetune_{name}": value for name, value in scores.items()}
-    metrics.update(finetune_s=log_.seconds, finetune_steps=float(log_.steps))
-    return {"metrics": metrics, "epoch_losses": log_.epoch_losses,
-            "planned_steps": log_.planned_steps, "capped": log_.capped,
-            "budget": budget.as_dict()}
+    return log_.result({f"finetune_{name}": value for name, value in scores.items()}, budget)
 
 
 class IdentityRetrieval:
