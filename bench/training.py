@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones import IMAGENET_MEAN, IMAGENET_STD, batched_images, images_to_tensor
+from bench.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    batched_images,
+    build_backbone,
+    images_to_tensor,
+    pick_device,
+)
 from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json
 
 TRAINING_VERSION = "1"  # bump when a checkpoint's meaning changes
@@ -525,6 +532,21 @@ class BackboneEmbedder:
     image_size: int
     device: torch.device
     batch_size: int = 256
+
+    def __init__(self, options: dict[str, Any], batch_size: int = 256):
+        """A fresh backbone from the resolved options (arch, width, stem, seed, image_size)."""
+        self.options = options
+        self.image_size = int(options["image_size"])
+        self.batch_size = batch_size
+        self.device = pick_device(options["device"] or None)
+        self.model = build_backbone(options["arch"], options["width"], stem=options["stem"],
+                                    seed=options["seed"]).to(self.device)
+        self.dim = self.model.feature_dim
+        self.training_result = None
+
+    def config(self) -> dict[str, Any]:
+        """Every option but the device: the device does not change the result."""
+        return {k: v for k, v in self.options.items() if k != "device"}
 
     def backbone(self) -> nn.Module:
         """The trainable torch module (images -> pooled features); trained after ``fit``."""

@@ -29,7 +29,6 @@ from lightly.transforms import MoCoV2Transform
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from bench.backbones import build_backbone, pick_device
 from bench.extractor import FitContext
 from bench.registry import extractor
 from bench.training import (
@@ -116,19 +115,6 @@ def moco_view(size: int, cj_strength: float = 1.0, min_scale: float = 0.2,
 
 class MoCoV2Extractor(BackboneEmbedder):
     name = NAME
-
-    def __init__(self, options: dict[str, Any], batch_size: int = 256):
-        self.options = options
-        self.image_size = int(options["image_size"])
-        self.batch_size = batch_size
-        self.device = pick_device(options["device"] or None)
-        self.model = build_backbone(options["arch"], options["width"], stem=options["stem"],
-                                    seed=options["seed"]).to(self.device)
-        self.dim = self.model.feature_dim
-        self.training_result = None
-
-    def config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.options.items() if k != "device"}
 
     def method(self, n_items: int) -> MoCoV2Method:
         # A bank larger than half the data would hold stale keys of the query's own image.

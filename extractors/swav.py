@@ -29,7 +29,6 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.transforms import SwaVTransform
 from torch import nn
 
-from bench.backbones import build_backbone, pick_device
 from bench.extractor import FitContext
 from bench.registry import extractor
 from bench.training import (
@@ -140,19 +139,6 @@ def swav_views(size: int, global_min: float, local_min: float, local_max: float,
 
 class SwaVExtractor(BackboneEmbedder):
     name = NAME
-
-    def __init__(self, options: dict[str, Any], batch_size: int = 256):
-        self.options = options
-        self.image_size = int(options["image_size"])
-        self.batch_size = batch_size
-        self.device = pick_device(options["device"] or None)
-        self.model = build_backbone(options["arch"], options["width"], stem=options["stem"],
-                                    seed=options["seed"]).to(self.device)
-        self.dim = self.model.feature_dim
-        self.training_result = None
-
-    def config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.options.items() if k != "device"}
 
     def method(self, n_items: int) -> SwaVMethod:
         steps_per_epoch = max(1, n_items // min(int(self.options["batch_size"]), n_items))
