@@ -178,14 +178,7 @@ class Shard:
     def silent_peers(self, timeout: float = 3.0) -> list[str]:
         """Other servers that do not answer a ping (to name the one that is gone)."""
         peers = [f"server{s}" for s in range(self.servers) if f"server{s}" != self.name]
-        futures = [(p, rpc.rpc_async(p, rpc_ping, timeout=timeout)) for p in peers]
-        silent = []
-        for peer, future in futures:
-            try:
-                future.wait()
-            except Exception:  # noqa: BLE001 - any failure to answer counts
-                silent.append(peer)
-        return silent
+        return probe(peers, timeout)
 
     def wait_finished(self, ping: Any, poll: float = 2.0) -> None:
         """Block until every worker said ``finish``; fail when a worker stops answering."""
@@ -257,3 +250,15 @@ def rpc_finish(mode: str, worker: int) -> None:
 def rpc_ping() -> str:
     """Liveness probe; answers with this process's RPC name."""
     return rpc.get_worker_info().name
+
+
+def probe(peers: list[str], timeout: float) -> list[str]:
+    """Peers that do not answer a ping within ``timeout`` seconds."""
+    futures = [(p, rpc.rpc_async(p, rpc_ping, timeout=timeout)) for p in peers]
+    silent = []
+    for peer, future in futures:
+        try:
+            future.wait()
+        except Exception:  # noqa: BLE001 - any failure to answer counts
+            silent.append(peer)
+    return silent

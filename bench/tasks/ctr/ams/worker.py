@@ -208,22 +208,10 @@ class Worker:
                            "held_mb": held_mb(self.model, self.optimizer, table)}}
 
 
-def probe(servers: list[str], timeout: float) -> list[str]:
-    """Servers that do not answer a ping within ``timeout`` seconds."""
-    futures = [(s, rpc.rpc_async(s, ams_server.rpc_ping, timeout=timeout)) for s in servers]
-    dead = []
-    for server, future in futures:
-        try:
-            future.wait()
-        except Exception:  # noqa: BLE001 - any failure to answer counts
-            dead.append(server)
-    return dead
-
-
 def explain(error: BaseException, name: str, mode: str, iteration: int, servers: list[str],
             ranks: dict[str, int], timeout: float) -> AmsError:
     """The error a worker stops with: which servers are gone, and what failed."""
-    dead = probe(servers, timeout)
+    dead = ams_server.probe(servers, timeout)
     where = f"{name} stopped in mode {mode} at iteration {iteration}"
     if dead:
         gone = ", ".join(f"{s} (rank {ranks[s]})" for s in dead)
