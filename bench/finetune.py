@@ -366,6 +366,15 @@ class Comparison:
     scratch: dict[str, Any] | None
     scratch_name: str
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Task rows (variant ``ft``): the extractor's, then its scratch baseline's if new."""
+        out = [{"metric": m, "value": float(v), "variant": "ft"}
+               for m, v in self.own["metrics"].items()]
+        if self.scratch is not None:
+            out += [{"metric": m, "value": float(v), "variant": "ft",
+                     "extractor": self.scratch_name} for m, v in self.scratch["metrics"].items()]
+        return out
+
 
 def compare_with_scratch(task: str, extractor: Any, embeddings_key: str | None,
                          data_key: tuple, seed: int, cache: Cache | None,

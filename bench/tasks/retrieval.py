@@ -182,10 +182,7 @@ class IdentityRetrieval:
             ctx.cache, ctx.artifacts_dir, image_size,
             lambda model, to_tensor: finetune_scores(model, dataset, groups, budget, ctx.seed,
                                                      to_tensor, temperature, batch))
-        out = rows(result.own["metrics"], variant="ft")
-        if result.scratch is not None:
-            out += rows(result.scratch["metrics"], variant="ft", extractor=result.scratch_name)
-        return out
+        return result.rows()
 
 
 @task("retrieval")
