@@ -46,6 +46,7 @@ from bench.backbones import (
     pick_device,
 )
 from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json
+from bench.extractor import FitContext
 
 TRAINING_VERSION = "1"  # bump when a checkpoint's meaning changes
 CHECKPOINT_FORMAT = 1
@@ -525,7 +526,8 @@ def embed_backbone(model: nn.Module, image_batches: Iterable[np.ndarray], size: 
 
 class BackboneEmbedder:
     """``backbone()``, ``preprocess()`` and ``embed()`` for extractors whose embedding is a
-    backbone's pooled features (never a projection head, as in lightly's benchmarks)."""
+    backbone's pooled features (never a projection head, as in lightly's benchmarks), and the
+    self-supervised ``fit`` that trains a subclass's ``method`` on unlabelled train images."""
 
     modalities = ("image",)
     model: nn.Module
@@ -547,6 +549,20 @@ class BackboneEmbedder:
     def config(self) -> dict[str, Any]:
         """Every option but the device: the device does not change the result."""
         return {k: v for k, v in self.options.items() if k != "device"}
+
+    def method(self, n_items: int) -> Method:
+        """The training objective (self-supervised extractors define it)."""
+        raise NotImplementedError
+
+    def fit(self, dataset: Any, ctx: FitContext) -> None:
+        """Self-supervised: train ``method`` on every ``train``-split image, no labels
+        (cached by config and data)."""
+        rows = unlabelled_rows(dataset, self.name)
+        key = checkpoint_key(self.name, self.config(), dataset.fingerprint, len(rows))
+        self.training_result = train(
+            self.method(len(rows)), dataset.images(rows), None,
+            TrainConfig.from_options(self.options), name=self.name, key=key, cache=ctx.cache,
+            device=self.device, log_dir=ctx.log_dir, progress=ctx.progress)
 
     def backbone(self) -> nn.Module:
         """The trainable torch module (images -> pooled features); trained after ``fit``."""

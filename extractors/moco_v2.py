@@ -29,20 +29,15 @@ from lightly.transforms import MoCoV2Transform
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from bench.extractor import FitContext
 from bench.registry import extractor
 from bench.training import (
     BackboneEmbedder,
     StepInfo,
-    TrainConfig,
     ViewSpec,
     augment,
-    checkpoint_key,
     lightly_view,
     resolve_options,
     to_unit,
-    train,
-    unlabelled_rows,
 )
 
 NAME = "moco_v2"
@@ -120,15 +115,6 @@ class MoCoV2Extractor(BackboneEmbedder):
         # A bank larger than half the data would hold stale keys of the query's own image.
         bank = min(int(self.options["memory_bank"]), n_items // 2)
         return MoCoV2Method(self.model, self.dim, self.options, bank)
-
-    def fit(self, dataset: Any, ctx: FitContext) -> None:
-        """Train on every ``train``-split image, no labels (cached by config and data)."""
-        rows = unlabelled_rows(dataset, NAME)
-        key = checkpoint_key(NAME, self.config(), dataset.fingerprint, len(rows))
-        self.training_result = train(
-            self.method(len(rows)), dataset.images(rows), None,
-            TrainConfig.from_options(self.options), name=NAME, key=key, cache=ctx.cache,
-            device=self.device, log_dir=ctx.log_dir, progress=ctx.progress)
 
 
 @extractor(NAME)

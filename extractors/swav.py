@@ -29,20 +29,15 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.transforms import SwaVTransform
 from torch import nn
 
-from bench.extractor import FitContext
 from bench.registry import extractor
 from bench.training import (
     BackboneEmbedder,
     StepInfo,
-    TrainConfig,
     ViewSpec,
     augment,
-    checkpoint_key,
     lightly_view,
     resolve_options,
     to_unit,
-    train,
-    unlabelled_rows,
 )
 
 NAME = "swav"
@@ -143,15 +138,6 @@ class SwaVExtractor(BackboneEmbedder):
     def method(self, n_items: int) -> SwaVMethod:
         steps_per_epoch = max(1, n_items // min(int(self.options["batch_size"]), n_items))
         return SwaVMethod(self.model, self.dim, self.options, steps_per_epoch)
-
-    def fit(self, dataset: Any, ctx: FitContext) -> None:
-        """Train on every ``train``-split image, no labels (cached by config and data)."""
-        rows = unlabelled_rows(dataset, NAME)
-        key = checkpoint_key(NAME, self.config(), dataset.fingerprint, len(rows))
-        self.training_result = train(
-            self.method(len(rows)), dataset.images(rows), None,
-            TrainConfig.from_options(self.options), name=NAME, key=key, cache=ctx.cache,
-            device=self.device, log_dir=ctx.log_dir, progress=ctx.progress)
 
 
 @extractor(NAME)
