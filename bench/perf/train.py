@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop")
-    parser.add_argument("--local-crops", type=int, default=4, help="SwAV local crops")
+    parser.add_argument("--local-crops", type=int, default=2, help="SwAV local crops (default profile: 2)")
     parser.add_argument("--transforms", action="store_true",
                         help="also time lightly's PIL transforms against the batched ones")
 
@@ -150,13 +150,12 @@ def time_transforms(args: argparse.Namespace) -> None:
     images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     registry.load_plugins()
     profile = get_profile("default")
-    local = max(8, size // 2)
+    swav = registry.build_extractor(_spec("swav", args), profile).method(n)
     pairs = {
         "moco_v2": (MoCoV2Transform(input_size=size, gaussian_blur=0.0),
                     registry.build_extractor(_spec("moco_v2", args), profile).method(n)),
-        "swav": (SwaVTransform(crop_sizes=(size, local), crop_counts=(2, args.local_crops),
-                               gaussian_blur=0.0),
-                 registry.build_extractor(_spec("swav", args), profile).method(n)),
+        "swav": (SwaVTransform(crop_sizes=(size, swav.local_view.size),
+                               crop_counts=(2, args.local_crops), gaussian_blur=0.0), swav),
     }
     pil = [Image.fromarray(image) for image in images]
     g = torch.Generator().manual_seed(0)
