@@ -127,6 +127,18 @@ def test_one_swav_step_with_frozen_prototypes(queue):
     assert not torch.allclose(method.model.prototypes.heads[0].weight, normalised, atol=1e-4)
 
 
+@pytest.mark.parametrize("profile, local", [("default", 24), ("full", 32)])
+def test_swav_local_crops_follow_the_size_ratio(profile, local):
+    """Local crops are ``local_size_ratio`` of the image side; both crop kinds share the jitter
+    and grayscale options, and the local ones cover less of the image."""
+    method = build("swav:random_gray_scale=0.05,cj_strength=0.5", profile).method(100)
+    image_size = build("swav", profile).options["image_size"]
+    assert method.global_view.size == image_size and method.local_view.size == local
+    assert method.global_view.gray == method.local_view.gray == 0.05
+    assert method.global_view.brightness == method.local_view.brightness > 0
+    assert method.local_view.max_scale < method.global_view.min_scale
+
+
 def test_one_supervised_step():
     data = tiny_dataset()
     extractor = build(f"pretrained:{TINY}")
