@@ -487,10 +487,18 @@ def _write_log(log_dir: Path | None, name: str, key: str, result: TrainResult) -
         "checkpoint": result.checkpoint})
 
 
-def unlabelled_rows(dataset: Any, name: str) -> np.ndarray:
-    """The rows self-supervised methods learn from: every ``train``-split item (all roles).
-    A dataset without a train split (e.g. a folder of images) lends all of its rows, said so."""
+def unlabelled_rows(dataset: Any, name: str, role: str = "") -> np.ndarray:
+    """The rows self-supervised methods learn from: the ``train``-split items of ``role``
+    (``""`` or ``"all"``: every role). A dataset without a role column lends all of its train
+    items; one without train items of that role does too, said so; one without a train split
+    lends all of its rows, said so."""
     rows = dataset.rows(split="train")
+    if role and role != "all":
+        of_role = dataset.rows(role=role, split="train")
+        if len(of_role) >= 2:
+            return of_role
+        log(f"{name}: dataset {dataset.name!r} has no train items of role {role!r}; "
+            f"learning from all {len(rows)} train items")
     if len(rows) >= 2:
         return rows
     if len(dataset) < 2:
@@ -555,9 +563,9 @@ class BackboneEmbedder:
         raise NotImplementedError
 
     def fit(self, dataset: Any, ctx: FitContext) -> None:
-        """Self-supervised: train ``method`` on every ``train``-split image, no labels
-        (cached by config and data)."""
-        rows = unlabelled_rows(dataset, self.name)
+        """Self-supervised: train ``method`` on the ``train``-split images (of the role the
+        ``train_role`` option names, if any), no labels (cached by config and data)."""
+        rows = unlabelled_rows(dataset, self.name, str(self.options.get("train_role", "")))
         key = checkpoint_key(self.name, self.config(), dataset.fingerprint, len(rows))
         self.training_result = train(
             self.method(len(rows)), dataset.images(rows), None,

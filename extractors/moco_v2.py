@@ -1,4 +1,5 @@
-"""``moco_v2``: MoCo v2 trained without labels on the dataset's ``train`` images (every role).
+"""``moco_v2``: MoCo v2 trained without labels on the dataset's ``train`` images (every role;
+``train_role=content`` keeps the content covers only, as ``swav`` does).
 
 Built from lightly's pieces as in its MoCo example: a query encoder (backbone +
 ``MoCoProjectionHead``) trained by SGD; a key encoder that is its exponential moving average
@@ -43,7 +44,7 @@ from bench.training import (
 NAME = "moco_v2"
 _COMMON = dict(arch="resnet18", lr=0.06, momentum=0.9, weight_decay=5e-4, temperature=0.2,
                ema_start=0.99, hidden_dim=512, out_dim=128, cj_strength=0.5, min_scale=0.6,
-               blur=0.0, seed=0, device="")
+               blur=0.0, train_role="all", seed=0, device="")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
                             max_seconds=6.0, memory_bank=256),

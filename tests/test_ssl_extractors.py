@@ -230,7 +230,9 @@ def test_pretrained_falls_back_to_category_or_says_why(tmp_path):
         build(f"pretrained:{TINY}").fit(tiny_dataset(columns=()), ctx(tmp_path))
 
 
-def test_ssl_methods_train_on_every_train_image(tmp_path, monkeypatch):
+def test_ssl_methods_train_on_their_train_role(tmp_path, monkeypatch, capsys):
+    """MoCo v2 learns from every train image, SwAV from the train covers (role ``content``);
+    ``train_role`` switches either, and a dataset without such items lends them all."""
     data = tiny_dataset()
     sizes = []
 
@@ -241,9 +243,22 @@ def test_ssl_methods_train_on_every_train_image(tmp_path, monkeypatch):
     import bench.training
 
     monkeypatch.setattr(bench.training, "train", spy)  # the shared self-supervised fit calls it
-    for name in ("moco_v2", "swav"):
-        build(f"{name}:{TINY}").fit(data, ctx(tmp_path))
-    assert sizes == [(len(data.rows(split="train")), None)] * 2
+    every, covers = len(data.rows(split="train")), len(data.rows(role="content", split="train"))
+    assert 2 <= covers < every
+    for name, role in (("moco_v2", ""), ("swav", ""), ("moco_v2", ",train_role=content"),
+                       ("swav", ",train_role=all")):
+        build(f"{name}:{TINY}{role}").fit(data, ctx(tmp_path))
+    assert sizes == [(every, None), (covers, None), (covers, None), (every, None)]
+
+    no_covers = tiny_dataset()
+    no_covers.table["role"] = "product"
+    no_roles = tiny_dataset()
+    no_roles.table = no_roles.table.drop(columns="role")
+    sizes.clear()
+    for dataset in (no_covers, no_roles):
+        build(f"swav:{TINY}").fit(dataset, ctx(tmp_path))
+    assert sizes == [(every, None)] * 2
+    assert "no train items of role 'content'" in capsys.readouterr().err
 
 
 def test_pretrained_loads_torchvision_weights(tmp_path):
