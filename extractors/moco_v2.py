@@ -1,5 +1,5 @@
 """``moco_v2``: MoCo v2 trained without labels on the dataset's ``train`` images (every role;
-``train_role=content`` keeps the content covers only, as ``swav`` does).
+``train_role=content`` keeps the content covers only).
 
 Built from lightly's pieces as in its MoCo example: a query encoder (backbone +
 ``MoCoProjectionHead``) trained by SGD; a key encoder that is its exponential moving average

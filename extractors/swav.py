@@ -1,4 +1,4 @@
-"""``swav``: SwAV trained without labels on the dataset's ``train`` content covers.
+"""``swav``: SwAV trained without labels on the dataset's ``train`` images (every role).
 
 Built from lightly's pieces as in its SwAV examples: backbone + ``SwaVProjectionHead``,
 L2-normalised features scored against ``SwaVPrototypes`` (kept frozen for the first
@@ -11,16 +11,15 @@ Crops of one resolution go through the network as one batch. An optional queue (
 off by default because on homestead it scored lower (docs/learned-extractors.md). The
 embedding is the backbone's pooled features, not the projection.
 
-It learns from the train-split items of role ``content`` (``train_role``; ``all`` for every
-role, as ``moco_v2`` does; datasets without roles lend every train item), as the reference
-study trained SwAV on its cover images: on homestead this raised style consistency and cost
-some scene consistency, in the same time (docs/learned-extractors.md).
+``train_role=content`` keeps the content covers only, as the reference study trained SwAV on
+its cover images: on homestead that raised style consistency and cost scene consistency and
+product classification, so it is not the default (docs/learned-extractors.md).
 
 Budgets (``DEFAULTS``): ``quick`` seconds; ``default`` about 3-4 minutes on 2 CPU cores
 (width-32 ResNet-18, strided stem, 32 px, 2 global crops + 2 local crops at 24 px, 256
-prototypes on 32-d features, temperature 0.2, 40 epochs of the 1,452 train covers; chosen on
-a validation world, see docs/learned-extractors.md); ``full`` a width-64 ResNet-18 on 64 px
-images (2x64 + 6x32 crops, 512 prototypes, the paper's temperature 0.1) for a GPU.
+prototypes on 32-d features, temperature 0.2, 26 epochs; chosen on the train-split covers and
+checked on a validation world, see docs/learned-extractors.md); ``full`` a width-64 ResNet-18
+on 64 px images (2x64 + 6x32 crops, 512 prototypes, the paper's temperature 0.1) for a GPU.
 """
 
 from __future__ import annotations
@@ -51,13 +50,13 @@ _COMMON = dict(arch="resnet18", lr=0.15, momentum=0.9, weight_decay=5e-4, hidden
                out_dim=32, n_prototypes=256, freeze_epochs=1, temperature=0.2,
                sinkhorn_epsilon=0.05, global_crops=2, local_crops=2, local_size_ratio=0.75,
                global_min_scale=0.6, local_min_scale=0.2, local_max_scale=0.5, cj_strength=0.25,
-               random_gray_scale=0.2, queue=0, blur=0.0, train_role="content", seed=0,
+               random_gray_scale=0.2, queue=0, blur=0.0, train_role="all", seed=0,
                device="")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
                             max_seconds=6.0, freeze_epochs=0),
-    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=40,
-                              batch_size=128, max_seconds=280.0),
+    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=26,
+                              batch_size=128, max_seconds=220.0),
     "full": _COMMON | dict(width=64, stem="small", image_size=64, epochs=100, batch_size=256,
                            max_seconds=1800.0, n_prototypes=512, out_dim=128, hidden_dim=2048,
                            temperature=0.1, local_crops=6, local_size_ratio=0.5, blur=0.5),
