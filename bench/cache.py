@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-CODE_VERSION = "1"
+# Bump when cached artefacts change meaning (2: learned extractors train on an EpochPlan).
+CODE_VERSION = "2"
 _UMASK = os.umask(0)
-os.umask(_UMASK)  # bump when cached artefacts change meaning
+os.umask(_UMASK)
 
 
 def fingerprint(*parts: Any) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import statistics
 import sys
 import time
 from collections.abc import Iterable
@@ -48,7 +49,7 @@ from bench.backbones import (
 from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json
 from bench.extractor import FitContext
 
-TRAINING_VERSION = "1"  # bump when a checkpoint's meaning changes
+TRAINING_VERSION = "2"  # bump when a checkpoint's meaning changes (2: EpochPlan schedule)
 CHECKPOINT_FORMAT = 1
 
 
@@ -276,6 +277,72 @@ class TrainConfig:
 
 
 @dataclass
+class EpochPlan:
+    """How many epochs a training runs, and the learning-rate schedule's progress over them.
+
+    The plan is ``epochs`` until the time per epoch says the rest would overrun ``max_seconds``;
+    then it shrinks to what fits, and the rest of the schedule is spread over the remaining
+    planned steps, so a budget-limited training still anneals to its end. The time per epoch is
+    the median of the epochs after the first (which pays one-off costs), so the plan is first
+    revised after two epochs; a training that has used up its budget stops at any point. A
+    budget with room to spare leaves the schedule at steps over ``epochs`` x steps, independent
+    of timing: the same config trains the same model on a fast or a slow machine, run after run.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    max_seconds: float = 0.0
+    planned: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+    anchor: tuple[int, float] = (0, 0.0)  # (step, progress) where the current plan took over
+
+    def __post_init__(self) -> None:
+        self.planned = self.planned or self.epochs
+
+    def progress(self, step: int) -> float:
+        """Share of the schedule done at global ``step``, in [0, 1]."""
+        start, share = self.anchor
+        left = max(1, self.planned * self.steps_per_epoch - start)
+        return min(1.0, share + (1.0 - share) * (step - start) / left)
+
+    def end_epoch(self, done: int, wall: float, seconds: float) -> bool:
+        """Record an epoch of ``seconds`` (``done`` epochs and ``wall`` seconds in all so far);
+        True when training stops after it."""
+        self.epoch_seconds.append(seconds)
+        if self.max_seconds > 0 and len(self.epoch_seconds) >= 2:
+            per_epoch = max(statistics.median(self.epoch_seconds[1:]), 1e-9)
+            fits = done + int((self.max_seconds - wall) // per_epoch)
+            planned = max(done, min(self.epochs, fits))
+            if planned != self.planned:
+                step = done * self.steps_per_epoch
+                self.anchor = (step, self.progress(step))
+                self.planned = planned
+        over_time = self.max_seconds > 0 and wall >= self.max_seconds
+        return over_time or done >= self.planned
+
+    def stopped_by(self, done: int) -> str:
+        return "epochs" if done >= self.epochs else "max_seconds"
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a resumed training follows the same plan."""
+        return {"planned_epochs": self.planned, "schedule_anchor": list(self.anchor)}
+
+    @classmethod
+    def resumed(cls, epochs: int, steps_per_epoch: int, max_seconds: float,
+                state: dict[str, Any] | None) -> EpochPlan:
+        """The plan of a checkpoint's training (a fresh one without a checkpoint); the epochs
+        before it count at their mean time."""
+        if not state or not state.get("epoch"):
+            return cls(epochs, steps_per_epoch, max_seconds)
+        done = int(state["epoch"])
+        step, share = state.get("schedule_anchor", (0, 0.0))
+        return cls(epochs, steps_per_epoch, max_seconds,
+                   planned=int(state.get("planned_epochs", epochs)),
+                   epoch_seconds=[float(state["wall_s"]) / done] * done,
+                   anchor=(int(step), float(share)))
+
+
+@dataclass
 class TrainResult:
     losses: list[float]
     epochs: int
@@ -370,8 +437,8 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
           log_dir: Path | None = None, progress: bool = True) -> TrainResult:
     """Train ``method.model`` on uint8 NHWC ``images`` (and integer ``targets``), or load the
     finished checkpoint of ``key``; resumes an unfinished one. SGD with momentum, a cosine
-    learning rate over the budget's progress (steps or wall time, whichever is further), a
-    checkpoint after every epoch, and a stop after the epoch in which ``max_seconds`` ran out."""
+    learning rate over the planned steps (``EpochPlan``: fewer epochs only when ``max_seconds``
+    would not hold them all) and a checkpoint after every epoch."""
     device = torch.device(device)
     path = checkpoint_path(cache, name, key)
     model = method.model.to(device)
@@ -399,6 +466,7 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
     wall = float(state["wall_s"]) if state else 0.0
     seen = int(state["images_seen"]) if state else 0
     stopped_by = "epochs"
+    plan = EpochPlan.resumed(config.epochs, steps_per_epoch, config.max_seconds, state)
     model.train()
     bar = _progress_bar(total_steps, start_epoch * steps_per_epoch, name, progress)
     try:
@@ -410,9 +478,7 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
             running = torch.zeros((), device=device)
             for i in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + i
-                done_share = max(step / total_steps, (wall + time.perf_counter() - started)
-                                 / config.max_seconds if config.max_seconds > 0 else 0.0)
-                lr = base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done_share)))
+                lr = base_lr * 0.5 * (1 + math.cos(math.pi * plan.progress(step)))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 idx = order[i * batch_size:(i + 1) * batch_size]
@@ -430,17 +496,17 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
                 raise FloatingPointError(f"{name}: the loss became {epoch_loss} in epoch "
                                          f"{epoch + 1}; lower the learning rate (lr=)")
             losses.append(epoch_loss)
-            wall += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            wall += seconds
             seen += steps_per_epoch * batch_size
             bar.set_postfix(loss=f"{epoch_loss:.3f}")
-            over_time = config.max_seconds > 0 and wall >= config.max_seconds
-            done = epoch + 1 == config.epochs or over_time
-            stopped_by = "max_seconds" if over_time and epoch + 1 < config.epochs else "epochs"
+            done = plan.end_epoch(epoch + 1, wall, seconds)
+            stopped_by = plan.stopped_by(epoch + 1)
             state = {"format": CHECKPOINT_FORMAT, "key": key, "name": name,
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "epoch": epoch + 1, "losses": losses, "wall_s": wall,
                      "images_seen": seen, "done": done, "stopped_by": stopped_by,
-                     "config": asdict(config)}
+                     **plan.state(), "config": asdict(config)}
             save_checkpoint(path, state)
             result = _result(state, path, device, cached=False)
             _write_log(log_dir, name, key, result)

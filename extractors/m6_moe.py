@@ -28,8 +28,8 @@ version of it, in one file:
   image + title with a share of the words replaced by ``[MASK]``, predicts the hidden words with
   the word embeddings as output weights (tied): words that go with the same images, such as a
   style's synonyms, get similar embeddings. Images get random resized crops and flips (no colour
-  jitter: colour is style). AdamW with warm-up and cosine decay over the budget (``epochs`` or
-  ``max_seconds``, whichever runs out first).
+  jitter: colour is style). AdamW with warm-up and cosine decay over the planned epochs
+  (``bench.training.EpochPlan``: ``epochs``, fewer only when ``max_seconds`` cannot hold them).
 * **embedding**: the fused pass's ``[CLS]`` through a linear head, L2-normalised, 32-d by default
   (``m6_moe:dim=64``). ``m6_moe_image_only`` (or ``m6_moe:image_only=1``) uses the same trained
   weights with no title tokens, so a table shows what the title adds.
@@ -68,6 +68,7 @@ from bench.registry import extractor
 from bench.training import (
     CHECKPOINT_FORMAT,
     CheckpointError,
+    EpochPlan,
     ViewSpec,
     amp_context,
     augment,
@@ -80,7 +81,7 @@ from bench.training import (
 )
 
 NAME = "m6_moe"
-VERSION = "1"  # bump when training or the checkpoint's content changes meaning
+VERSION = "2"  # bump when training or the checkpoint's content changes meaning (2: EpochPlan)
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[MASK]")
 PAD, UNK, CLS, MASK = range(len(SPECIALS))
 
@@ -440,8 +441,9 @@ def learning_rate(cfg: dict[str, Any], done: float) -> float:
 def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *, path: Path,
           key: str, vocab: list[str], device: torch.device, state: dict[str, Any] | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Train (or resume from ``state``, a checkpoint of an unfinished run) for ``epochs`` or
-    until ``max_seconds``; a checkpoint after every epoch. Returns the training log."""
+    """Train (or resume from ``state``, a checkpoint of an unfinished run) for the epochs an
+    ``EpochPlan`` allows within ``max_seconds``; a checkpoint after every epoch. Returns the
+    training log."""
     from tqdm.auto import tqdm
 
     model.to(device).train()
@@ -459,6 +461,7 @@ def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *,
     history = {name: list(state["log"][name]) if state else [] for name in HISTORY}
     wall = resumed_wall = float(state["wall_s"]) if state else 0.0
     start_epoch = int(state["epoch"]) if state else 0
+    plan = EpochPlan.resumed(cfg["epochs"], steps_per_epoch, cfg["max_seconds"], state)
     train_log: dict[str, Any] = {}
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"train {NAME}",
                unit="step", disable=not progress, leave=False, mininterval=1.0, file=sys.stderr)
@@ -471,8 +474,7 @@ def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *,
         order = torch.randperm(n, generator=generator).to(device)
         sums = {name: torch.zeros((), device=device) for name in ("loss", "itc", "mlm", "aux")}
         for i in range(steps_per_epoch):
-            done = max((epoch * steps_per_epoch + i) / total_steps,
-                       (wall + time.perf_counter() - started) / cfg["max_seconds"])
+            done = plan.progress(epoch * steps_per_epoch + i)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, done)
             index = order[i * batch:(i + 1) * batch]
@@ -489,23 +491,23 @@ def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *,
         if not math.isfinite(means["loss"]):
             raise FloatingPointError(f"{NAME}: the loss became {means['loss']} in epoch "
                                      f"{epoch + 1}; lower the learning rate (lr=)")
-        wall += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        wall += seconds
         stats = expert_stats(model)
         for name, value in zip(HISTORY, (means["loss"], means["itc"], means["mlm"],
                                          means["aux"], stats["dropped_share"])):
             history[name].append(value)
         bar.set_postfix(loss=f"{means['loss']:.3f}")
-        over_time = wall >= cfg["max_seconds"]
-        finished = epoch + 1 == cfg["epochs"] or over_time
+        finished = plan.end_epoch(epoch + 1, wall, seconds)
         train_log = {**history, "wall_s": wall, "epochs_run": epoch + 1,
-                     "stopped_by": "max_seconds" if over_time and epoch + 1 < cfg["epochs"]
-                     else "epochs", "n_train": n, "vocab_size": len(vocab),
+                     "stopped_by": plan.stopped_by(epoch + 1), "n_train": n, "vocab_size": len(vocab),
                      "images_per_s": (epoch + 1 - start_epoch) * steps_per_epoch * batch
                      / max(wall - resumed_wall, 1e-9), "device": str(device), **stats}
         save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "key": key, "name": NAME,
                                "version": VERSION, "model": model.state_dict(),
                                "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                                "losses": history["loss"], "wall_s": wall, "done": finished,
+                               **plan.state(),
                                "vocab": vocab, "log": train_log})
         if finished:
             break

@@ -18,6 +18,7 @@ from bench.cache import Cache
 from bench.config import get_profile
 from bench.training import (
     CheckpointError,
+    EpochPlan,
     StepInfo,
     TrainConfig,
     ViewSpec,
@@ -219,6 +220,47 @@ def test_wall_clock_budget_stops_after_the_current_epoch(tmp_path):
     result = _train(ToyMethod(), tmp_path, epochs=50, max_seconds=1e-6)
     assert len(result.losses) == 1 and result.stopped_by == "max_seconds"
     assert load_checkpoint(checkpoint_path(Cache(tmp_path / "cache"), "toy", "k1"))["done"]
+
+
+def test_a_budget_with_room_leaves_the_schedule_to_the_steps():
+    """However slow or uneven the epochs, if they fit the budget the learning-rate progress is
+    steps over planned steps, so the same config trains the same model on any machine."""
+    for seconds in ([9.0, 1.0, 1.0, 1.0], [3.0, 2.5, 2.4, 2.6]):
+        plan = EpochPlan(epochs=4, steps_per_epoch=10, max_seconds=12.0)
+        shares = []
+        for epoch, took in enumerate(seconds):
+            shares += [plan.progress(epoch * 10 + i) for i in range(10)]
+            done = plan.end_epoch(epoch + 1, sum(seconds[:epoch + 1]), took)
+            assert done == (epoch == 3)
+        assert shares == [step / 40 for step in range(40)]
+        assert plan.stopped_by(4) == "epochs"
+
+
+def test_a_binding_budget_shrinks_the_plan_and_still_anneals():
+    plan = EpochPlan(epochs=10, steps_per_epoch=4, max_seconds=10.0)
+    wall, epochs, shares = 0.0, 0, []
+    while True:
+        shares += [plan.progress(epochs * 4 + i) for i in range(4)]
+        took = 3.0 if epochs == 0 else 2.0  # the first epoch pays one-off costs
+        wall, epochs = wall + took, epochs + 1
+        if plan.end_epoch(epochs, wall, took):
+            break
+    # after two epochs (5 s) the median epoch (2 s) leaves room for 2 more: 4 in all
+    assert epochs == 4 and plan.planned == 4 and plan.stopped_by(epochs) == "max_seconds"
+    assert shares[:8] == [step / 40 for step in range(8)]  # the first plan: 10 epochs
+    # from step 8 (0.2, no jump) the rest of the schedule spreads evenly over the 8 steps left
+    assert shares[8:] + [plan.progress(16)] == pytest.approx([0.2 + 0.1 * i for i in range(9)])
+    assert plan.progress(16) == 1.0  # the learning rate has reached the end of its cosine
+
+
+def test_the_plan_survives_a_resume():
+    plan = EpochPlan(epochs=10, steps_per_epoch=4, max_seconds=10.0)
+    for epoch, took in enumerate([3.0, 2.0]):
+        plan.end_epoch(epoch + 1, 3.0 + 2.0 * epoch, took)
+    resumed = EpochPlan.resumed(10, 4, 10.0, {"epoch": 2, "wall_s": 5.0, **plan.state()})
+    assert resumed.planned == plan.planned == 4
+    assert [resumed.progress(s) for s in range(8, 17)] == [plan.progress(s) for s in range(8, 17)]
+    assert EpochPlan.resumed(10, 4, 10.0, None).planned == 10
 
 
 # ---------------------------------------------------------------- options and embedding
