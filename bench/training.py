@@ -553,13 +553,13 @@ def _write_log(log_dir: Path | None, name: str, key: str, result: TrainResult) -
         "checkpoint": result.checkpoint})
 
 
-def unlabelled_rows(dataset: Any, name: str, role: str = "") -> np.ndarray:
+def unlabelled_rows(dataset: Any, name: str, role: str = "all") -> np.ndarray:
     """The rows self-supervised methods learn from: the ``train``-split items of ``role``
-    (``""`` or ``"all"``: every role). A dataset without a role column lends all of its train
-    items; one without train items of that role does too, said so; one without a train split
-    lends all of its rows, said so."""
+    (``"all"``: every role). A dataset without a role column lends all of its train items; one
+    without train items of that role does too, said so; one without a train split lends all of
+    its rows, said so."""
     rows = dataset.rows(split="train")
-    if role and role != "all":
+    if role != "all":
         of_role = dataset.rows(role=role, split="train")
         if len(of_role) >= 2:
             return of_role
@@ -621,8 +621,10 @@ class BackboneEmbedder:
         self.training_result = None
 
     def config(self) -> dict[str, Any]:
-        """Every option but the device: the device does not change the result."""
-        return {k: v for k, v in self.options.items() if k != "device"}
+        """Every option but the device (it does not change the result), and the training
+        code's version, so cached embeddings follow the loop that trained the weights."""
+        options = {k: v for k, v in self.options.items() if k != "device"}
+        return options | {"training_version": TRAINING_VERSION}
 
     def method(self, n_items: int) -> Method:
         """The training objective (self-supervised extractors define it)."""
@@ -631,7 +633,7 @@ class BackboneEmbedder:
     def fit(self, dataset: Any, ctx: FitContext) -> None:
         """Self-supervised: train ``method`` on the ``train``-split images (of the role the
         ``train_role`` option names, if any), no labels (cached by config and data)."""
-        rows = unlabelled_rows(dataset, self.name, str(self.options.get("train_role", "")))
+        rows = unlabelled_rows(dataset, self.name, str(self.options.get("train_role", "all")))
         key = checkpoint_key(self.name, self.config(), dataset.fingerprint, len(rows))
         self.training_result = train(
             self.method(len(rows)), dataset.images(rows), None,

@@ -122,7 +122,7 @@ class PretrainedExtractor(BackboneEmbedder):
         if self.weights:
             keys = ("arch", "image_size", "weights_sha")
             return {"weights": True} | {k: self.options[k] for k in keys}
-        return {k: v for k, v in self.options.items() if k not in ("device", "weights")}
+        return {k: v for k, v in super().config().items() if k != "weights"}
 
     def method(self, n_classes: int) -> SupervisedMethod:
         return SupervisedMethod(self.model, self.dim, n_classes, self.options)

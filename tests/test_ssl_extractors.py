@@ -261,6 +261,19 @@ def test_ssl_methods_train_on_their_train_role(tmp_path, monkeypatch, capsys):
     assert "no train items of role 'content'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_config_carries_the_training_version(name, monkeypatch):
+    """The runner keys cached embeddings by ``config()``: a change to the shared training loop
+    (a ``TRAINING_VERSION`` bump) must retire the embeddings its old weights gave."""
+    import bench.training
+
+    before = build(f"{name}:{TINY}").config()
+    assert before["training_version"] == bench.training.TRAINING_VERSION
+    assert "device" not in before and "weights" not in before
+    monkeypatch.setattr(bench.training, "TRAINING_VERSION", "test")
+    assert build(f"{name}:{TINY}").config() != before
+
+
 def test_pretrained_loads_torchvision_weights(tmp_path):
     from torchvision.models import resnet18
 
