@@ -15,7 +15,7 @@ embedding is the backbone's pooled features, not the projection.
 its cover images: on homestead that raised style consistency and cost scene consistency and
 product classification, so it is not the default (docs/learned-extractors.md).
 
-Budgets (``DEFAULTS``): ``quick`` seconds; ``default`` about 4-6 minutes on 2 CPU cores
+Budgets (``DEFAULTS``): ``quick`` seconds; ``default`` about 4-7 minutes on 2 CPU cores
 (width-32 ResNet-18, strided stem, 32 px, 2 global crops + 2 local crops at 24 px, 256
 prototypes on 32-d features, temperature 0.2, 26 epochs of batches of 64 at lr 0.075; chosen on
 the train-split covers and a validation world, see docs/learned-extractors.md); ``full`` a width-64 ResNet-18
