@@ -77,7 +77,9 @@ def images_to_tensor(images: np.ndarray, size: int | None = None,
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 NHWC -> normalised float NCHW at ``size`` (bilinear resize when it differs)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    # contiguous NCHW: torch 2.13's CPU conv backward corrupts the heap on channels-last
+    # input with few channels (a ResNet of width 4), so the permuted view is never passed on
+    x = x.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     if size is not None and x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                           antialias=True)

@@ -137,7 +137,7 @@ def lightly_view(transform: type, size: int, crop: int = 0, cj_strength: float |
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [0, 1] (once per batch, shared by all views)."""
-    return images.permute(0, 3, 1, 2).float().div_(255.0)
+    return images.permute(0, 3, 1, 2).contiguous().float().div_(255.0)  # NCHW, see backbones
 
 
 def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:

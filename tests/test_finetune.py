@@ -162,12 +162,14 @@ def test_finetune_classifier_learns_and_leaves_the_original_untouched():
     original = tiny_backbone()
     before = state(original)
     copy = ft.finetune_copy(original)
-    budget = ft.Budget(epochs=6, batch_size=16, lr=0.05)
+    # 12 epochs: after 18 steps BatchNorm's running statistics still lag the trained weights
+    # (eval-mode accuracy 0.67 on some CPUs although the training loss is 0.007)
+    budget = ft.Budget(epochs=12, batch_size=16, lr=0.05)
     model, log = ft.finetune_classifier(copy, images, labels, 3, budget, 0,
                                         ft.standard_transform(16), torch.device("cpu"))
     assert same_state(before, state(original))  # the extractor's backbone is not modified
     assert not same_state(before, state(copy))  # ... but the fine-tuned copy is
-    assert model[0] is copy and log.steps == 18
+    assert model[0] is copy and log.steps == 36
     assert log.epoch_losses[-1] < log.epoch_losses[0]
     logits = ft.predict(model, images, ft.standard_transform(16), torch.device("cpu"))
     assert logits.shape == (48, 3) and (logits.argmax(1) == labels).mean() > 0.8
