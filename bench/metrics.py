@@ -87,6 +87,21 @@ def knn_consistency(
     neighbour slot an approximate index leaves empty counts as a mismatch. Compare with
     :func:`knn_chance`.
     """
+    return float(knn_agreement(vectors, labels, k, queries=queries, metric=metric, kind=kind,
+                               **index_params).mean())
+
+
+def knn_agreement(
+    vectors: Any,
+    labels: Any,
+    k: int = 10,
+    queries: Any = None,
+    metric: str = "l2",
+    kind: str = "flat",
+    **index_params: Any,
+) -> np.ndarray:
+    """Per query, the share of its k nearest neighbours (self excluded) that carry its label:
+    the terms whose mean is :func:`knn_consistency` (float64 [n_queries])."""
     x = _index.as_matrix(vectors, "vectors")
     y = _labels_1d(labels, "labels", x.shape[0])
     pos = _index.query_positions(queries, x.shape[0])
@@ -94,7 +109,7 @@ def knn_consistency(
                       **index_params)
     query_labels = y if pos is None else y[pos]
     same = (y[nbrs] == query_labels[:, None]) & (nbrs >= 0)
-    return float(same.mean())
+    return same.mean(axis=1)
 
 
 def knn_chance(labels: Any, queries: Any = None) -> float:
@@ -171,6 +186,23 @@ def recall_at_n(
     whole gallery. Exact FAISS search.
     """
     ns_list = [int(n) for n in ns]
+    hits = recall_hits(query_vectors, query_ids, gallery_vectors, gallery_ids, ns_list, metric,
+                       skip_missing)
+    return {n: float(hits[:, i].mean()) for i, n in enumerate(ns_list)}
+
+
+def recall_hits(
+    query_vectors: Any,
+    query_ids: Any,
+    gallery_vectors: Any,
+    gallery_ids: Any,
+    ns: tuple[int, ...] | list[int] = (1, 5, 10, 15, 20),
+    metric: str = "l2",
+    skip_missing: bool = False,
+) -> np.ndarray:
+    """bool [n_queries, len(ns)]: whether each query finds its identity in its top n, the terms
+    whose means are :func:`recall_at_n` (queries left out by ``skip_missing`` are not rows)."""
+    ns_list = [int(n) for n in ns]
     if not ns_list or min(ns_list) < 1:
         raise ValueError(f"ns: expected positive integers, got {ns!r}")
     q, qid, g, gid = _retrieval_inputs(
@@ -180,7 +212,7 @@ def recall_at_n(
     _, idx = _index.search(g, q, k, metric=metric)
     match = gid[idx] == qid[:, None]
     first = np.where(match.any(axis=1), match.argmax(axis=1), np.iinfo(np.int64).max)
-    return {n: float(np.mean(first < n)) for n in ns_list}
+    return first[:, None] < np.asarray(ns_list)[None, :]
 
 
 def map_at_r(
@@ -202,6 +234,19 @@ def map_at_r(
     :func:`recall_at_n`; queries with no relevant item raise (or are skipped with
     ``skip_missing=True``). Exact FAISS search of max R neighbours.
     """
+    return float(average_precision_at_r(query_vectors, query_ids, gallery_vectors, gallery_ids,
+                                        metric, skip_missing).mean())
+
+
+def average_precision_at_r(
+    query_vectors: Any,
+    query_ids: Any,
+    gallery_vectors: Any,
+    gallery_ids: Any,
+    metric: str = "l2",
+    skip_missing: bool = False,
+) -> np.ndarray:
+    """AP@R of each query (float64 [n_queries]), the terms whose mean is :func:`map_at_r`."""
     q, qid, g, gid = _retrieval_inputs(
         query_vectors, query_ids, gallery_vectors, gallery_ids, skip_missing
     )
@@ -210,8 +255,7 @@ def map_at_r(
     _, idx = _index.search(g, q, int(r.max()), metric=metric)
     rel = (gid[idx] == qid[:, None]) & (np.arange(idx.shape[1]) < r[:, None])
     precision = np.cumsum(rel, axis=1) / np.arange(1, idx.shape[1] + 1)
-    ap = (precision * rel).sum(axis=1) / r
-    return float(ap.mean())
+    return (precision * rel).sum(axis=1) / r
 
 
 # --------------------------------------------------------------------------- ranking / CTR
@@ -325,7 +369,14 @@ def topk_accuracy(scores: Any, labels: Any, k: int) -> float:
     k = int(k)
     if not 1 <= k <= c:
         raise ValueError(f"k must be between 1 and the number of classes ({c}), got {k}")
-    true = s[np.arange(n), y][:, None]
+    return float(topk_hits(s, y, k).mean())
+
+
+def topk_hits(scores: Any, labels: Any, k: int) -> np.ndarray:
+    """Per sample, 1 when the true class is among the k highest scores (ties by expectation,
+    see :func:`topk_accuracy`, whose checks this skips): float64 [n]."""
+    s, y = np.asarray(scores), np.asarray(labels)
+    true = s[np.arange(len(y)), y][:, None]
     above = (s > true).sum(axis=1)
     tied = (s == true).sum(axis=1) - 1
-    return float(np.mean(np.clip((k - above) / (tied + 1), 0.0, 1.0)))
+    return np.clip((k - above) / (tied + 1), 0.0, 1.0)
