@@ -1,0 +1,94 @@
+"""The variants a task sees: ``raw`` vectors and ``w``, BERT-whitened on the task's population.
+
+Whitening is fitted per task on the train-split rows of the population the task evaluates (the
+content covers for knn, the product shots for classify, ...: ``task.population(dataset)``), so a
+task's test items never inform it and the transform suits the items it compares. Its dimension
+``k`` is an option (``auto`` by default: chosen on those train rows, see
+:func:`bench.whitening.choose_k`); what was fitted is returned for run.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bench.data import LABEL_COLUMNS, Dataset
+from bench.embeddings import Embeddings
+from bench.whitening import Whitening, choose_k, fit_whitening, k_grid
+
+DEFAULTS = {"k": "auto", "shrinkage": 0.0}
+
+
+def population(task: Any, dataset: Dataset) -> np.ndarray:
+    """The task's population, or every row for a task that does not declare one."""
+    declared = getattr(task, "population", None)
+    return np.asarray(declared(dataset)) if callable(declared) else np.arange(len(dataset))
+
+
+def train_rows(task: Any, dataset: Dataset) -> np.ndarray:
+    rows = population(task, dataset)
+    return rows[dataset.table["split"].iloc[rows].to_numpy() == "train"]
+
+
+def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
+                 options: dict[str, Any] | None = None) -> Whitening | None:
+    """The task's whitening, or None when its population has fewer than 2 train rows."""
+    options = {**DEFAULTS, **(options or {})}
+    rows = train_rows(task, dataset)
+    if len(rows) < 2:
+        return None
+    vectors = embeddings.take(rows)
+    shrinkage = float(options["shrinkage"])
+    scores: dict[int, float] = {}
+    if str(options["k"]) == "auto":
+        k, scores = choose_k(vectors, train_labels(dataset, rows), shrinkage)
+    else:
+        k = None if str(options["k"]) in ("full", "none", "0") else int(options["k"])
+    whitening = fit_whitening(vectors, k, shrinkage)
+    whitening.record.update({"k_option": str(options["k"]), "fit_rows": "train split of "
+                             f"the {getattr(task, 'name', 'task')} population",
+                             "selection_scores": {str(k_): v for k_, v in scores.items()}})
+    return whitening
+
+
+def train_labels(dataset: Dataset, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The label columns the rows carry (what ``choose_k`` may agree with)."""
+    table = dataset.table.iloc[rows]
+    return {c: table[c].to_numpy(dtype=object) for c in LABEL_COLUMNS
+            if c in table.columns and table[c].notna().any()}
+
+
+def for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
+             options: dict[str, Any] | None = None
+             ) -> tuple[dict[str, Embeddings], dict[str, Any] | None]:
+    """({"raw": ..., "w": ...}, what the whitening fitted); ``w`` is left out when the task has
+    no ``w`` variant or too few train rows."""
+    out = {"raw": embeddings}
+    if "w" not in getattr(task, "variants", ()):
+        return out, None
+    whitening = fit_for_task(embeddings, dataset, task, options)
+    if whitening is None:
+        return out, None
+    out["w"] = embeddings.with_vectors(whitening.apply(embeddings.vectors),
+                                       whitening={"k": whitening.k})
+    return out, whitening.record
+
+
+def sweep(embeddings: Embeddings, dataset: Dataset, task: Any, ctx: Any,
+          options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The task's scores with whitening of every k of the grid (a report plot, never used to
+    choose k): rows with k, metric, value."""
+    options = {**DEFAULTS, **(options or {})}
+    rows = train_rows(task, dataset)
+    if len(rows) < 2:
+        return []
+    out = []
+    for k in k_grid(embeddings.dim):
+        whitening = fit_whitening(embeddings.take(rows), k, float(options["shrinkage"]))
+        whitened = embeddings.with_vectors(whitening.apply(embeddings.vectors))
+        for row in task.evaluate(whitened, dataset, ctx):
+            if "evidence" in row:  # scores, not chance levels
+                out.append({"k": k, "k_kept": whitening.k, "metric": row["metric"],
+                            "value": float(row["value"])})
+    return out
