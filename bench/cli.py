@@ -1,4 +1,4 @@
-"""``bench`` command line: run, list, report, compare, perf, ams.
+"""``bench`` command line: run, validate, list, report, compare, perf, ams.
 
 ``run`` and ``list`` live here; the other commands live beside the code they drive and are
 imported only when used (each module offers ``add_arguments(parser)`` and ``main(args)``).
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench import registry
 from bench.cache import Cache
-from bench.config import PROFILES, get_profile
+from bench.config import LADDER, PROFILES, get_profile
 
 LAZY_COMMANDS = {
     "report": ("bench.report.cli", "rebuild tables, plots and report.html of a run folder"),
@@ -56,32 +58,63 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], help="extra plugin file")
     parser.add_argument("--cache", help="cache folder (default: $BENCH_CACHE_DIR or ./.cache/bench)")
     parser.add_argument("--no-report", action="store_true", help="skip plots and HTML")
+    parser.add_argument("--reference", help="extractor every row is tested against (default: "
+                        "'none (ids only)' for ctr, 'random' elsewhere)")
+    parser.add_argument("--whiten-k", help="whitening dimension k of the w variant: auto "
+                        "(chosen on train rows, the default), full, or a number")
     parser.add_argument("--ctr-backend", choices=("local", "ams"),
                         help="train the ctr task in this process (local) or on the AMS "
                              "parameter-server path (ams, docs/ams.md)")
 
 
-def command_run(args: argparse.Namespace) -> int:
-    from bench.runner import RunSpec, run_benchmark
+def run_spec(args: argparse.Namespace, extractors: tuple[str, ...] | None = None) -> Any:
+    """The RunSpec the run arguments describe (``extractors`` replaces the profile's list)."""
+    from bench.runner import RunSpec
 
     profile = get_profile(args.profile)
     if getattr(args, "ctr_backend", None):
         profile.task_options.setdefault("ctr", {})["backend"] = args.ctr_backend
+    if getattr(args, "whiten_k", None):
+        profile.whitening["k"] = args.whiten_k
     dataset_name, dataset_args = registry.parse_spec(args.dataset)
     options = profile.dataset_options(dataset_name)
     if "arg" in dataset_args:
         options["root"] = dataset_args.pop("arg")
     options.update(dataset_args)
-    spec = RunSpec(profile=profile, dataset=args.dataset, dataset_options=options,
-                   extractors=_specs(args.extractors) or profile.extractors,
+    return RunSpec(profile=profile, dataset=args.dataset, dataset_options=options,
+                   extractors=extractors or _specs(args.extractors) or profile.extractors,
                    tasks=_csv(args.tasks) or profile.tasks,
                    seeds=args.seeds or profile.seeds, out_root=Path(args.out),
-                   run_id=args.run_id, plugins=tuple(args.plugin), report=not args.no_report)
-    run = run_benchmark(spec, Cache(args.cache))
+                   run_id=args.run_id, plugins=tuple(args.plugin), report=not args.no_report,
+                   reference=getattr(args, "reference", None))
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from bench.runner import run_benchmark
+
+    run = run_benchmark(run_spec(args), Cache(args.cache))
     print(f"results: {run.dir}")
     if (run.dir / "summary.md").exists():
         print((run.dir / "summary.md").read_text())
     return 1 if run.errors and not run.rows else 0
+
+
+def command_validate(args: argparse.Namespace) -> int:
+    """Every task on the known-answer ladder only; exit 1 when a task's main score puts the
+    rungs out of order (the run cannot tell better from worse there)."""
+    import pandas as pd
+
+    from bench.report.tables import main_validity, validity_markdown
+    from bench.runner import run_benchmark
+
+    run = run_benchmark(run_spec(args, extractors=LADDER), Cache(args.cache))
+    print(f"results: {run.dir}")
+    info = json.loads((run.dir / "run.json").read_text())
+    path = run.dir / "validity.csv"
+    validity = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["task", "metric"])
+    print(validity_markdown(validity, info))
+    checked = main_validity(validity, info)
+    return 1 if (checked["verdict"] == "out of order").any() else 0
 
 
 def command_list(args: argparse.Namespace) -> int:
@@ -106,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the benchmark")
     add_run_arguments(run)
     run.set_defaults(handler=command_run)
+    validate = commands.add_parser("validate", help="run every task on the known-answer ladder "
+                                   "and print whether each task resolves it")
+    add_run_arguments(validate)
+    validate.set_defaults(handler=command_validate)
     listing = commands.add_parser("list", help="list extractors, datasets, tasks, profiles")
     listing.add_argument("--plugin", action="append", default=[])
     listing.set_defaults(handler=command_list)

@@ -22,6 +22,9 @@ class Profile:
     train: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     embed_batch_size: int = 256
+    # the ``w`` variant: BERT-whitening's dimension k ("auto": chosen on train rows, "full")
+    # and shrinkage, fitted per task on its population's train split (bench/variants.py)
+    whitening: dict[str, Any] = field(default_factory=lambda: {"k": "auto", "shrinkage": 0.0})
 
     def budget(self, extractor: str, defaults: dict[str, dict[str, Any]] | None = None
                ) -> dict[str, Any]:
@@ -42,6 +45,10 @@ class Profile:
         merged.update(self.task_options.get(task, {}))
         return merged
 
+
+# The known-answer ladder (extractors/ladder.py): ceiling, two noise levels, floor. The default
+# and full profiles run it beside the real extractors, for the report's validity table.
+LADDER = ("ladder:clean", "ladder:noise=0.15", "ladder:noise=0.3", "ladder:random")
 
 _QUICK = Profile(
     name="quick",
@@ -67,7 +74,7 @@ _DEFAULT = Profile(
         "folder": dict(image_size=32),
     },
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
-                "m6_moe_image_only"),
+                "m6_moe_image_only", *LADDER),
     tasks=("knn", "retrieval", "classify", "ctr"),
     seeds=3,
     train={"*": dict(epochs=10, batch_size=128, max_seconds=180, image_size=32, width=32)},
@@ -82,7 +89,7 @@ _FULL = Profile(
         "folder": dict(image_size=96),
     },
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
-                "m6_moe_image_only"),
+                "m6_moe_image_only", *LADDER),
     tasks=("knn", "retrieval", "classify", "ctr"),
     seeds=3,
     train={"*": dict(epochs=50, batch_size=256, max_seconds=1800, image_size=64, width=64,

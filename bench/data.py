@@ -43,6 +43,10 @@ class Dataset:
     fingerprint: str
     logs: dict[str, pd.DataFrame] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # ground truth the items were generated from (``id`` plus latent columns: categorical
+    # strings or numbers, missing where a latent does not apply), for reference extractors
+    # such as the known-answer ladder; tasks never read it. None for real data.
+    latents: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         self.table = self.table.reset_index(drop=True)
@@ -60,6 +64,19 @@ class Dataset:
         if unknown:
             raise DatasetError(f"dataset {self.name!r}: unknown split values {unknown}; use {SPLITS}")
         self._position = pd.Index(self.table["id"])
+        if self.latents is not None:
+            self.latents = self._aligned_latents(self.latents)
+
+    def _aligned_latents(self, latents: pd.DataFrame) -> pd.DataFrame:
+        """The latents in the table's row order; every id needs exactly one row."""
+        if "id" not in latents.columns:
+            raise DatasetError(f"dataset {self.name!r}: the latents table has no 'id' column")
+        latents = latents.assign(id=latents["id"].astype(str)).set_index("id")
+        missing = self.table["id"][~self.table["id"].isin(latents.index)]
+        if len(missing) or latents.index.duplicated().any():
+            raise DatasetError(f"dataset {self.name!r}: latents must hold each item id once; "
+                               f"{len(missing)} missing, e.g. {missing.iloc[0] if len(missing) else None!r}")
+        return latents.loc[self.table["id"]].reset_index()
 
     def __len__(self) -> int:
         return len(self.table)

@@ -27,8 +27,9 @@ from torch import nn
 
 from bench.backbones import images_to_tensor
 from bench.cache import CODE_VERSION, Cache, fingerprint, write_json
+from bench.stats import Evidence
 
-FINETUNE_VERSION = "2"  # bump when training code changes what a cached result means
+FINETUNE_VERSION = "3"  # bump when training code changes what a cached result means (3: evidence)
 ToTensor = Callable[[np.ndarray], torch.Tensor]
 
 
@@ -78,12 +79,15 @@ class TrainLog:
     def capped(self) -> bool:
         return self.steps < self.planned_steps
 
-    def result(self, metrics: dict[str, float], budget: Budget) -> dict[str, Any]:
-        """A task's cached fine-tune result: its metrics plus time, steps and the run's log."""
+    def result(self, metrics: dict[str, float], budget: Budget,
+               evidence: dict[str, Evidence] | None = None) -> dict[str, Any]:
+        """A task's cached fine-tune result: its metrics (with their per-unit evidence, for
+        intervals) plus time, steps and the run's log."""
         metrics = {**metrics, "finetune_s": self.seconds, "finetune_steps": float(self.steps)}
         return {"metrics": metrics, "epoch_losses": self.epoch_losses,
                 "planned_steps": self.planned_steps, "capped": self.capped,
-                "budget": budget.as_dict()}
+                "budget": budget.as_dict(),
+                "evidence": {m: e.to_json() for m, e in (evidence or {}).items()}}
 
 
 # --------------------------------------------------------------------------- backbones
@@ -368,12 +372,17 @@ class Comparison:
 
     def rows(self) -> list[dict[str, Any]]:
         """Task rows (variant ``ft``): the extractor's, then its scratch baseline's if new."""
-        out = [{"metric": m, "value": float(v), "variant": "ft"}
-               for m, v in self.own["metrics"].items()]
+        out = _result_rows(self.own)
         if self.scratch is not None:
-            out += [{"metric": m, "value": float(v), "variant": "ft",
-                     "extractor": self.scratch_name} for m, v in self.scratch["metrics"].items()]
+            out += _result_rows(self.scratch, extractor=self.scratch_name)
         return out
+
+
+def _result_rows(result: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
+    evidence = result.get("evidence", {})
+    return [{"metric": m, "value": float(v), "variant": "ft", **extra,
+             **({"evidence": Evidence.from_json(evidence[m])} if m in evidence else {})}
+            for m, v in result["metrics"].items()]
 
 
 def compare_with_scratch(task: str, extractor: Any, embeddings_key: str | None,

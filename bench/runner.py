@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import registry
+from bench import registry, variants, verdicts
 from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json, write_text
 from bench.config import Profile
 from bench.data import Dataset
@@ -28,7 +28,6 @@ from bench.embeddings import Embeddings
 from bench.extractor import FitContext
 from bench.report.artifacts import RunArtifacts
 from bench.tasks import TaskContext, get_task
-from bench.whitening import fit_whitening
 
 RESULT_COLUMNS = ["run", "dataset", "extractor", "variant", "task", "metric", "seed", "value"]
 PACKAGES = ("torch", "torchvision", "lightly", "faiss-cpu", "numpy", "pandas", "scikit-learn",
@@ -47,6 +46,7 @@ class RunSpec:
     run_id: str | None = None
     plugins: tuple[str, ...] = ()
     report: bool = True
+    reference: str | None = None  # the row every other is tested against (default per task)
 
 
 def log(message: str) -> None:
@@ -100,15 +100,6 @@ def keep_train_log(embeddings_path: Path, log_dir: Path, restore: bool) -> None:
         write_text(target, source.read_text(encoding="utf-8"))
 
 
-def variants(embeddings: Embeddings, dataset: Dataset) -> dict[str, Embeddings]:
-    """``raw`` and ``w`` (whitening fitted on the train split only)."""
-    train = dataset.rows(split="train")
-    if len(train) < 2:
-        return {"raw": embeddings}
-    whitening = fit_whitening(embeddings.take(train))
-    return {"raw": embeddings, "w": embeddings.with_vectors(whitening.apply(embeddings.vectors))}
-
-
 def environment() -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
@@ -143,6 +134,7 @@ class Run:
         self.errors: list[dict[str, str]] = []
         self.skipped: list[dict[str, str]] = []
         self.timings: dict[str, dict[str, float]] = {}
+        self.sweep: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.info: dict[str, Any] = {}
         self.environment = environment()  # once: save() runs after every extractor
@@ -154,12 +146,18 @@ class Run:
 
     def add_rows(self, dataset: str, extractor: str, variant: str, task: str, seed: int,
                  task_rows: list[dict[str, Any]]) -> None:
+        """Append the task's rows; their evidence (for intervals) goes to ``evidence/``."""
+        evidence: dict[tuple[str, str, int], dict[str, Any]] = {}
         for row in task_rows:
-            self.rows.append({"run": self.run_id, "dataset": dataset,
-                              "extractor": row.get("extractor", extractor),
-                              "variant": row.get("variant", variant), "task": task,
-                              "metric": row["metric"], "seed": row.get("seed", seed),
-                              "value": float(row["value"])})
+            cell = (row.get("extractor", extractor), row.get("variant", variant),
+                    int(row.get("seed", seed)))
+            self.rows.append({"run": self.run_id, "dataset": dataset, "extractor": cell[0],
+                              "variant": cell[1], "task": task, "metric": row["metric"],
+                              "seed": cell[2], "value": float(row["value"])})
+            if row.get("evidence") is not None:
+                evidence.setdefault(cell, {})[row["metric"]] = row["evidence"]
+        for (row_extractor, row_variant, row_seed), items in evidence.items():
+            verdicts.save_evidence(self.dir, task, row_extractor, row_variant, row_seed, items)
 
     def save(self) -> None:
         frame = pd.DataFrame(self.rows, columns=RESULT_COLUMNS)
@@ -179,7 +177,6 @@ class Run:
 
 def evaluate_tasks(run: Run, spec: RunSpec, dataset: Dataset, extractor: Any,
                    embeddings: Embeddings, cache: Cache) -> None:
-    by_variant = variants(embeddings, dataset)
     for name in spec.tasks:
         try:
             task = get_task(name)
@@ -188,18 +185,26 @@ def evaluate_tasks(run: Run, spec: RunSpec, dataset: Dataset, extractor: Any,
             continue
         reason = task.skip_reason(dataset)
         if reason:
-            if not any(s["task"] == name for s in run.skipped):
+            if not any(s.get("task") == name for s in run.skipped):
                 run.skipped.append({"task": name, "reason": reason})
                 log(f"skipping task {name}: {reason}")
             continue
         start = time.perf_counter()
+        options = spec.profile.options(name, getattr(task, "defaults", None))
+        try:
+            by_variant, fitted = variants.for_task(embeddings, dataset, task,
+                                                   spec.profile.whitening)
+        except Exception as error:  # noqa: BLE001
+            run.error(f"whitening for task {name} on {extractor.name}", error)
+            by_variant, fitted = {"raw": embeddings}, None
+        if fitted is not None:
+            run.info.setdefault("whitening", {}).setdefault(extractor.name, {})[name] = fitted
         seeds = range(spec.seeds) if task.seeded else [0]
         for variant in task.variants:
             if variant not in by_variant:
                 continue
             for seed in seeds:
-                ctx = TaskContext(seed=seed, variant=variant,
-                                  options=spec.profile.options(name, getattr(task, "defaults", None)),
+                ctx = TaskContext(seed=seed, variant=variant, options=options,
                                   extractor=extractor, profile=spec.profile, cache=cache,
                                   artifacts_dir=run.dir / "artifacts")
                 try:
@@ -207,7 +212,62 @@ def evaluate_tasks(run: Run, spec: RunSpec, dataset: Dataset, extractor: Any,
                     run.add_rows(dataset.name, extractor.name, variant, name, seed, result)
                 except Exception as error:  # noqa: BLE001
                     run.error(f"task {name} on {extractor.name}/{variant} seed {seed}", error)
+        if options.get("whitening_sweep") and "w" in by_variant:
+            add_sweep(run, spec, dataset, extractor, embeddings, task, options, cache)
         run.timings.setdefault(extractor.name, {})[f"{name}_s"] = time.perf_counter() - start
+
+
+def add_sweep(run: Run, spec: RunSpec, dataset: Dataset, extractor: Any, embeddings: Embeddings,
+              task: Any, options: dict[str, Any], cache: Cache) -> None:
+    """The task's scores over whitening dimensions k, for the report's sweep plot."""
+    ctx = TaskContext(seed=0, variant="w", options=options, extractor=extractor,
+                      profile=spec.profile, cache=cache)
+    try:
+        rows = variants.sweep(embeddings, dataset, task, ctx, spec.profile.whitening)
+    except Exception as error:  # noqa: BLE001
+        run.error(f"whitening sweep of task {task.name} on {extractor.name}", error)
+        return
+    run.sweep += [{"extractor": extractor.name, "task": task.name, **row} for row in rows]
+    frame = pd.DataFrame(run.sweep)
+    with atomic_path(run.dir / "whitening_sweep.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def task_references(spec: RunSpec) -> dict[str, str]:
+    """Per task, the row every other row is tested against: ``--reference``, else the task's
+    own (``reference`` attribute: IDs only for ctr), else ``random``."""
+    out = {}
+    for name in spec.tasks:
+        try:
+            declared = getattr(get_task(name), "reference", verdicts.DEFAULT_REFERENCE)
+        except KeyError:
+            continue
+        out[name] = spec.reference or declared
+    return out
+
+
+def write_verdicts(run: Run) -> None:
+    """``verdicts.csv`` and ``validity.csv`` from the evidence the tasks left."""
+    from bench.report.tables import lower_is_better
+
+    start = time.perf_counter()
+    try:
+        references = task_references(run.spec)
+        run.info["references"] = references
+        run.info["main_scores"] = {name: get_task(name).main_score for name in references}
+        verdicts.compute(run.dir, references, lower_is_better)
+    except Exception as error:  # noqa: BLE001
+        run.error("verdicts", error)
+    run.timings.setdefault("verdicts", {})["compute_s"] = time.perf_counter() - start
+
+
+def unservable(extractor: Any, dataset: Dataset) -> str | None:
+    """Why the dataset cannot feed the extractor (None when it can): a reference extractor
+    built from ground truth (modality ``latents``, the ladder) needs a dataset that has it."""
+    if "latents" in getattr(extractor, "modalities", ()) and dataset.latents is None:
+        return (f"dataset {dataset.name!r} has no ground-truth latents, so the known-answer "
+                "ladder (and its validity check) cannot run on it")
+    return None
 
 
 def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
@@ -227,6 +287,12 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
     for spec_text in spec.extractors:
         try:
             extractor = registry.build_extractor(spec_text, spec.profile)
+            reason = unservable(extractor, dataset)
+            if reason:
+                run.skipped.append({"extractor": extractor.name, "reason": reason})
+                run.info["validity_note"] = reason
+                log(f"skipping extractor {extractor.name}: {reason}")
+                continue
             log(f"{extractor.name}: fit and embed {len(dataset)} items")
             embeddings, timings = embed_cached(extractor, dataset, cache,
                                                run.dir / "artifacts" / extractor.name)
@@ -240,6 +306,7 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
         run.save()
     pictures.save(run.dir)
     run.errors += pictures.errors
+    write_verdicts(run)
     run.save()
     write_outputs(run, full=spec.report)
     return run
@@ -253,10 +320,12 @@ def write_outputs(run: Run, full: bool = True) -> None:
 
             build_report(run.dir)
         else:
+            from bench.report import read_run, read_verdicts
             from bench.report.tables import summary_markdown
 
-            results = pd.read_csv(run.dir / "results.csv")
-            write_text(run.dir / "summary.md", summary_markdown(results, f"Run {run.run_id}"))
+            results, info = read_run(run.dir)
+            write_text(run.dir / "summary.md", summary_markdown(
+                results, f"Run {run.run_id}", info, *read_verdicts(run.dir)))
     except Exception as error:  # noqa: BLE001
         run.error("report", error)
         run.save()

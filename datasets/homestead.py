@@ -1197,6 +1197,7 @@ def _generate(params: dict[str, int]) -> tuple[np.ndarray, pd.DataFrame, dict[st
     table = _item_table(cat, covers, targets, g_split)
     logs = _behaviour(covers, params["n_users"], params["n_days"],
                       params["impressions_per_user_day"], g_log)
+    logs["latents"] = _latent_table(cat, covers, targets, table)
     return images, table, logs
 
 
@@ -1262,11 +1263,29 @@ def _item_table(cat: Catalogue, covers: pd.DataFrame, targets: np.ndarray,
     return table
 
 
+def _latent_table(cat: Catalogue, covers: pd.DataFrame, targets: np.ndarray,
+                  table: pd.DataFrame) -> pd.DataFrame:
+    """The ground truth each image was made from, one row per item (render order), before
+    label noise: style (a product's, a cover's dominant one, a query's target's), scene
+    (covers), leaf category and identity (products, queries) and the light warmth (covers)."""
+    n_p, n_c = len(cat.products), len(covers)
+    style = np.concatenate([np.array(STYLES)[cat.style], covers["true_style"].to_numpy(),
+                            np.array(STYLES)[cat.style[targets]]])
+    role = table["role"].to_numpy()
+    latents = pd.DataFrame({"id": table["id"].to_numpy(), "style": style,
+                            "scene": table["scene"].where(role != "content", None),
+                            "category": table["category"], "identity": table["identity"],
+                            "warmth": np.nan})
+    latents.loc[n_p:n_p + n_c - 1, "scene"] = covers["true_scene"].to_numpy()
+    latents.loc[n_p:n_p + n_c - 1, "warmth"] = covers["warmth"].to_numpy()
+    return latents
+
+
 # --------------------------------------------------------------------------------------------
 # Cache and the plugin factory
 # --------------------------------------------------------------------------------------------
 
-TABLES = ("items", "impressions", "users", "item_latents")
+TABLES = ("items", "impressions", "users", "item_latents", "latents")
 
 
 def _params(options: dict[str, Any]) -> dict[str, int]:
@@ -1333,6 +1352,7 @@ def load_homestead(cache: Cache | None = None, **options: Any) -> Dataset:
             "categories": list(LEAF_NAMES), "label_noise": LABEL_NOISE,
             "tasks": ["knn", "classify", "retrieval", "ctr"], "cache_dir": str(folder),
             "generated_seconds": meta.get("seconds")}
-    logs = {name: tables[name] for name in TABLES if name != "items"}
+    logs = {name: tables[name] for name in TABLES if name not in ("items", "latents")}
     return Dataset(name="homestead", table=tables["items"], image_source=array_image_source(images),
-                   image_size=params["image_size"], fingerprint=fp, logs=logs, info=info)
+                   image_size=params["image_size"], fingerprint=fp, logs=logs, info=info,
+                   latents=tables["latents"])

@@ -127,12 +127,14 @@ def test_ctr_task_backend_ams_calls_the_ams_path(monkeypatch):
     data = ctr.load(dataset, options)
     vectors = embeddings.take(data.item_rows)
     assert ctr.cached_score(data, vectors, dataset, options, "dicm", "mqap", 3, None) == \
-        {"ctr_auc": 0.75}
+        ({"ctr_auc": 0.75}, None)  # the AMS path keeps its predictions remote
     assert len(calls) == 1 and calls[0]["options"] == {"servers": 1, "workers": 2}
     assert calls[0]["seed"] == 3 and calls[0]["n"] == len(vectors)
     assert calls[0]["keys"].tolist() == dataset.ids[data.item_rows].tolist()
-    baseline = ctr.cached_score(data, None, dataset, options, "none", "mqap", 0, None)
+    baseline, predictions = ctr.cached_score(data, None, dataset, options, "none", "mqap", 0,
+                                             None)
     assert len(calls) == 1 and "ctr_auc" in baseline  # ids only: trained in process
+    assert len(predictions["ctr"]) == len(data.test)
 
 
 # ---------------------------------------------------------------- launches

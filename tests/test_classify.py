@@ -37,10 +37,14 @@ def probe(train_x, train_y, test_x, c, val_fraction=0.2, seed=0, **kwargs):
 # --------------------------------------------------------------------------- linear probe
 
 
+def accuracy(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, float]:
+    return accuracy_metrics(scores, labels, prefix, np.arange(len(labels)))[0]
+
+
 def test_probe_is_near_perfect_on_linearly_separable_data():
     x, y = blobs(600, 16, 8, spread=0.5)
     scores, _ = probe(x[:400], y[:400], x[400:], 8)
-    metrics = accuracy_metrics(scores, y[400:], "probe")
+    metrics = accuracy(scores, y[400:], "probe")
     assert metrics["probe_top1"] >= 0.99 and metrics["probe_top5"] == 1.0
 
 
@@ -48,7 +52,7 @@ def test_probe_is_at_chance_on_shuffled_labels():
     x, y = blobs(3000, 16, 10, spread=0.5)
     shuffled = np.random.default_rng(1).permutation(y)
     scores, _ = probe(x[:1500], shuffled[:1500], x[1500:], 10)
-    metrics = accuracy_metrics(scores, shuffled[1500:], "probe")
+    metrics = accuracy(scores, shuffled[1500:], "probe")
     assert abs(metrics["probe_top1"] - 0.1) < 0.04
     assert abs(metrics["probe_top5"] - 0.5) < 0.06
 
@@ -66,7 +70,7 @@ def test_probe_matches_scikit_learn_logistic_regression():
     reference.fit((train_x - mean) / std, train_y)
     ref_scores = reference.decision_function((test_x - mean) / std)
     assert (scores.argmax(1) == ref_scores.argmax(1)).mean() > 0.97
-    ours = accuracy_metrics(scores, test_y, "probe")
+    ours = accuracy(scores, test_y, "probe")
     assert ours["probe_top1"] == pytest.approx(reference.score((test_x - mean) / std, test_y),
                                                  abs=0.02)
     # softmax probabilities agree closely (the optimum is unique)
@@ -85,11 +89,13 @@ def test_probe_chooses_weight_decay_on_validation():
 def test_accuracy_metrics_match_scikit_learn():
     rng = np.random.default_rng(0)
     scores, labels = rng.normal(size=(300, 7)), rng.integers(0, 7, size=300)
-    metrics = accuracy_metrics(scores, labels, "x")
+    metrics, evidence = accuracy_metrics(scores, labels, "x", np.arange(300))
     assert metrics["x_top1"] == pytest.approx(top_k_accuracy_score(labels, scores, k=1))
     assert metrics["x_top5"] == pytest.approx(
         top_k_accuracy_score(labels, scores, k=5, labels=np.arange(7)))
-    assert set(accuracy_metrics(scores[:, :5], labels % 5, "x")) == {"x_top1"}
+    assert all(evidence[m].value() == pytest.approx(v) for m, v in metrics.items())
+    assert evidence["x_top1"].unit == "item" and len(evidence["x_top1"].units) == 300
+    assert set(accuracy(scores[:, :5], labels % 5, "x")) == {"x_top1"}
 
 
 # --------------------------------------------------------------------------- data

@@ -72,4 +72,19 @@ def test_cli_prints_and_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture
         ["task", "extractor", "variant", "metric"])) + 1  # plus the metric only in B
     assert (written["beyond_noise"] == "yes").sum() == 10  # moco_v2's ctr metrics, raw and +w
     assert "ctr_auc" in printed and "style_consistency" not in printed
-    assert "beyond 2x seed noise: 10" in printed and f"wrote {out}" in printed
+    assert "beyond noise: 10" in printed and f"wrote {out}" in printed
+    assert "noise: 2 x pooled seed std" in printed  # fixture runs without verdicts.csv
+
+
+def test_runs_with_verdicts_are_compared_on_their_standard_errors() -> None:
+    results_a = pd.DataFrame({"task": "knn", "extractor": ["x", "y"], "variant": "raw",
+                              "metric": "style_consistency", "seed": 0, "value": [0.60, 0.60]})
+    results_b = results_a.assign(value=[0.65, 0.61])
+    errors = pd.DataFrame({"task": "knn", "extractor": ["x", "y"], "variant": "raw",
+                           "metric": "style_consistency", "se": [0.01, 0.01]})
+    out = compare_results(results_a, results_b, errors, errors)
+    x, y = _row(out, "knn", "x", "raw", "style_consistency"), _row(out, "knn", "y", "raw",
+                                                                   "style_consistency")
+    width = 1.959964 * np.hypot(0.01, 0.01)  # 0.0277
+    assert x["noise"] == pytest.approx(width, rel=1e-4) and x["beyond_noise"] == "yes"
+    assert y["beyond_noise"] == "no" and y["test"].startswith("z-test")

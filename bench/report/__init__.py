@@ -63,15 +63,30 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return results, run_info
 
 
+def read_verdicts(run_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """``verdicts.csv`` and ``validity.csv`` (None where the run has none)."""
+    found = []
+    for name in ("verdicts.csv", "validity.csv"):
+        path = run_dir / name
+        try:
+            found.append(pd.read_csv(path) if path.is_file() else None)
+        except (OSError, ValueError) as error:
+            _log(f"ignoring unreadable {path}: {error}")
+            found.append(None)
+    return found[0], found[1]
+
+
 def build_report(run_dir: str | Path, *, html: bool = True, tsne: bool = False) -> Report:
     """Rebuild ``summary.md``, ``tables/<task>.{md,csv,json}`` and, with ``html``, ``plots/*.png``
     and ``report.html`` from the run folder."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     results, run_info = read_run(run_dir)
+    verdicts, validity = read_verdicts(run_dir)
     title = f"Run {run_info.get('run', run_dir.name)}"
-    summary = write_text(run_dir / "summary.md", summary_markdown(results, title, run_info))
-    tables = all_tables(results, run_info)
+    summary = write_text(run_dir / "summary.md",
+                         summary_markdown(results, title, run_info, verdicts, validity))
+    tables = all_tables(results, run_info, verdicts)
     written = []
     for task, table in tables.items():
         written.append(write_text(run_dir / "tables" / f"{task}.md",
@@ -88,11 +103,11 @@ def build_report(run_dir: str | Path, *, html: bool = True, tsne: bool = False) 
         from bench.report import html as html_page
         from bench.report.plots import PlotContext, make_plots
 
-        ctx = PlotContext(run_dir, aggregate(results), run_info, tsne=tsne)
+        ctx = PlotContext(run_dir, aggregate(results, verdicts), run_info, tsne=tsne)
         report.plots = make_plots(ctx, log=_log)
         tasks = task_order(results, run_info.get("tasks", ()))
         page = html_page.render(run_dir, run_info, tables, tasks, report.plots,
-                                time.perf_counter() - start)
+                                time.perf_counter() - start, verdicts, validity)
         report.html = write_text(run_dir / "report.html", page)
     report.seconds = time.perf_counter() - start
     return report

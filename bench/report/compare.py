@@ -1,10 +1,13 @@
-"""``bench compare RUN_A RUN_B``: what changed between two runs, and is it more than seed noise?
+"""``bench compare RUN_A RUN_B``: what changed between two runs, and is it more than noise?
 
-Per (task, extractor, variant, metric): the mean over seeds in A and in B, the change B - A, and
-whether ``|change| > 2 x pooled seed std``, where the pooled std is
-``sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2))`` with sample stds ``s`` (ddof 1).
-With a single seed on both sides there is no noise estimate and the answer is ``n/a``; with several
-seeds on one side only, that side's std is the estimate. ``better`` / ``worse`` follow the metric's
+Per (task, extractor, variant, metric): the mean over seeds in A and in B and the change B - A.
+When both runs have ``verdicts.csv`` (every run since intervals exist), the change is tested
+against both runs' standard errors (bootstrap over the task's units plus the seed spread):
+beyond noise when ``|change| > 1.96 sqrt(se_a^2 + se_b^2)`` (a two-sided z-test at 95%; the two
+runs are treated as independent, which is conservative when they scored the same units).
+Otherwise, as for old runs, against ``2 x pooled seed std`` with
+``sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2))`` (sample stds, ddof 1); a
+single seed on both sides then gives ``n/a``. ``better`` / ``worse`` follow the metric's
 direction (lower is better for logloss, bytes and time). Printed as a table and written as CSV.
 """
 
@@ -18,10 +21,13 @@ import numpy as np
 import pandas as pd
 
 from bench.report.tables import format_number, is_chance, lower_is_better
+from bench.stats import Z
 
 KEYS = ["task", "extractor", "variant", "metric"]
-COLUMNS = [*KEYS, "mean_a", "mean_b", "change", "pooled_std", "n_a", "n_b", "beyond_noise",
-           "direction"]
+COLUMNS = [*KEYS, "mean_a", "mean_b", "change", "pooled_std", "se_a", "se_b", "noise", "n_a",
+           "n_b", "beyond_noise", "direction", "test"]
+Z_TEST = "z-test on the runs' standard errors (bootstrap + seeds), 95%"
+SEED_TEST = "2 x pooled seed std"
 
 
 def _stats(results: pd.DataFrame) -> pd.DataFrame:
@@ -46,9 +52,19 @@ def _direction(metric: str, change: float) -> str:
     return "better" if improved else "worse"
 
 
-def compare_results(results_a: pd.DataFrame, results_b: pd.DataFrame) -> pd.DataFrame:
+def _errors(verdicts: pd.DataFrame | None) -> pd.DataFrame:
+    if verdicts is None or "se" not in verdicts.columns:
+        return pd.DataFrame(columns=[*KEYS, "se"])
+    return verdicts.astype({k: str for k in KEYS})[[*KEYS, "se"]].drop_duplicates(KEYS)
+
+
+def compare_results(results_a: pd.DataFrame, results_b: pd.DataFrame,
+                    verdicts_a: pd.DataFrame | None = None,
+                    verdicts_b: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per metric found in either run, sorted by task, extractor, variant, metric."""
     a, b = _stats(results_a), _stats(results_b)
+    a = a.merge(_errors(verdicts_a), on=KEYS, how="left", sort=False)
+    b = b.merge(_errors(verdicts_b), on=KEYS, how="left", sort=False)
     merged = a.merge(b, on=KEYS, how="outer", suffixes=("_a", "_b"), sort=False)
     n_a = merged["n_a"].fillna(0).astype(int)
     n_b = merged["n_b"].fillna(0).astype(int)
@@ -59,14 +75,27 @@ def compare_results(results_a: pd.DataFrame, results_b: pd.DataFrame) -> pd.Data
     out["mean_a"], out["mean_b"] = merged["mean_a"], merged["mean_b"]
     out["change"] = merged["mean_b"] - merged["mean_a"]
     out["pooled_std"] = np.sqrt(pooled_var)
+    out["se_a"], out["se_b"] = merged["se_a"], merged["se_b"]
     out["n_a"], out["n_b"] = n_a, n_b
-    verdicts = []
-    for change, pooled, dof, na, nb in zip(out["change"], out["pooled_std"], df, n_a, n_b):
+    verdicts, tests, noise = [], [], []
+    for change, pooled, dof, na, nb, se_a, se_b in zip(out["change"], out["pooled_std"], df,
+                                                        n_a, n_b, out["se_a"], out["se_b"]):
         if na == 0 or nb == 0:
             verdicts.append("only in A" if nb == 0 else "only in B")
+            tests.append("")
+            noise.append(np.nan)
+        elif pd.notna(se_a) and pd.notna(se_b):
+            width = Z * float(np.hypot(se_a, se_b))
+            verdicts.append("yes" if abs(change) > width else "no")
+            tests.append(Z_TEST)
+            noise.append(width)
         else:
             verdicts.append(_verdict(change, pooled, int(dof)))
+            tests.append(SEED_TEST)
+            noise.append(2 * pooled if int(dof) > 0 else np.nan)
     out["beyond_noise"] = verdicts
+    out["noise"] = noise
+    out["test"] = tests
     out["direction"] = [_direction(m, c) for m, c in zip(out["metric"], out["change"])]
     return out[COLUMNS]
 
@@ -76,11 +105,11 @@ def format_table(comparison: pd.DataFrame) -> str:
     def num(x: float, like: float | None = None) -> str:
         return "" if pd.isna(x) else format_number(float(x), like)
 
-    header = ["task", "extractor", "variant", "metric", "A", "B", "change", "2x noise",
+    header = ["task", "extractor", "variant", "metric", "A", "B", "change", "noise",
               "beyond noise", "direction"]
     lines = [header]
     for row in comparison.itertuples(index=False):
-        noise = "" if pd.isna(row.pooled_std) else num(2 * row.pooled_std, row.mean_a)
+        noise = "" if pd.isna(row.noise) else num(row.noise, row.mean_a)
         change = "" if pd.isna(row.change) else \
             f"{'+' if row.change >= 0 else ''}{num(row.change, row.mean_a)}"
         lines.append([row.task, row.extractor, row.variant, row.metric, num(row.mean_a),
@@ -107,8 +136,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print only rows whose change is beyond the seed noise")
 
 
+def _verdicts(run: str) -> pd.DataFrame | None:
+    path = Path(run)
+    path = (path if path.is_dir() else path.parent) / "verdicts.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
 def main(args: argparse.Namespace) -> int:
-    comparison = compare_results(_results(args.run_a), _results(args.run_b))
+    comparison = compare_results(_results(args.run_a), _results(args.run_b),
+                                 _verdicts(args.run_a), _verdicts(args.run_b))
     run_a, run_b = Path(args.run_a), Path(args.run_b)
     folder_b = run_b if run_b.is_dir() else run_b.parent
     name_a = (run_a if run_a.is_dir() else run_a.parent).resolve().name
@@ -118,8 +154,10 @@ def main(args: argparse.Namespace) -> int:
     shown = comparison[comparison["beyond_noise"] == "yes"] if args.changed_only else comparison
     print(format_table(shown) if len(shown) else "no rows to show")
     counts = comparison["beyond_noise"].value_counts().to_dict()
-    print(f"\n{len(comparison)} metrics; beyond 2x seed noise: {counts.get('yes', 0)}, within: "
+    used = sorted({t for t in comparison["test"] if t})
+    print(f"\n{len(comparison)} metrics; beyond noise: {counts.get('yes', 0)}, within: "
           f"{counts.get('no', 0)}, no noise estimate (one seed): {counts.get('n/a', 0)}, "
-          f"in one run only: {counts.get('only in A', 0) + counts.get('only in B', 0)}")
+          f"in one run only: {counts.get('only in A', 0) + counts.get('only in B', 0)}; "
+          f"noise: {' / '.join(used) or 'none'}")
     print(f"wrote {out}")
     return 0

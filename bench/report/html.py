@@ -16,8 +16,18 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from bench.report.plots import PlotResult
-from bench.report.tables import NOT_RUN, VARIANT_LABELS, TaskTable, is_ranked, not_run_reason
+from bench.report.tables import (
+    NOT_RUN,
+    VARIANT_LABELS,
+    TaskTable,
+    is_ranked,
+    not_run_reason,
+    reference_note,
+    validity_markdown,
+)
 
 TASK_NOTES = {
     "knn": "Do a content's 10 nearest neighbours share its labels? Mean share over test "
@@ -187,7 +197,8 @@ def _problems_html(run_info: dict[str, Any], plots: list[PlotResult]) -> tuple[s
     """Skipped tasks, run errors (with tracebacks), plugin errors and plots that failed."""
     parts = []
     for skipped in run_info.get("skipped", []):
-        parts.append(f'<div class="box">skipped task <b>{escape(str(skipped.get("task")))}</b>: '
+        kind = "extractor" if "extractor" in skipped else "task"
+        parts.append(f'<div class="box">skipped {kind} <b>{escape(str(skipped.get(kind)))}</b>: '
                      f'{escape(str(skipped.get("reason")))}</div>')
     for error in run_info.get("errors", []):
         trace = error.get("traceback")
@@ -229,16 +240,23 @@ def _subtitle(run_info: dict[str, Any]) -> str:
 
 
 def _tables_section(tables: dict[str, TaskTable], tasks: list[str],
-                    run_info: dict[str, Any]) -> str:
+                    run_info: dict[str, Any], verdicts: pd.DataFrame | None = None) -> str:
+    if verdicts is not None and len(verdicts):
+        legend = ("Mean over seeds with its 95% interval [low, high] (bootstrap over the task's "
+                  "units plus the seed spread); ▲ / ▼: better / worse than the task's reference "
+                  "row at 95% (paired test).")
+    else:
+        legend = "Mean over seeds (± sample std with several seeds)."
     parts = [
-        "<p class=note>Mean over seeds (± sample std with several seeds). Per column "
-        "<b>bold</b> is the best and <u>underlined</u> the second; ↓ marks columns where lower "
-        "is better. Chance columns are not ranked.</p>"]
+        f"<p class=note>{legend} Per column <b>bold</b> is the best and <u>underlined</u> the "
+        "second; ↓ marks columns where lower is better. Chance columns are not ranked.</p>"]
     for task in tasks:
         links = " · ".join(f'<a href="tables/{escape(task)}.{ext}">{ext.upper()}</a>'
                            for ext in ("csv", "json", "md")) if task in tables else ""
+        reference = reference_note(task, verdicts).strip()
         parts.append(f'<h3 id="table-{escape(task)}">{escape(task)}</h3>'
-                     f'<p class="note">{escape(TASK_NOTES.get(task, ""))} {links}</p>')
+                     f'<p class="note">{escape(TASK_NOTES.get(task, ""))} {links}</p>'
+                     + (f'<p class="note">{escape(reference)}</p>' if reference else ""))
         parts.append(tables_html(tables[task]) if task in tables else
                      f'<p class="notrun">{NOT_RUN}: {escape(not_run_reason(task, run_info))}</p>')
     return "".join(parts)
@@ -261,14 +279,42 @@ def _run_section(run_info: dict[str, Any]) -> str:
             + escape(json.dumps(config, indent=2, sort_keys=True, default=str)) + "</pre>")
 
 
+def validity_html(validity: pd.DataFrame | None, run_info: dict[str, Any]) -> str:
+    """The known-answer ladder per task: can this run resolve differences at all?"""
+    intro = ("<p class=note>Reference embeddings built from the data's ground truth "
+             "(<code>ladder:clean</code>, noisier rungs, <code>ladder:random</code>) must come "
+             "out in that order on every task, each adjacent pair separated at 95%; the gap "
+             "between floor and ceiling in standard errors says how much the run can resolve "
+             "(docs/metrics.md).</p>")
+    if validity is None:
+        return intro + '<p class="notrun">not run: the run has no validity.csv</p>'
+    return intro + markdown_table_html(validity_markdown(validity, run_info))
+
+
+def markdown_table_html(text: str) -> str:
+    """A pipe table (and the paragraphs after it) from :mod:`tables` as HTML."""
+    lines = text.strip().splitlines()
+    if not lines or not lines[0].startswith("|"):
+        return f"<p>{escape(text)}</p>"
+    rows = [[escape(c.strip()) for c in line.strip("|").split("|")]
+            for line in lines if line.startswith("|") and not line.startswith("|---")]
+    head = "".join(f"<th>{c}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
+    rest = " ".join(line for line in lines if not line.startswith("|"))
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            f"</table></div>" + (f'<p class="note">{escape(rest)}</p>' if rest else ""))
+
+
 def render(run_dir: Path, run_info: dict[str, Any], tables: dict[str, TaskTable],
-           tasks: list[str], plots: list[PlotResult], build_seconds: float) -> str:
+           tasks: list[str], plots: list[PlotResult], build_seconds: float,
+           verdicts: pd.DataFrame | None = None, validity: pd.DataFrame | None = None) -> str:
     """The whole page as a string."""
     run_id = escape(str(run_info.get("run", run_dir.name)))
     problems, n_problems = _problems_html(run_info, plots)
     sections = [
         ("glance", "At a glance", headlines_html(tables)),
-        ("tables", "Tables", _tables_section(tables, tasks, run_info)),
+        ("validity", "Validity: the known-answer ladder", validity_html(validity, run_info)),
+        ("tables", "Tables", _tables_section(tables, tasks, run_info, verdicts)),
         ("plots", "Plots", "".join(_plot_html(p) for p in plots)),
         ("problems", f"Errors and skipped tasks ({n_problems})", problems),
         ("run", "Run configuration, versions and hardware", _run_section(run_info)),

@@ -80,8 +80,9 @@ def _grid(n: int, ncols: int = 3, width: float = 4.2, height: float = 3.4) -> tu
 
 def metric_bars(ax: Any, part: pd.DataFrame, metric: str, *, log: bool = False,
                 zoom: bool = False, label_bars: bool = True) -> None:
-    """Bars per table row that has the metric, ``raw`` and ``+w`` side by side, seed std as
-    error bars, hatched ``scratch`` rows (rows without the metric read "not run" in the table)."""
+    """Bars per table row that has the metric, ``raw`` and ``+w`` side by side, the 95% interval
+    as error bars (seed std when the run has no verdicts), hatched ``scratch`` rows (rows
+    without the metric read "not run" in the table)."""
     data = part[part["metric"] == metric]
     rows = list(dict.fromkeys(data["row"]))
     hues = [h for h in COLORS if (data["variant"].map(_hue) == h).any()]
@@ -89,13 +90,22 @@ def metric_bars(ax: Any, part: pd.DataFrame, metric: str, *, log: bool = False,
     lows, highs = [], []
     for j, hue in enumerate(hues):
         sub = data[data["variant"].map(_hue) == hue].set_index("row")
-        xs, means, errs = [], [], []
+        xs, means, below, above = [], [], [], []
         for i, row in enumerate(rows):
             if row in sub.index:
                 item = sub.loc[row]
+                mean = float(item["mean"])
                 xs.append(i + (j - (len(hues) - 1) / 2) * width)
-                means.append(float(item["mean"]))
-                errs.append(float(item["std"]) if int(item["n"]) > 1 else 0.0)
+                means.append(mean)
+                low, high = (float(item.get("ci_low", np.nan)), float(item.get("ci_high", np.nan)))
+                if np.isfinite(low) and np.isfinite(high):
+                    below.append(max(mean - low, 0.0))
+                    above.append(max(high - mean, 0.0))
+                else:
+                    spread = float(item["std"]) if int(item["n"]) > 1 else 0.0
+                    below.append(spread)
+                    above.append(spread)
+        errs = [below, above]
         if not xs:
             continue
         if log:  # a zero cost (nothing sent) has no place on a log axis: say so instead
@@ -104,8 +114,8 @@ def metric_bars(ax: Any, part: pd.DataFrame, metric: str, *, log: bool = False,
                     ax.text(x, 0.02, f"{m:g}\n(none)", transform=ax.get_xaxis_transform(),
                             ha="center", fontsize=8)
             means = [m if m > 0 else np.nan for m in means]
-        bars = ax.bar(xs, means, width * 0.95, yerr=errs if any(errs) else None, capsize=3,
-                      color=COLORS[hue], label=VARIANT_LABELS.get(hue, "value"))
+        bars = ax.bar(xs, means, width * 0.95, yerr=errs if any(below + above) else None,
+                      capsize=3, color=COLORS[hue], label=VARIANT_LABELS.get(hue, "value"))
         for bar, x in zip(bars, xs):
             if rows[round(x)].startswith("scratch"):
                 bar.set_hatch("//")
@@ -113,8 +123,8 @@ def metric_bars(ax: Any, part: pd.DataFrame, metric: str, *, log: bool = False,
         if label_bars and len(rows) * len(hues) <= 16:
             ax.bar_label(bars, labels=[f"{m:.3g}" if np.isfinite(m) else "" for m in means],
                          fontsize=7, padding=2)
-        lows += [m - e for m, e in zip(means, errs) if np.isfinite(m)]
-        highs += [m + e for m, e in zip(means, errs) if np.isfinite(m)]
+        lows += [m - e for m, e in zip(means, below) if np.isfinite(m)]
+        highs += [m + e for m, e in zip(means, above) if np.isfinite(m)]
     tilt = len(rows) > 3 or max(map(len, rows), default=0) > 12
     ax.set_xticks(range(len(rows)), rows, rotation=30 if tilt else 0,
                   ha="right" if tilt else "center", fontsize=8)
@@ -169,6 +179,42 @@ def knn_consistency(ctx: PlotContext) -> Figure:
         ax.set_title(metric.replace("_", " "), fontsize=10)
         ax.set_ylabel(f"share of top-{k} neighbours\nwith the same label (0-1)")
     fig.suptitle("KNN consistency per extractor, raw vs +w (dashed: chance)", fontsize=11)
+    return fig
+
+
+def whitening_sweep(ctx: PlotContext) -> Figure:
+    """Score against the whitening dimension k, one line per extractor, the k the run chose
+    (on train rows) circled; raw as a dashed line of the same colour."""
+    path = ctx.run_dir / "whitening_sweep.csv"
+    if not path.is_file():
+        raise NotRun("the run has no whitening_sweep.csv (task option whitening_sweep)")
+    sweep = pd.read_csv(path)
+    chosen = ctx.run_info.get("whitening", {})
+    panels = list(dict.fromkeys(zip(sweep["task"], sweep["metric"])))
+    fig, axes = _grid(len(panels), ncols=2, width=5.0, height=3.6)
+    for ax, (task, metric) in zip(axes, panels):
+        part = sweep[(sweep["task"] == task) & (sweep["metric"] == metric)]
+        for i, (name, line) in enumerate(part.groupby("extractor", sort=False)):
+            color = PALETTE[i % len(PALETTE)]
+            ax.plot(line["k"], line["value"], marker=".", color=color, label=name, linewidth=1.2)
+            k = chosen.get(name, {}).get(task, {}).get("k")
+            hit = line[line["k_kept"] == k] if k is not None else line.iloc[:0]
+            if len(hit):
+                ax.scatter(hit["k"].iloc[:1], hit["value"].iloc[:1], s=80, facecolors="none",
+                           edgecolors=color, linewidths=1.5)
+            raw = ctx.stats[(ctx.stats["task"] == task) & (ctx.stats["metric"] == metric)
+                            & (ctx.stats["extractor"] == name) & (ctx.stats["variant"] == "raw")]
+            if len(raw):
+                ax.axhline(float(raw["mean"].iloc[0]), color=color, linestyle="--",
+                           linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("whitening dimension k (log 2)")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_title(f"{task}: {metric}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("+w against its dimension k (circle: the k chosen on train rows; dashed: raw)",
+                 fontsize=11)
     return fig
 
 
@@ -468,6 +514,10 @@ PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
     ("embedding_map", "Embedding map",
      "A 2-D map of each extractor's raw embeddings of test contents, coloured by label.",
      embedding_map),
+    ("whitening_sweep", "Whitening dimension sweep",
+     "Each extractor's +w score for every whitening dimension k of the grid, on the test "
+     "queries (a picture, not a choice: the run picks k on train rows, circled).",
+     whitening_sweep),
     ("knn_grid", "KNN picture grid",
      "For a few seed contents, the query (dark frame) and its top-5 neighbours per extractor; "
      "green frame: same label as the query, red: different.", knn_grid),

@@ -1,10 +1,13 @@
 """Comparison tables from long-format results, shaped like the reference study's tables.
 
 Extractors are rows; each metric has ``raw`` and ``+w`` columns side by side; cells are the mean
-over seeds, with ``± std`` when there are several. Per column the best value is marked bold and the
-second underlined (metrics where lower is better, such as logloss, bytes and time, rank the other
+over seeds. With the run's ``verdicts.csv`` a cell shows its 95% interval, ``[low, high]``, and
+a mark against the task's reference row: ``▲`` better, ``▼`` worse at 95% (paired test named
+in the table's note), nothing when the difference is within noise; without it, ``± std`` over
+seeds when there are several. Per column the best value is marked bold and the second
+underlined (metrics where lower is better, such as logloss, bytes and time, rank the other
 way); chance columns (``*_chance``) appear once per task and are never ranked. A row or column the
-run did not produce reads "not run". Reads only ``results.csv`` data, never the tasks themselves.
+run did not produce reads "not run". Reads only the run folder's files, never the tasks.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ NOT_RUN = "not run"
 _LOWER_IS_BETTER = re.compile(r"(loss|bytes|time|seconds|latency|memory|_s$|_mb$)")
 _UNRANKED = re.compile(r"(steps|count|epochs|^n_|_n$)")
 MAX_COLUMNS = 24  # wider tables are shown in parts (Markdown, HTML); CSV and JSON stay whole
+MARKS = {"better": " ▲", "worse": " ▼"}
 
 
 def is_ranked(metric: str) -> bool:
@@ -53,12 +57,14 @@ def column_label(metric: str, variant: str) -> str:
     return f"{metric} {COLUMN_SUFFIX.get(variant, '')}".strip()
 
 
-def aggregate(results: pd.DataFrame) -> pd.DataFrame:
+def aggregate(results: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean, sample std (ddof 1, 0 with one seed) and seed count per (dataset, task, extractor,
-    variant, metric), in order of first appearance, with the table's ``row`` and ``column``."""
+    variant, metric), in order of first appearance, with the table's ``row`` and ``column``;
+    with ``verdicts`` (verdicts.csv) also the 95% interval, the verdict and the reference."""
     keys = ["dataset", "task", "extractor", "variant", "metric"]
+    extra = ["ci_low", "ci_high", "verdict", "reference"]
     if results.empty:
-        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "row", "column"])
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "row", "column", *extra])
     frame = results.astype({k: str for k in keys})
     grouped = frame.groupby(keys, sort=False)["value"]
     out = grouped.agg(mean="mean", std=lambda v: float(v.std(ddof=1)) if v.count() > 1 else 0.0,
@@ -67,6 +73,13 @@ def aggregate(results: pd.DataFrame) -> pd.DataFrame:
     if out["dataset"].nunique() > 1:  # several datasets in one file: keep their rows apart
         out["row"] = out["dataset"] + ": " + out["row"]
     out["column"] = [column_label(m, v) for m, v in zip(out["metric"], out["variant"])]
+    if verdicts is not None and len(verdicts):
+        join = ["task", "extractor", "variant", "metric"]
+        found = verdicts.astype({k: str for k in join})[[*join, *extra]]
+        out = out.merge(found.drop_duplicates(join), on=join, how="left", sort=False)
+    for column in extra:
+        if column not in out.columns:
+            out[column] = np.nan
     return out
 
 
@@ -98,9 +111,16 @@ class Cell:
     std: float
     n: int
     rank: int = 0  # 1 best, 2 second, 0 unranked
+    low: float = math.nan  # 95% interval (verdicts.csv), NaN when unknown
+    high: float = math.nan
+    verdict: str = ""  # better / worse / same against the reference row
 
     @property
     def text(self) -> str:
+        if math.isfinite(self.low) and math.isfinite(self.high) and math.isfinite(self.mean):
+            interval = (f"{format_number(self.mean)} [{format_number(self.low, like=self.mean)}, "
+                        f"{format_number(self.high, like=self.mean)}]")
+            return interval + MARKS.get(self.verdict, "")
         if self.n > 1 and math.isfinite(self.mean):
             return f"{format_number(self.mean)} ± {format_number(self.std, like=self.mean)}"
         return format_number(self.mean)
@@ -162,7 +182,8 @@ class TaskTable:
 
     def to_frame(self) -> pd.DataFrame:
         """Numbers for spreadsheets: ``<column>`` is the mean, ``<column> std`` the seed std
-        (empty with one seed); a cell that was not run is empty."""
+        (empty with one seed), ``<column> low`` / ``high`` its 95% interval when the run has
+        verdicts; a cell that was not run is empty."""
         records = []
         for row in self.rows:
             record: dict[str, Any] = {"extractor": row}
@@ -171,6 +192,9 @@ class TaskTable:
                 record[column.key] = cell.mean if cell else np.nan
                 if not column.chance:
                     record[f"{column.key} std"] = cell.std if cell and cell.n > 1 else np.nan
+                    if cell and math.isfinite(cell.low):
+                        record[f"{column.key} low"] = cell.low
+                        record[f"{column.key} high"] = cell.high
             records.append(record)
         return pd.DataFrame.from_records(records)
 
@@ -180,8 +204,11 @@ class TaskTable:
             if cell is None:
                 return None
             mean = cell.mean if math.isfinite(cell.mean) else None
-            return {"mean": mean, "std": cell.std if cell.n > 1 else None, "n": cell.n,
-                    "rank": cell.rank or None, "text": cell.text}
+            out = {"mean": mean, "std": cell.std if cell.n > 1 else None, "n": cell.n,
+                   "rank": cell.rank or None, "text": cell.text}
+            if math.isfinite(cell.low):
+                out |= {"low": cell.low, "high": cell.high, "verdict": cell.verdict or None}
+            return out
 
         return {
             "task": self.task,
@@ -196,7 +223,7 @@ class TaskTable:
 
 def _ranked_value(cell: Cell) -> float:
     """The value as displayed, so that cells which read the same rank the same."""
-    return float(cell.text.split(" ± ")[0].replace(",", "")) if math.isfinite(cell.mean) else math.nan
+    return float(format_number(cell.mean).replace(",", "")) if math.isfinite(cell.mean) else math.nan
 
 
 def _rank(table: TaskTable) -> None:
@@ -239,11 +266,21 @@ def task_table(stats: pd.DataFrame, task: str, extra_rows: tuple[str, ...] = ())
     for (row, key), group in part.groupby(["row", "column"], sort=False):
         if len(group) == 1:
             item = group.iloc[0]
-            table.cells[(row, key)] = Cell(float(item["mean"]), float(item["std"]), int(item["n"]))
+            table.cells[(row, key)] = Cell(
+                float(item["mean"]), float(item["std"]), int(item["n"]),
+                low=_number(item.get("ci_low")), high=_number(item.get("ci_high")),
+                verdict=item.get("verdict") if isinstance(item.get("verdict"), str) else "")
         else:  # a chance column pools its variants: one value per row
             table.cells[(row, key)] = Cell(float(group["mean"].mean()), 0.0, int(group["n"].max()))
     _rank(table)
     return table
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def task_order(results: pd.DataFrame, requested: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -258,31 +295,44 @@ def failed_extractors(run_info: dict[str, Any]) -> tuple[str, ...]:
                                if str(e.get("where", "")).startswith("extractor ")))
 
 
-def all_tables(results: pd.DataFrame, run_info: dict[str, Any] | None = None
-               ) -> dict[str, TaskTable]:
-    stats = aggregate(results)
+def all_tables(results: pd.DataFrame, run_info: dict[str, Any] | None = None,
+               verdicts: pd.DataFrame | None = None) -> dict[str, TaskTable]:
+    stats = aggregate(results, verdicts)
     failed = failed_extractors(run_info or {})
     return {task: task_table(stats, task, failed) for task in dict.fromkeys(stats["task"])}
 
 
 def summary_markdown(results: pd.DataFrame, title: str = "Summary",
-                     run_info: dict[str, Any] | None = None) -> str:
-    """``summary.md``: one table per task, then what did not run and why."""
+                     run_info: dict[str, Any] | None = None,
+                     verdicts: pd.DataFrame | None = None,
+                     validity: pd.DataFrame | None = None) -> str:
+    """``summary.md``: the validity table, one table per task, then what did not run and why."""
     run_info = run_info or {}
-    tables = all_tables(results, run_info)
+    tables = all_tables(results, run_info, verdicts)
+    with_intervals = verdicts is not None and len(verdicts) > 0
     lines = [f"# {title}", ""]
     facts = [f"{k}: {run_info[k]}" for k in ("profile", "dataset") if run_info.get(k)]
     if run_info.get("seeds"):
         facts.append(f"seeds: {len(run_info['seeds'])}")
     if facts:
         lines += [" · ".join(facts), ""]
-    lines += ["Cells are the mean over seeds (± sample std when there are several); per column "
-              "**bold** is best and <u>underlined</u> second (lowest first for logloss, bytes "
-              "and time); chance columns are not ranked.", ""]
+    if with_intervals:
+        lines += ["Cells are the mean over seeds with its 95% interval [low, high] (bootstrap over "
+                  "the task's units plus the seed spread, docs/metrics.md); ▲ / ▼: better / worse "
+                  "than the task's reference row at 95% (paired test); per column **bold** is "
+                  "best and <u>underlined</u> second (lowest first for logloss, bytes and time); "
+                  "chance columns are not ranked.", ""]
+    else:
+        lines += ["Cells are the mean over seeds (± sample std when there are several); per "
+                  "column **bold** is best and <u>underlined</u> second (lowest first for "
+                  "logloss, bytes and time); chance columns are not ranked.", ""]
+    if validity is not None:
+        lines += ["## Validity: the known-answer ladder", "", validity_markdown(validity, run_info),
+                  ""]
     for task in task_order(results, run_info.get("tasks", ())):
         lines += [f"## {task}", ""]
         if task in tables:
-            lines += [tables[task].to_markdown_parts(), ""]
+            lines += [reference_note(task, verdicts), tables[task].to_markdown_parts(), ""]
         else:
             lines += [f"{NOT_RUN}: {not_run_reason(task, run_info)}", ""]
     problems = run_problems(run_info)
@@ -306,3 +356,42 @@ def not_run_reason(task: str, run_info: dict[str, Any]) -> str:
 
 def run_problems(run_info: dict[str, Any]) -> list[str]:
     return [f"{e.get('where', '?')}: {e.get('error', '')}" for e in run_info.get("errors", [])]
+
+
+def reference_note(task: str, verdicts: pd.DataFrame | None) -> str:
+    """The line under a task's heading that names the reference row and the test."""
+    if verdicts is None or not len(verdicts):
+        return ""
+    part = verdicts[(verdicts["task"] == task) & verdicts["reference"].notna()]
+    if part.empty:
+        return "No reference row in this run: cells carry intervals, no verdict.\n"
+    refs = ", ".join(f"`{r}`" for r in dict.fromkeys(part["reference"]))
+    return f"Reference: {refs}; test: {part['test'].iloc[0]}.\n"
+
+
+def main_validity(validity: pd.DataFrame, run_info: dict[str, Any]) -> pd.DataFrame:
+    """The validity rows of each task's main score (all rows when the run does not say)."""
+    mains = run_info.get("main_scores", {})
+    if not mains:
+        return validity
+    keep = [mains.get(t) == m for t, m in zip(validity["task"], validity["metric"])]
+    return validity[keep]
+
+
+def validity_markdown(validity: pd.DataFrame, run_info: dict[str, Any]) -> str:
+    """Per task (main score, each variant): floor, ceiling, their gap in standard errors,
+    whether the rungs come out in order, adjacent pairs separated at 95%."""
+    rows = main_validity(validity, run_info)
+    if rows.empty:
+        reason = run_info.get("validity_note") or ("the run has no ladder rows "
+                                                   "(ladder:clean ... ladder:random)")
+        return f"No validity check: {reason}."
+    lines = ["| task | metric | variant | floor (random) | ceiling (clean) | gap / SE | in order "
+             "| adjacent pairs separated | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows.itertuples(index=False):
+        lines.append(f"| {r.task} | {r.metric} | {VARIANT_LABELS.get(r.variant, r.variant)} | "
+                     f"{format_number(r.floor)} | {format_number(r.ceiling)} | {r.gap_se:.1f} | "
+                     f"{'yes' if r.in_order else 'no'} | {r.adjacent_separated} of "
+                     f"{r.adjacent_pairs} | {r.verdict} |")
+    rungs = rows["rungs"].iloc[0]
+    return "\n".join(lines) + f"\n\nRungs, best to worst: {rungs}; every metric in validity.csv."

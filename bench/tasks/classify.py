@@ -31,8 +31,9 @@ from bench import finetune as ft
 from bench.backbones import pick_device
 from bench.data import Dataset
 from bench.embeddings import Embeddings
-from bench.metrics import topk_accuracy
-from bench.tasks import TaskContext, rows, task
+from bench.metrics import topk_accuracy, topk_hits
+from bench.stats import Evidence, mean_evidence
+from bench.tasks import TaskContext, task
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 TOP5 = 5
@@ -128,12 +129,19 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n
         return head(xs).cpu().numpy(), best
 
 
-def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, prefix: str) -> dict[str, float]:
-    """Top-1 and, when there are more than five classes, top-5."""
-    metrics = {f"{prefix}_top1": topk_accuracy(scores, labels, 1)}
-    if scores.shape[1] > TOP5:
-        metrics[f"{prefix}_top5"] = topk_accuracy(scores, labels, TOP5)
-    return metrics
+def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, prefix: str, item_ids: np.ndarray
+                     ) -> tuple[dict[str, float], dict[str, Evidence]]:
+    """Top-1 and, when there are more than five classes, top-5, with each test item's hit as
+    evidence (``item_ids``: the resampling units)."""
+    ks = [1, TOP5] if scores.shape[1] > TOP5 else [1]
+    metrics = {f"{prefix}_top{k}": topk_accuracy(scores, labels, k) for k in ks}
+    evidence = {f"{prefix}_top{k}": mean_evidence("item", item_ids, topk_hits(scores, labels, k))
+                for k in ks}
+    return metrics, evidence
+
+
+def scored_rows(metrics: dict[str, float], evidence: dict[str, Evidence]) -> list[dict[str, Any]]:
+    return [{"metric": m, "value": v, "evidence": evidence.get(m)} for m, v in metrics.items()]
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -146,7 +154,9 @@ def finetune_scores(backbone: nn.Module, dataset: Dataset, split: Split, budget:
     model, log_ = ft.finetune_classifier(backbone, dataset.images(split.train), split.train_y,
                                          len(split.classes), budget, seed, to_tensor, device)
     logits = ft.predict(model, dataset.images(split.test), to_tensor, device, eval_batch_size)
-    return log_.result(accuracy_metrics(logits, split.test_y, "finetune"), budget)
+    metrics, evidence = accuracy_metrics(logits, split.test_y, "finetune",
+                                         dataset.ids[split.test])
+    return log_.result(metrics, budget, evidence)
 
 
 class Classify:
@@ -185,7 +195,8 @@ class Classify:
                                  embeddings.take(split.test), len(split.classes), split.fit,
                                  split.val, options.get("weight_decays", WEIGHT_DECAYS),
                                  int(options.get("probe_max_iter", 200)), pick_device())
-        out = rows(accuracy_metrics(scores, split.test_y, "probe"))
+        out = scored_rows(*accuracy_metrics(scores, split.test_y, "probe",
+                                            dataset.ids[split.test]))
         backbone_of = getattr(ctx.extractor, "backbone", None)
         if ctx.variant == "raw" and options.get("finetune", True) and callable(backbone_of):
             out += self.finetune_rows(embeddings, dataset, split, ctx)

@@ -30,8 +30,9 @@ from bench import finetune as ft
 from bench.backbones import pick_device
 from bench.data import Dataset
 from bench.embeddings import Embeddings
-from bench.metrics import map_at_r, recall_at_n
-from bench.tasks import TaskContext, rows, task
+from bench.metrics import average_precision_at_r, recall_hits
+from bench.stats import Evidence, mean_evidence
+from bench.tasks import TaskContext, task
 
 RECALL_NS = (1, 5, 10, 15, 20)
 
@@ -95,13 +96,18 @@ class PairSampler:
 
 
 def retrieval_metrics(query_vectors: np.ndarray, query_ids: np.ndarray,
-                      gallery_vectors: np.ndarray, gallery_ids: np.ndarray) -> dict[str, float]:
-    """Recall@N (N up to the gallery size) and MAP@R."""
+                      gallery_vectors: np.ndarray, gallery_ids: np.ndarray,
+                      query_item_ids: np.ndarray) -> tuple[dict[str, float], dict[str, Evidence]]:
+    """Recall@N (N up to the gallery size) and MAP@R, with each query's hit and AP as evidence
+    (``query_item_ids``: the queries' own item ids, the resampling units)."""
     args = (query_vectors, query_ids, gallery_vectors, gallery_ids)
     ns = tuple(n for n in RECALL_NS if n <= len(gallery_ids))
-    metrics = {f"recall@{n}": value for n, value in recall_at_n(*args, ns=ns).items()}
-    metrics["map@r"] = map_at_r(*args)
-    return metrics
+    per_query = {f"recall@{n}": hits for n, hits in zip(ns, recall_hits(*args, ns=ns).T)}
+    per_query["map@r"] = average_precision_at_r(*args)
+    metrics = {name: float(np.mean(values)) for name, values in per_query.items()}
+    evidence = {name: mean_evidence("query", query_item_ids, values)
+                for name, values in per_query.items()}
+    return metrics, evidence
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -123,9 +129,10 @@ def finetune_scores(backbone: nn.Module, dataset: Dataset, groups: list, budget:
         return l2_normalise(ft.predict(model, dataset.images(rows_), to_tensor, device,
                                        eval_batch_size))
 
-    scores = retrieval_metrics(features(queries), identity[queries], features(gallery),
-                               identity[gallery])
-    return log_.result({f"finetune_{name}": value for name, value in scores.items()}, budget)
+    scores, evidence = retrieval_metrics(features(queries), identity[queries], features(gallery),
+                                         identity[gallery], dataset.ids[queries])
+    return log_.result({f"finetune_{name}": value for name, value in scores.items()}, budget,
+                       {f"finetune_{name}": item for name, item in evidence.items()})
 
 
 class IdentityRetrieval:
@@ -157,8 +164,11 @@ class IdentityRetrieval:
         if ctx.seed == 0:
             queries, gallery = query_and_gallery(dataset)
             identity = dataset.table["identity"].astype(str).to_numpy()
-            out += rows(retrieval_metrics(embeddings.take(queries), identity[queries],
-                                          embeddings.take(gallery), identity[gallery]))
+            scores, evidence = retrieval_metrics(embeddings.take(queries), identity[queries],
+                                                 embeddings.take(gallery), identity[gallery],
+                                                 dataset.ids[queries])
+            out += [{"metric": name, "value": value, "evidence": evidence[name]}
+                    for name, value in scores.items()]
         backbone_of = getattr(ctx.extractor, "backbone", None)
         if ctx.variant == "raw" and ctx.options.get("finetune", True) and callable(backbone_of):
             out += self.finetune_rows(embeddings, dataset, ctx)

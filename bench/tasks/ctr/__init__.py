@@ -23,15 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from bench.cache import Cache, atomic_path, fingerprint
+from bench.cache import Cache, atomic_path, fingerprint, load_npz, save_npz
 from bench.data import Dataset
 from bench.embeddings import Embeddings
-from bench.tasks import TaskContext, rows, task
+from bench.tasks import TaskContext, task
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import AGGREGATORS, FEATURE_SETS
-from bench.tasks.ctr.train import TrainConfig, prepare, train_and_evaluate
+from bench.tasks.ctr.train import TrainConfig, evidence, prepare, scored, train_and_predict
 
-CTR_VERSION = "1"  # bump when the model, features or metrics change meaning
+CTR_VERSION = "2"  # bump when the model, features or metrics change meaning (2: similarity)
 BASELINE = "none (ids only)"
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ _COMMON = dict(feature_set="dicm", aggregator="mqap", history_length=20, id_dim=
 class CtrTask:
     name = "ctr"
     main_score = "ctr_auc"
+    reference = BASELINE  # rows are tested against the ID-only ranker
     needs = ("vectors", "logs['impressions'] (user_id, item_id, day, click, detail, conversion)")
     seeded = True
     variants = ("raw", "w")
@@ -71,12 +72,12 @@ class CtrTask:
         out: list[dict[str, Any]] = []
         for label, feature_set, aggregator in self.configurations(extractor, ctx, options):
             use = None if feature_set == "none" else vectors
-            result = cached_score(data, use, dataset, options, feature_set, aggregator,
-                                  ctx.seed, ctx.cache, ctx.device)
+            result, predictions = cached_score(data, use, dataset, options, feature_set,
+                                               aggregator, ctx.seed, ctx.cache, ctx.device)
             if label == BASELINE:  # claimed once computed, so a failure leaves it to the next
                 _claim(ctx, _baseline_key(ctx))
             extra = {} if label is None else {"extractor": label}
-            out += rows(result, **extra)
+            out += scored_rows(data, result, predictions, **extra)
         return out
 
     def configurations(self, extractor: str, ctx: TaskContext, options: dict[str, Any]
@@ -163,8 +164,10 @@ def load(dataset: Dataset, options: dict[str, Any]) -> ctr_data.CtrData:
 
 def cached_score(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Dataset,
                  options: dict[str, Any], feature_set: str, aggregator: str, seed: int,
-                 cache: Cache | None, device: str = "cpu") -> dict[str, float]:
-    """Train and evaluate one configuration, or read its metrics from ``cache``."""
+                 cache: Cache | None, device: str = "cpu"
+                 ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+    """Train and evaluate one configuration, or read it from ``cache``: (metrics, predictions
+    per head on the evaluation day; None on the AMS backend, which keeps them remote)."""
     config = TrainConfig.from_options(options, feature_set=feature_set, aggregator=aggregator,
                                       device=device)
     settings = {k: v for k, v in vars(config).items() if k not in ("device", "extra")}
@@ -180,21 +183,39 @@ def cached_score(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Da
     path = cache.path("ctr", key, ".json") if cache is not None else None
     if path is not None and path.exists():
         try:
-            return {k: float(v) for k, v in json.loads(path.read_text())["metrics"].items()}
-        except (ValueError, KeyError, TypeError) as error:
+            saved = json.loads(path.read_text())
+            metrics = {k: float(v) for k, v in saved["metrics"].items()}
+            predictions = load_npz(path.with_suffix(".npz")) if saved.get("predictions") else None
+            return metrics, predictions
+        except (OSError, ValueError, KeyError, TypeError) as error:
             log.warning("ctr: discarding unreadable cached result %s (%s)", path, error)
+    predictions = None
     if ams:  # backend "ams": trained by parameter servers and workers (bench/tasks/ctr/ams)
         from bench.tasks.ctr.ams import train_and_evaluate as train_on_ams
 
         metrics, stats = train_on_ams(data, vectors, config, seed, options.get("ams"),
                                       keys=dataset.ids[data.item_rows])
     else:
-        metrics, stats = train_and_evaluate(data, vectors, config, seed)
+        predictions, stats = train_and_predict(data, vectors, config, seed)
+        metrics = scored(data, predictions)
     if path is not None:
+        if predictions is not None:  # first: the JSON marks a complete entry
+            save_npz(path.with_suffix(".npz"),
+                     **{h: p.astype(np.float32) for h, p in predictions.items()})
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"metrics": metrics, "stats": stats,
-                                       "settings": settings, "seed": seed}, indent=1))
-    return metrics
+                                       "settings": settings, "seed": seed,
+                                       "predictions": predictions is not None}, indent=1))
+    return metrics, predictions
+
+
+def scored_rows(data: ctr_data.CtrData, metrics: dict[str, float],
+                predictions: dict[str, np.ndarray] | None, **extra: Any) -> list[dict[str, Any]]:
+    """Task rows, each with its evidence when the predictions are known."""
+    found = {} if predictions is None else evidence(
+        data, {h: np.asarray(p, dtype=np.float64) for h, p in predictions.items()})
+    return [{"metric": m, "value": float(v), "evidence": found.get(m), **extra}
+            for m, v in metrics.items()]
 
 
 def ablation(embeddings: Embeddings, dataset: Dataset, *, seeds: int = 3,
@@ -212,8 +233,8 @@ def ablation(embeddings: Embeddings, dataset: Dataset, *, seeds: int = 3,
     out = []
     for seed in range(seeds):
         for feature_set, aggregator in grid:
-            result = cached_score(data, None if feature_set == "none" else vectors, dataset,
-                                  options, feature_set, aggregator, seed, cache)
+            result, _ = cached_score(data, None if feature_set == "none" else vectors,
+                                     dataset, options, feature_set, aggregator, seed, cache)
             out += [{"feature_set": feature_set,
                      "aggregator": None if feature_set in ("none", "ad") else aggregator,
                      "seed": seed, "metric": m, "value": v} for m, v in result.items()]

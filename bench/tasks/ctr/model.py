@@ -9,6 +9,14 @@ Feature sets (what enters the MLP besides the IDs):
 ``none`` IDs only; ``ad`` + the ad's image; ``behavior`` + the pooled clicked images; ``dicm`` both.
 In ``behavior`` the ad's image is not an MLP input, but image-queried attention may still use it
 as its query (it weighs the history, it is not a feature of its own).
+
+With the clicked images (``behavior``, ``dicm``), ``similarity`` adds one input: the cosine
+similarity of the projected ad image and the mean projected clicked image, i.e. "does this ad
+look like what the user clicked". An MLP learns such a product of two inputs poorly (Rendle et
+al., 2020), and without it the model did not use image information that a training-free rule
+(the share of a user's clicks in the ad's style) does use: on homestead the true style, scene
+and warmth hidden in 256 noisy dimensions scored below IDs only; with it they score well above
+(docs/ctr.md).
 """
 
 from __future__ import annotations
@@ -129,7 +137,8 @@ class DICM(nn.Module):
     def __init__(self, *, n_users: int, item_vocab: torch.Tensor, item_fields: torch.Tensor,
                  field_sizes: Sequence[int], history_length: int,
                  image_tower: nn.Module | None = None, feature_set: str = "dicm",
-                 aggregator: str = "mqap", id_dim: int = 12, hidden: Sequence[int] = (200, 80)):
+                 aggregator: str = "mqap", id_dim: int = 12, hidden: Sequence[int] = (200, 80),
+                 similarity: bool = True):
         super().__init__()
         if feature_set not in FEATURE_SETS:
             raise ValueError(f"unknown feature set {feature_set!r}; choose from {FEATURE_SETS}")
@@ -148,9 +157,10 @@ class DICM(nn.Module):
         if self.use_ad:
             width += image_tower.dim
         self.aggregator = None
+        self.similarity = similarity and self.use_behavior
         if self.use_behavior:
             self.aggregator = Aggregator(aggregator, image_tower.dim, history_length, id_dim)
-            width += self.aggregator.out_dim
+            width += self.aggregator.out_dim + int(self.similarity)
         self.trunk = mlp([width, *hidden], last_activation=True)
         self.heads = nn.Linear(hidden[-1], 3)  # ctr, detail, cvr logits
         for embedding in (self.user_embedding, self.item_embedding, *self.field_embeddings):
@@ -184,8 +194,19 @@ class DICM(nn.Module):
             parts.append(ad_image)
         if self.aggregator is not None:
             parts.append(self.aggregator(history_images, mask, ad_image, ad_id))
+        if self.similarity:
+            parts.append(profile_similarity(ad_image, history_images, mask))
         logits = self.heads(self.trunk(torch.cat(parts, dim=1)))
         return {"ctr": logits[:, 0], "detail": logits[:, 1], "cvr": logits[:, 2]}
+
+
+def profile_similarity(ad_image: torch.Tensor, history_images: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """[B, 1] cosine similarity of the ad image [B, d] and the mean of the valid history images
+    [B, L, d] (0 for an empty history)."""
+    m = mask.unsqueeze(-1).to(history_images.dtype)
+    profile = (history_images * m).sum(1) / m.sum(1).clamp(min=1)
+    return F.cosine_similarity(ad_image, profile, dim=1, eps=1e-8).unsqueeze(1)
 
 
 def probabilities(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from bench.metrics import auc, gauc, logloss
+from bench.stats import Evidence, mean_evidence
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import DICM, HEADS, ImageTower, loss, probabilities
 
@@ -36,6 +37,7 @@ class TrainConfig:
     image_dim: int = 12
     image_hidden: tuple[int, ...] = ()
     hidden: tuple[int, ...] = (200, 80)
+    similarity: bool = True  # cosine of the ad image and the clicked-image profile (model.py)
     epochs: int = 2
     batch_size: int = 1024
     lr: float = 4e-3
@@ -74,7 +76,7 @@ def build_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: Trai
                 field_sizes=data.field_sizes, history_length=data.history_length,
                 image_tower=tower, feature_set=config.feature_set,
                 aggregator=config.aggregator, id_dim=config.id_dim,
-                hidden=config.hidden).to(config.device)
+                hidden=config.hidden, similarity=config.similarity).to(config.device)
 
 
 def fit(model: DICM, data: ctr_data.CtrData, rows: np.ndarray, config: TrainConfig,
@@ -154,7 +156,14 @@ def evaluate(model: DICM, data: ctr_data.CtrData, rows: np.ndarray | None = None
              ) -> dict[str, float]:
     """Metrics on ``rows`` (default: the evaluation day) and on their cold-start subset."""
     rows = data.test if rows is None else np.asarray(rows)
-    predictions = predict(model, data, rows)
+    return scored(data, predict(model, data, rows), rows)
+
+
+def scored(data: ctr_data.CtrData, predictions: dict[str, np.ndarray],
+           rows: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of ``predictions`` (per head, for ``rows``: default the evaluation day), and
+    the same on the rows' cold-start subset with the prefix ``cold_``."""
+    rows = data.test if rows is None else np.asarray(rows)
     labels = data.labels.cpu().numpy()[rows].astype(np.float64)
     groups = data.groups[rows]
     out = metrics(labels, predictions, groups)
@@ -162,6 +171,29 @@ def evaluate(model: DICM, data: ctr_data.CtrData, rows: np.ndarray | None = None
     if cold.any():
         out |= metrics(labels[cold], {h: p[cold] for h, p in predictions.items()},
                        groups[cold], prefix="cold_")
+    return out
+
+
+def evidence(data: ctr_data.CtrData, predictions: dict[str, np.ndarray],
+             rows: np.ndarray | None = None) -> dict[str, Evidence]:
+    """Per metric of :func:`scored`, what it was computed from, resampled by user: each
+    impression's prediction and label (AUC, GAUC) or its log loss."""
+    rows = data.test if rows is None else np.asarray(rows)
+    labels = data.labels.cpu().numpy()[rows].astype(np.float64)
+    users = data.groups[rows]
+    subsets = {"": np.ones(len(rows), dtype=bool), "cold_": data.cold[rows]}
+    out: dict[str, Evidence] = {}
+    for prefix, keep in subsets.items():
+        if not keep.any():
+            continue
+        for head in HEADS:
+            y, p = labels[keep, LABEL_OF_HEAD[head]], predictions[head][keep]
+            if 0 < y.sum() < len(y):
+                out[f"{prefix}{head}_auc"] = Evidence("auc", "user", users[keep], p, y)
+                out[f"{prefix}{head}_gauc"] = Evidence("gauc", "user", users[keep], p, y)
+            q = np.clip(p, 1e-7, 1 - 1e-7)
+            out[f"{prefix}{head}_logloss"] = mean_evidence(
+                "user", users[keep], -(y * np.log(q) + (1 - y) * np.log1p(-q)))
     return out
 
 
@@ -177,10 +209,17 @@ def train_and_evaluate(data: ctr_data.CtrData, vectors: np.ndarray | None, confi
                        seed: int) -> tuple[dict[str, float], dict[str, float]]:
     """(metrics, training stats) of one model; ``vectors`` are the image vectors of
     ``data.item_rows`` (None for the ID-only ``none`` feature set)."""
+    predictions, stats = train_and_predict(data, vectors, config, seed)
+    return scored(data, predictions), stats
+
+
+def train_and_predict(data: ctr_data.CtrData, vectors: np.ndarray | None, config: TrainConfig,
+                      seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """(predictions per head on the evaluation day, training stats) of one model."""
     data.to(config.device)
     model = build_model(data, vectors, config, seed)
     stats = fit(model, data, data.train, config, seed)
-    return evaluate(model, data), stats
+    return predict(model, data, data.test), stats
 
 
 @contextmanager

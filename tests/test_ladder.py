@@ -1,0 +1,107 @@
+"""The known-answer ladder: rungs from ground truth, in order on every task at the quick size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import registry
+from bench.cache import Cache
+from bench.config import LADDER, get_profile
+from bench.data import Dataset, array_image_source
+from bench.runner import RunSpec, run_benchmark
+from bench.verdicts import ladder_level
+
+QUICK_WORLD = dict(image_size=32, n_products=360, n_covers=480, n_queries=160, n_users=120,
+                   n_days=4, impressions_per_user_day=12, seed=0)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, Cache]:
+    registry.load_plugins()
+    cache = Cache(tmp_path_factory.mktemp("cache"))
+    return registry.build_dataset("homestead", cache, **QUICK_WORLD), cache
+
+
+def rung(spec: str):
+    registry.load_plugins()
+    return registry.build_extractor(spec, get_profile("quick"))
+
+
+def test_clean_rung_is_the_latents_rotated(world: tuple[Dataset, Cache]) -> None:
+    """Distances between clean vectors equal distances between the latent blocks: a rotation
+    hides where the information sits, and nothing else."""
+    dataset, _ = world
+    from bench_plugins.extractors.ladder import latent_vectors
+
+    clean = rung("ladder:clean").embed(dataset, np.arange(len(dataset)))
+    latent = latent_vectors(dataset.latents, np.random.default_rng(0))
+    rows = np.arange(0, len(dataset), 37)
+    d_clean = np.linalg.norm(clean[rows, None] - clean[None, rows], axis=-1)
+    d_latent = np.linalg.norm(latent[rows, None] - latent[None, rows], axis=-1)
+    assert clean.shape == (len(dataset), 256) and clean.dtype == np.float32
+    assert np.abs(d_clean - d_latent).max() < 1e-4
+    # each latent block has unit root-mean-square norm where it applies
+    covers = dataset.rows(role="content")
+    assert latent.shape[1] < 256 and 2.5 < (latent[covers] ** 2).sum(1).mean() < 3.5
+
+
+def test_rungs_are_deterministic_and_named_by_noise(world: tuple[Dataset, Cache]) -> None:
+    dataset, _ = world
+    rows = np.arange(10)
+    a = rung("ladder:noise=0.3").embed(dataset, rows)
+    assert np.array_equal(a, rung("ladder:noise=0.3").embed(dataset, rows))
+    assert not np.allclose(a, rung("ladder:noise=0.3,seed=1").embed(dataset, rows))
+    assert [rung(s).name for s in LADDER] == list(LADDER)
+    assert [ladder_level(s) for s in LADDER] == [0.0, 0.15, 0.3, np.inf]
+    with pytest.raises(ValueError, match="unknown option"):
+        rung("ladder:sigma=1")
+
+
+def test_dataset_without_latents_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    registry.load_plugins()
+
+    @registry.dataset("tiny_unlabelled")
+    def tiny(cache, **_):
+        images = np.random.default_rng(0).integers(0, 255, (20, 8, 8, 3), dtype=np.uint8)
+        table = pd.DataFrame({"id": [f"i{i}" for i in range(20)],
+                              "split": ["train"] * 10 + ["test"] * 10,
+                              "category": ["a", "b"] * 10})
+        return Dataset("tiny_unlabelled", table, array_image_source(images), 8, "tiny")
+
+    spec = RunSpec(profile=get_profile("quick"), dataset="tiny_unlabelled",
+                   extractors=("ladder:clean", "pixels"), tasks=("knn",), out_root=tmp_path,
+                   run_id="r", report=False)
+    run = run_benchmark(spec, Cache(tmp_path / "cache"))
+    info = json.loads((run.dir / "run.json").read_text())
+    assert info["errors"] == []
+    assert [s["extractor"] for s in info["skipped"]] == ["ladder:clean"]
+    assert "no ground-truth latents" in info["validity_note"]
+    assert "No validity check: dataset 'tiny_unlabelled' has no ground-truth latents" in \
+        (run.dir / "summary.md").read_text()
+
+
+def test_ladder_comes_out_in_order_on_every_task_at_the_quick_size(
+        world: tuple[Dataset, Cache], tmp_path: Path) -> None:
+    _, cache = world
+    profile = get_profile("quick")
+    profile.task_options["retrieval"] = {"finetune": False}
+    spec = RunSpec(profile=profile, dataset="homestead",
+                   dataset_options=profile.dataset_options("homestead"), extractors=LADDER,
+                   tasks=("knn", "retrieval", "classify", "ctr"), seeds=1, out_root=tmp_path,
+                   run_id="ladder", report=False)
+    run = run_benchmark(spec, cache)
+    validity = pd.read_csv(run.dir / "validity.csv")
+    info = json.loads((run.dir / "run.json").read_text())
+    main = validity[[info["main_scores"][t] == m
+                     for t, m in zip(validity["task"], validity["metric"])]]
+    raw = main[main["variant"] == "raw"].set_index("task")
+    assert sorted(raw.index) == ["classify", "ctr", "knn", "retrieval"]
+    assert raw["in_order"].all(), raw[["floor", "ceiling", "in_order"]]
+    assert (raw["gap_se"] > 3).all()  # floor and ceiling far apart even on the tiny world
+    summary = (run.dir / "summary.md").read_text()
+    assert "## Validity: the known-answer ladder" in summary and "| ctr | ctr_auc | raw |" in summary
