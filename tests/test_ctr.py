@@ -13,12 +13,19 @@ from bench import metrics as bm
 from bench.tasks import TaskContext, get_task
 from bench.tasks.ctr import BASELINE, CtrTask, ablation
 from bench.tasks.ctr import data as ctr_data
-from bench.tasks.ctr.model import AGGREGATORS, Aggregator, AttentivePooling, probabilities
+from bench.tasks.ctr.model import (
+    AGGREGATORS,
+    Aggregator,
+    AttentivePooling,
+    probabilities,
+    profile_similarity,
+)
 from bench.tasks.ctr.synthetic import make_log
 from bench.tasks.ctr.train import (
     TrainConfig,
     build_model,
     evaluate,
+    evidence,
     fit,
     predict,
     prepare,
@@ -226,6 +233,24 @@ def test_task_metrics_equal_bench_metrics_and_sklearn(small):
     cold = data.cold[data.test]
     assert got["cold_ctr_auc"] == pytest.approx(
         roc_auc_score(labels[cold, 0], predictions["ctr"][cold]), abs=1e-10)
+    # every metric's evidence recomputes it, and is resampled by user
+    found = evidence(data, predictions)
+    assert set(found) == set(got)
+    for metric, item in found.items():
+        assert item.unit == "user" and item.value() == pytest.approx(got[metric], abs=1e-9)
+    assert found["ctr_auc"].kind == "auc" and found["ctr_logloss"].kind == "mean"
+
+
+def test_profile_similarity_is_the_cosine_of_ad_and_mean_clicked_image():
+    ad = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    history = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]],
+                            [[0.0, 3.0], [0.0, 1.0], [0.0, 0.0]],
+                            [[5.0, 5.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [True, True, False], [False, False, False]])
+    got = profile_similarity(ad, history, mask).squeeze(1)
+    # user 0: mean of the two valid clicks (0.5, 0.5) -> cos 45 degrees; user 1: same
+    # direction -> 1; user 2: no history -> 0 (padding never counts)
+    assert got.tolist() == pytest.approx([2 ** -0.5, 1.0, 0.0], abs=1e-6)
 
 
 def test_model_overfits_a_tiny_log():

@@ -23,6 +23,7 @@ from bench.report.tables import (
     NOT_RUN,
     VARIANT_LABELS,
     TaskTable,
+    differences_markdown,
     is_ranked,
     not_run_reason,
     reference_note,
@@ -259,6 +260,10 @@ def _tables_section(tables: dict[str, TaskTable], tasks: list[str],
                      + (f'<p class="note">{escape(reference)}</p>' if reference else ""))
         parts.append(tables_html(tables[task]) if task in tables else
                      f'<p class="notrun">{NOT_RUN}: {escape(not_run_reason(task, run_info))}</p>')
+        against = differences_markdown(task, verdicts, run_info)
+        if against:
+            title, _, table = against.partition("\n\n")
+            parts.append(f'<p class="note">{escape(title)}</p>' + markdown_table_html(table))
     return "".join(parts)
 
 

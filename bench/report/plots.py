@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from bench.report import artifacts
-from bench.report.tables import VARIANT_LABELS, is_chance, lower_is_better
+from bench.report.tables import MARKS, VARIANT_LABELS, is_chance, lower_is_better
 
 COLORS = {"raw": "#4C72B0", "w": "#DD8452", "ft": "#8172B3", "other": "#55A868"}
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
@@ -90,13 +90,15 @@ def metric_bars(ax: Any, part: pd.DataFrame, metric: str, *, log: bool = False,
     lows, highs = [], []
     for j, hue in enumerate(hues):
         sub = data[data["variant"].map(_hue) == hue].set_index("row")
-        xs, means, below, above = [], [], [], []
+        xs, means, below, above, marks = [], [], [], [], []
         for i, row in enumerate(rows):
             if row in sub.index:
                 item = sub.loc[row]
                 mean = float(item["mean"])
                 xs.append(i + (j - (len(hues) - 1) / 2) * width)
                 means.append(mean)
+                verdict = item.get("verdict")
+                marks.append(MARKS.get(verdict, "") if isinstance(verdict, str) else "")
                 low, high = (float(item.get("ci_low", np.nan)), float(item.get("ci_high", np.nan)))
                 if np.isfinite(low) and np.isfinite(high):
                     below.append(max(mean - low, 0.0))
@@ -121,8 +123,8 @@ def metric_bars(ax: Any, part: pd.DataFrame, metric: str, *, log: bool = False,
                 bar.set_hatch("//")
                 bar.set_edgecolor("white")
         if label_bars and len(rows) * len(hues) <= 16:
-            ax.bar_label(bars, labels=[f"{m:.3g}" if np.isfinite(m) else "" for m in means],
-                         fontsize=7, padding=2)
+            ax.bar_label(bars, labels=[f"{m:.3g}{k}" if np.isfinite(m) else ""
+                                       for m, k in zip(means, marks)], fontsize=7, padding=2)
         lows += [m - e for m, e in zip(means, below) if np.isfinite(m)]
         highs += [m + e for m, e in zip(means, above) if np.isfinite(m)]
     tilt = len(rows) > 3 or max(map(len, rows), default=0) > 12

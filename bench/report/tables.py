@@ -333,6 +333,9 @@ def summary_markdown(results: pd.DataFrame, title: str = "Summary",
         lines += [f"## {task}", ""]
         if task in tables:
             lines += [reference_note(task, verdicts), tables[task].to_markdown_parts(), ""]
+            against = differences_markdown(task, verdicts, run_info)
+            if against:
+                lines += [against, ""]
         else:
             lines += [f"{NOT_RUN}: {not_run_reason(task, run_info)}", ""]
     problems = run_problems(run_info)
@@ -395,3 +398,24 @@ def validity_markdown(validity: pd.DataFrame, run_info: dict[str, Any]) -> str:
                      f"{r.adjacent_pairs} | {r.verdict} |")
     rungs = rows["rungs"].iloc[0]
     return "\n".join(lines) + f"\n\nRungs, best to worst: {rungs}; every metric in validity.csv."
+
+
+def differences_markdown(task: str, verdicts: pd.DataFrame | None,
+                         run_info: dict[str, Any]) -> str:
+    """The task's main score against its reference row: paired difference, its 95% interval,
+    p-value and verdict, one line per (extractor, variant)."""
+    metric = run_info.get("main_scores", {}).get(task)
+    if verdicts is None or metric is None:
+        return ""
+    part = verdicts[(verdicts["task"] == task) & (verdicts["metric"] == metric)
+                    & verdicts["reference"].notna()]
+    if part.empty:
+        return ""
+    lines = [f"{task}, `{metric}` against the reference (paired difference and its 95% "
+             "interval):", "", "| extractor | variant | reference | difference | p | verdict |",
+             "|---|---|---|---|---|---|"]
+    for r in part.itertuples(index=False):
+        lines.append(f"| {r.extractor} | {VARIANT_LABELS.get(r.variant, r.variant)} | "
+                     f"{r.reference} | {r.diff:+.4f} [{r.diff_low:+.4f}, {r.diff_high:+.4f}] | "
+                     f"{r.p_value:.2g} | {r.verdict} |")
+    return "\n".join(lines)

@@ -175,6 +175,10 @@ class Classify:
                      batch_size=256, lr=0.1, max_seconds=900, eval_batch_size=1024),
     }
 
+    def population(self, dataset: Dataset) -> np.ndarray:
+        """The product shots with a category, every split (whitening fits on their train part)."""
+        return dataset.rows(role="product", labelled="category")
+
     def skip_reason(self, dataset: Dataset) -> str | None:
         if not dataset.has("category"):
             return "the dataset has no 'category' column"

@@ -150,6 +150,16 @@ class IdentityRetrieval:
                      max_seconds=900, eval_batch_size=1024),
     }
 
+    def population(self, dataset: Dataset) -> np.ndarray:
+        """Queries and product shots with an identity, every split (all identity-labelled
+        items without roles): what image search compares."""
+        if not dataset.has("identity"):
+            return np.array([], dtype=np.int64)
+        if "role" in dataset.table.columns and (dataset.table["role"] == "query").any():
+            return np.union1d(dataset.rows(role="query", labelled="identity"),
+                              dataset.rows(role="product", labelled="identity"))
+        return dataset.rows(labelled="identity")
+
     def skip_reason(self, dataset: Dataset) -> str | None:
         if not dataset.has("identity"):
             return "the dataset has no 'identity' column"

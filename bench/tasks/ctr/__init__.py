@@ -57,6 +57,13 @@ class CtrTask:
                  "aggregators": ["concat", "sum", "max", "attentive"]},
     }
 
+    def population(self, dataset: Dataset) -> np.ndarray:
+        """The items of the impressions log (whitening fits on their train-split part)."""
+        if "impressions" not in dataset.logs:
+            return np.array([], dtype=np.int64)
+        shown = dataset.logs["impressions"]["item_id"].astype(str).unique()
+        return np.flatnonzero(dataset.table["id"].isin(shown).to_numpy())
+
     def skip_reason(self, dataset: Dataset) -> str | None:
         if "impressions" not in dataset.logs:
             return ("the dataset has no impressions log (logs['impressions'] with user_id, "
