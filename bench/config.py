@@ -53,8 +53,9 @@ LADDER = ("ladder:clean", "ladder:noise=0.15", "ladder:noise=0.3", "ladder:rando
 _QUICK = Profile(
     name="quick",
     datasets={
+        # 600 users (29k impressions): the smallest log on which ctr orders the ladder
         "homestead": dict(image_size=32, n_products=360, n_covers=480, n_queries=160,
-                          n_users=120, n_days=4, impressions_per_user_day=12, seed=0),
+                          n_users=600, n_days=4, impressions_per_user_day=12, seed=0),
         "digits": dict(image_size=32),
         "folder": dict(image_size=32),
     },

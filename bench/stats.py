@@ -23,6 +23,7 @@ scikit-learn's ``roc_auc_score`` with ``sample_weight``; tested against it).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,10 +235,12 @@ def resample(cells: Sequence[Cell], n_resamples: int = N_RESAMPLES,
         counts = counts.reshape(batch, n_units).astype(np.float64)
         return np.stack([statistic(counts) for statistic in statistics])
 
-    result = scipy.stats.bootstrap((np.arange(n_units),), seed_means, n_resamples=n_resamples,
-                                   batch=max(1, min(n_resamples, 2_000_000 // max(n_units, 1))),
-                                   vectorized=True, method="percentile",
-                                   random_state=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # only the draws are used, never scipy's own interval
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        result = scipy.stats.bootstrap(
+            (np.arange(n_units),), seed_means, n_resamples=n_resamples,
+            batch=max(1, min(n_resamples, 2_000_000 // max(n_units, 1))), vectorized=True,
+            method="percentile", random_state=np.random.default_rng(seed))
     return np.atleast_2d(result.bootstrap_distribution)
 
 

@@ -3,7 +3,8 @@
 Whitening is fitted per task on the train-split rows of the population the task evaluates (the
 content covers for knn, the product shots for classify, ...: ``task.population(dataset)``), so a
 task's test items never inform it and the transform suits the items it compares. Its dimension
-``k`` is an option (``auto`` by default: chosen on those train rows, see
+``k`` is an option (``auto`` by default: chosen on those train rows by the agreement of their
+neighbours on the task's own labels, ``task.whitening_labels``, see
 :func:`bench.whitening.choose_k`); what was fitted is returned for run.json.
 """
 
@@ -42,7 +43,8 @@ def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
     shrinkage = float(options["shrinkage"])
     scores: dict[int, float] = {}
     if str(options["k"]) == "auto":
-        k, scores = choose_k(vectors, train_labels(dataset, rows), shrinkage)
+        columns = getattr(task, "whitening_labels", LABEL_COLUMNS)
+        k, scores = choose_k(vectors, train_labels(dataset, rows, columns), shrinkage)
     else:
         k = None if str(options["k"]) in ("full", "none", "0") else int(options["k"])
     whitening = fit_whitening(vectors, k, shrinkage)
@@ -52,10 +54,12 @@ def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
     return whitening
 
 
-def train_labels(dataset: Dataset, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The label columns the rows carry (what ``choose_k`` may agree with)."""
+def train_labels(dataset: Dataset, rows: np.ndarray,
+                 columns: tuple[str, ...] = LABEL_COLUMNS) -> dict[str, np.ndarray]:
+    """The task's label columns (``whitening_labels``) the rows carry: what ``choose_k`` may
+    agree with."""
     table = dataset.table.iloc[rows]
-    return {c: table[c].to_numpy(dtype=object) for c in LABEL_COLUMNS
+    return {c: table[c].to_numpy(dtype=object) for c in columns
             if c in table.columns and table[c].notna().any()}
 
 

@@ -16,8 +16,7 @@ from bench.data import Dataset, array_image_source
 from bench.runner import RunSpec, run_benchmark
 from bench.verdicts import ladder_level
 
-QUICK_WORLD = dict(image_size=32, n_products=360, n_covers=480, n_queries=160, n_users=120,
-                   n_days=4, impressions_per_user_day=12, seed=0)
+QUICK_WORLD = get_profile("quick").dataset_options("homestead")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_report_page_renders_in_chromium(tmp_path: Path) -> None:
     report = build_report(run)
     html = report.html.read_text()
     n_images = html.count("<img ")
-    assert n_images == len([p for p in report.plots if p.path is not None]) == 10
+    assert n_images == len([p for p in report.plots if p.path is not None]) == 11
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing remote
     assert 'src="data:image/png;base64,' in html
 

@@ -165,6 +165,7 @@ class Classify:
     needs = ("vectors", "category on train and test product shots")
     seeded = True
     variants = ("raw", "w")
+    whitening_labels = ("category",)  # what k=auto agrees with (bench/variants.py)
     defaults = {
         "quick": dict(val_fraction=0.2, probe_max_iter=100, finetune=True, epochs=1,
                       max_steps=4, batch_size=32, lr=0.05, max_seconds=10, eval_batch_size=256),

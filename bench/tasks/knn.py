@@ -37,6 +37,7 @@ class KnnConsistency:
     needs = ("vectors", "one of: style, scene, category")
     seeded = False
     variants = ("raw", "w")
+    whitening_labels = LABELS  # what k=auto agrees with (bench/variants.py)
     # whitening_sweep: also score +w at every whitening dimension k (the report's sweep plot)
     defaults = {profile: dict(k=10, neighbours="all", whitening_sweep=True)
                 for profile in ("quick", "default", "full")}

@@ -141,6 +141,7 @@ class IdentityRetrieval:
     needs = ("vectors", "identity", "queries whose identity is in the gallery")
     seeded = True  # the frozen metrics are computed for seed 0 only; fine-tuning uses each seed
     variants = ("raw", "w")
+    whitening_labels = ("identity",)  # what k=auto agrees with (bench/variants.py)
     defaults = {
         "quick": dict(finetune=True, epochs=1, max_steps=4, batch_size=32, lr=0.05,
                       temperature=0.1, max_seconds=10, eval_batch_size=256),

@@ -48,6 +48,7 @@ class CtrTask:
     needs = ("vectors", "logs['impressions'] (user_id, item_id, day, click, detail, conversion)")
     seeded = True
     variants = ("raw", "w")
+    whitening_labels = ("style", "scene")  # what k=auto agrees with (bench/variants.py)
     defaults = {
         "quick": {**_COMMON, "epochs": 2, "batch_size": 256, "history_length": 10,
                   "feature_sets": [], "aggregators": []},
