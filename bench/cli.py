@@ -248,7 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         module_name = LAZY_COMMANDS[argv[0]][0]
         _attach(_LAZY_PARSERS[argv[0]], module_name)
     args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
+    if args.handler is command_run:
+        return int(command_run(args) or 0)
+    try:  # report, compare, perf, ams, list: bad input is one line too
+        return int(args.handler(args) or 0)
+    except (ValueError, OSError, KeyError) as error:
+        from bench.runner import describe_error
+
+        return _refuse(describe_error(error))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED[signal.SIGINT]
 
 
 if __name__ == "__main__":

@@ -381,3 +381,12 @@ def test_ams_refuses_a_remote_host_without_allow_remote(capsys):
         "warning: --allow-remote: the AMS rendezvous store, gloo and the TensorPipe RPC agent "
         "listen on 10.1.2.3:29500; RPC unpickles every request, so any process that can reach "
         "that address can run code as this user. Use a trusted, firewalled network.")
+
+
+def test_other_commands_report_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: FileNotFoundError: {tmp_path / 'nowhere' / 'results.csv'}: no results file; "
+        f"is {tmp_path / 'nowhere'} a run folder?")
+    assert main(["ams", "--dataset", "nope"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown dataset 'nope'; known: ")
