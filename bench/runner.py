@@ -141,12 +141,14 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
     start = time.perf_counter()
     vectors = extractor.embed(dataset, np.arange(len(dataset)))
     timings["embed_s"] = time.perf_counter() - start
-    meta = {"extractor": extractor.name, "config": extractor.config(), "fingerprint": key,
+    cut = getattr(extractor, "fit_cut", None)
+    meta = {"extractor": extractor.name, "config": extractor.config(),
+            "fingerprint": None if cut else key,  # None: tasks cache nothing made from them
             "dataset": dataset.name, "created": dt.datetime.now().isoformat(timespec="seconds")}
     embeddings = Embeddings(dataset.ids, vectors, meta | {"source": extractor.name})
     if embeddings.dim != extractor.dim:
         log(f"{extractor.name}: declared dim {extractor.dim} but produced {embeddings.dim}")
-    if getattr(extractor, "fit_cut", None):
+    if cut:
         log(f"{extractor.name}: embeddings of a cut training are not cached")
         return embeddings, timings
     embeddings.save(path)

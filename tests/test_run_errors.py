@@ -47,19 +47,22 @@ def run_info(out: Path, run_id: str) -> dict:
 def test_a_cut_training_is_marked_never_cached_and_the_next_run_finishes_it(tmp_path, capsys,
                                                                           tiny):
     args = ("--dataset", tiny, "--extractors", f"{TINY_MOCO},max_seconds=1e-9",
-            "--tasks", "knn", "--run-id", "cut")
+            "--tasks", "knn,classify", "--run-id", "cut")
     status, out, err = bench_run(capsys, tmp_path, *args)
     assert status == 0
     assert any("moco_v2: training stopped by its max_seconds=1e-09 safety stop after 1 of 2 "
                "epochs; the next run resumes it" in line for line in err)
-    assert err[-1].startswith("warning: 2 result groups were cut short by a time cap")
+    assert err[-1].startswith("warning: 5 result groups were cut short by a time cap")
     info = run_info(tmp_path, "cut")
     assert {(c["extractor"], c["task"], c["variant"]) for c in info["time_capped"]} == {
-        ("moco_v2", "knn", "raw"), ("moco_v2", "knn", "w")}
+        ("moco_v2", "knn", "raw"), ("moco_v2", "knn", "w"), ("moco_v2", "classify", "raw"),
+        ("moco_v2", "classify", "w"), ("moco_v2", "classify", "ft")}
     assert {c["state"] for c in info["cells"]} == {"cut"}
     summary = (tmp_path / "cut" / "summary.md").read_text()
     assert "| moco_v2 \u2020 |" in summary and "## Cut by a time cap" in summary
+    assert "| scratch:resnet18-w8-strided |" in summary  # not made from the cut training
     assert not list((tmp_path / "cache" / "embeddings").glob("*.npz"))  # never cached
+    assert len(list((tmp_path / "cache" / "finetune").glob("*.json"))) == 1  # scratch only
 
     status, out, err = bench_run(capsys, tmp_path, *args)  # the training resumes and ends
     assert status == 0 and any("resuming" in line for line in err)
@@ -67,6 +70,7 @@ def test_a_cut_training_is_marked_never_cached_and_the_next_run_finishes_it(tmp_
     assert info["time_capped"] == [] and {c["state"] for c in info["cells"]} == {"done"}
     assert "\u2020" not in (tmp_path / "cut" / "summary.md").read_text()
     assert len(list((tmp_path / "cache" / "embeddings").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "cache" / "finetune").glob("*.json"))) == 2
 
 
 def test_capped_fine_tuning_rows_carry_the_reason():
