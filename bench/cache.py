@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,16 @@ from typing import Any
 import numpy as np
 
 CODE_VERSION = "1"  # bump when cached artefacts change meaning
+# What reading a damaged file can raise (truncated zip, empty file, bad JSON or parquet, ...).
+READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+class DamagedFileError(ValueError):
+    """A cached or saved file that exists but cannot be read; the message names it."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -66,8 +78,48 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    """Every array of an ``.npz`` (no pickle). A missing file raises ``FileNotFoundError``; an
+    empty, truncated or foreign one ``DamagedFileError`` naming the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file {path}")
+    if os.path.getsize(path) == 0:
+        raise DamagedFileError(f"{path}: the file is empty", path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            return {name: data[name] for name in data.files}
+    except READ_ERRORS as error:
+        raise DamagedFileError(f"{path}: cannot be read ({type(error).__name__}: "
+                               f"{error})", path) from error
+
+
+def quarantine(path: str | os.PathLike, reason: BaseException | str) -> Path:
+    """Move a damaged cache entry (file or folder) aside to ``<name>.corrupt`` (replacing an
+    older one), say so on stderr, and return the new path; the caller then recomputes."""
+    path = Path(path)
+    aside = path.with_name(path.name + ".corrupt")
+    if aside.is_dir():
+        import shutil
+
+        shutil.rmtree(aside, ignore_errors=True)
+    os.replace(path, aside)
+    print(f"[bench] damaged cache entry {path} ({reason}); moved it to {aside.name}, "
+          "recomputing", file=sys.stderr, flush=True)
+    return aside
+
+
+def read_cached(path: str | os.PathLike, reader: Callable[[Path], Any]) -> Any:
+    """``reader(path)``, or None when the file is missing or damaged (then it is moved aside
+    with ``quarantine``): every cache reader goes on with a recomputation, never a crash."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return reader(path)
+    except READ_ERRORS as error:
+        quarantine(path, error)
+        return None
 
 
 def default_cache_root() -> Path:

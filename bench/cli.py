@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import registry
 from bench.cache import Cache
 from bench.config import LADDER, PROFILES, get_profile
+from bench.registry import SpecError
+
+if TYPE_CHECKING:
+    from bench.runner import RunSpec
 
 LAZY_COMMANDS = {
     "report": ("bench.report.cli", "rebuild tables, plots and report.html of a run folder"),
@@ -47,17 +52,21 @@ def _specs(text: str | None) -> tuple[str, ...] | None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
                         help="quick | default | full (default: full with CUDA, else default)")
-    parser.add_argument("--dataset", default="homestead",
-                        help="homestead | digits | folder:PATH | a plugin dataset")
+    parser.add_argument("--dataset", default=None,
+                        help="homestead (default) | digits | folder:PATH | a plugin dataset")
     parser.add_argument("--extractors", help="comma-separated specs, e.g. pixels,random,"
                         "precomputed:vecs.npz (default: the profile's)")
     parser.add_argument("--tasks", help="comma-separated: knn,retrieval,classify,ctr")
-    parser.add_argument("--seeds", type=int, help="number of seeds for seeded tasks")
+    parser.add_argument("--seeds", type=int, help="number of seeds for seeded tasks (>= 1)")
     parser.add_argument("--out", default="results", help="folder for run outputs")
-    parser.add_argument("--run-id", help="name of the run folder (default: time-profile-dataset)")
-    parser.add_argument("--plugin", action="append", default=[], help="extra plugin file")
+    parser.add_argument("--run-id", help="name of the run folder (default: time-profile-dataset); "
+                        "an existing one is resumed: its rows are kept, missing cells computed")
+    parser.add_argument("--resume", metavar="RUN_ID",
+                        help="finish an interrupted run with the settings it was started with")
+    parser.add_argument("--plugin", action="append", default=None, help="extra plugin file")
     parser.add_argument("--cache", help="cache folder (default: $BENCH_CACHE_DIR or ./.cache/bench)")
-    parser.add_argument("--no-report", action="store_true", help="skip plots and HTML")
+    parser.add_argument("--no-report", action="store_true", default=None,
+                        help="skip plots and HTML")
     parser.add_argument("--reference", help="extractor every row is tested against (default: "
                         "'none (ids only)' for ctr, 'random' elsewhere)")
     parser.add_argument("--whiten-k", help="whitening dimension k of the w variant: auto "
@@ -67,36 +76,123 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "parameter-server path (ams, docs/ams.md)")
 
 
-def run_spec(args: argparse.Namespace, extractors: tuple[str, ...] | None = None) -> Any:
-    """The RunSpec the run arguments describe (``extractors`` replaces the profile's list)."""
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal
+
+
+def run_request(args: argparse.Namespace) -> dict[str, Any]:
+    """What this ``bench run`` asks for; with ``--resume ID``, the request stored in that run's
+    ``run.json``, overridden by whatever this command line gives."""
+    given = {"profile": args.profile, "dataset": args.dataset,
+             "extractors": None if args.extractors is None else list(_specs(args.extractors)),
+             "tasks": None if args.tasks is None else list(_csv(args.tasks)),
+             "seeds": args.seeds, "plugin": args.plugin, "ctr_backend": args.ctr_backend,
+             "no_report": args.no_report, "reference": args.reference,
+             "whiten_k": args.whiten_k}
+    stored: dict[str, Any] = {}
+    if args.resume:
+        if args.run_id and args.run_id != args.resume:
+            raise SpecError(f"--resume {args.resume} and --run-id {args.run_id} name different "
+                            "runs")
+        path = Path(args.out) / args.resume / "run.json"
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8")).get("command") or {}
+        except FileNotFoundError:
+            raise SpecError(f"nothing to resume: no run {args.resume!r} under {args.out} "
+                            f"({path} does not exist)") from None
+        except (OSError, ValueError, AttributeError) as error:
+            raise SpecError(f"cannot resume {args.resume!r}: {path} is unreadable ({error})"
+                            ) from None
+        if not stored:
+            raise SpecError(f"cannot resume {args.resume!r}: {path} does not record the "
+                            "command that started it")
+    request = {k: v if v is not None else stored.get(k) for k, v in given.items()}
+    request["run_id"] = args.resume or args.run_id
+    return request
+
+
+def run_spec(request: dict[str, Any], out: str) -> RunSpec:
     from bench.runner import RunSpec
 
-    profile = get_profile(args.profile)
-    if getattr(args, "ctr_backend", None):
-        profile.task_options.setdefault("ctr", {})["backend"] = args.ctr_backend
-    if getattr(args, "whiten_k", None):
-        profile.whitening["k"] = args.whiten_k
-    dataset_name, dataset_args = registry.parse_spec(args.dataset)
+    profile = get_profile(request["profile"])
+    if request.get("ctr_backend"):
+        profile.task_options.setdefault("ctr", {})["backend"] = request["ctr_backend"]
+    if request.get("whiten_k"):
+        profile.whitening["k"] = request["whiten_k"]
+    dataset = request.get("dataset") or "homestead"
+    dataset_name, dataset_args = registry.parse_spec(dataset)
     options = profile.dataset_options(dataset_name)
     if "arg" in dataset_args:
         options["root"] = dataset_args.pop("arg")
     options.update(dataset_args)
-    return RunSpec(profile=profile, dataset=args.dataset, dataset_options=options,
-                   extractors=extractors or _specs(args.extractors) or profile.extractors,
-                   tasks=_csv(args.tasks) or profile.tasks,
-                   seeds=args.seeds or profile.seeds, out_root=Path(args.out),
-                   run_id=args.run_id, plugins=tuple(args.plugin), report=not args.no_report,
-                   reference=getattr(args, "reference", None))
+    extractors = tuple(request.get("extractors") or ()) or profile.extractors
+    tasks = tuple(request.get("tasks") or ()) or profile.tasks
+    seeds = profile.seeds if request.get("seeds") is None else int(request["seeds"])
+    command = {"profile": profile.name, "dataset": dataset, "extractors": list(extractors),
+               "tasks": list(tasks), "seeds": seeds, "plugin": list(request.get("plugin") or []),
+               "ctr_backend": request.get("ctr_backend"),
+               "no_report": bool(request.get("no_report")),
+               "reference": request.get("reference"), "whiten_k": request.get("whiten_k")}
+    return RunSpec(profile=profile, dataset=dataset, dataset_options=options,
+                   extractors=extractors, tasks=tasks, seeds=seeds, out_root=Path(out),
+                   run_id=request.get("run_id"), plugins=tuple(request.get("plugin") or ()),
+                   report=not request.get("no_report"), command=command,
+                   reference=request.get("reference"))
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from bench.runner import run_benchmark
+    """Exit status: 0 everything requested ran; 1 some extractor or task failed (rows kept,
+    errors listed last); 2 bad input, refused before anything ran (one line on stderr, and
+    the run folder's run.json says why); 130 (Ctrl-C) or 143 (SIGTERM) interrupted, with
+    ``status: interrupted`` in run.json (``bench run --resume ID`` finishes it)."""
+    from bench.runner import RunInterrupted, RunRefused, execute_run, prepare_run
 
-    run = run_benchmark(run_spec(args), Cache(args.cache))
+    try:
+        spec = run_spec(run_request(args), args.out)
+        prepared = prepare_run(spec, Cache(args.cache))
+    except (RunRefused, SpecError) as error:
+        return _refuse(str(error))
+    except KeyboardInterrupt:
+        print("interrupted before the run started; nothing was computed", file=sys.stderr)
+        return EXIT_INTERRUPTED[signal.SIGINT]
+    received: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        run = execute_run(prepared)
+    except RunInterrupted as stopped:
+        run = stopped.run
+        done = len(run.cells) - len(run.missing())
+        waiting = f", {len(run.not_started)} extractors not started" if run.not_started else ""
+        print(f"interrupted: {done} of {len(run.cells)} planned cells done{waiting}; "
+              f"{run.dir / 'run.json'} says status: interrupted. Finish it with: "
+              f"bench run --resume {run.run_id} --out {args.out}", file=sys.stderr)
+        return EXIT_INTERRUPTED[received[0] if received else signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print(f"results: {run.dir}")
     if (run.dir / "summary.md").exists():
         print((run.dir / "summary.md").read_text())
-    return 1 if run.errors and not run.rows else 0
+    cut = [c for record in run.cells.values() for c in record.get("cut", [])]
+    if cut:
+        print(f"warning: {len(cut)} result groups were cut short by a time cap (marked \u2020 "
+              "in the tables, listed in run.json time_capped); run again to finish them",
+              file=sys.stderr)
+    if run.errors:
+        print(f"{len(run.errors)} error(s):", file=sys.stderr)
+        for error in run.errors:
+            print(f"  {error['where']}: {error['error']}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _refuse(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def command_validate(args: argparse.Namespace) -> int:
@@ -105,9 +201,14 @@ def command_validate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bench.report.tables import main_validity, validity_markdown
-    from bench.runner import run_benchmark
+    from bench.runner import RunRefused, run_benchmark
 
-    run = run_benchmark(run_spec(args, extractors=LADDER), Cache(args.cache))
+    try:
+        request = run_request(args)
+        request["extractors"] = list(LADDER)
+        run = run_benchmark(run_spec(request, args.out), Cache(args.cache))
+    except (RunRefused, SpecError) as error:
+        return _refuse(str(error))
     print(f"results: {run.dir}")
     info = json.loads((run.dir / "run.json").read_text())
     path = run.dir / "validity.csv"
@@ -133,8 +234,16 @@ def command_list(args: argparse.Namespace) -> int:
 _LAZY_PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr (exit status 2), without the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the benchmark")
     add_run_arguments(run)
@@ -175,7 +284,17 @@ def main(argv: list[str] | None = None) -> int:
         module_name = LAZY_COMMANDS[argv[0]][0]
         _attach(_LAZY_PARSERS[argv[0]], module_name)
     args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
+    if args.handler is command_run:
+        return int(command_run(args) or 0)
+    try:  # report, compare, perf, ams, list: bad input is one line too
+        return int(args.handler(args) or 0)
+    except (ValueError, OSError, KeyError) as error:
+        from bench.runner import describe_error
+
+        return _refuse(describe_error(error))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED[signal.SIGINT]
 
 
 if __name__ == "__main__":

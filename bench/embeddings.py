@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.cache import load_npz, save_npz
+from bench.cache import DamagedFileError, load_npz, save_npz
 
 
 class EmbeddingError(ValueError):
@@ -50,6 +50,8 @@ class Embeddings:
     def load(cls, path: str | os.PathLike) -> Embeddings:
         try:
             data = load_npz(path)
+        except DamagedFileError as error:
+            raise EmbeddingError(str(error)) from error
         except (OSError, ValueError) as error:
             raise EmbeddingError(f"{path}: cannot read embeddings ({error})") from error
         missing = {"ids", "vectors"} - set(data)

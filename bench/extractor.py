@@ -5,10 +5,20 @@ extractors that learn (cached by the extractor itself under ``ctx.cache``), and 
 returns float32 vectors [n, dim] for dataset rows. Backbone extractors also expose
 ``backbone()`` (a torch module mapping images to pooled features) and ``preprocess(images)``
 so tasks can fine-tune them.
+
+Optional, checked with ``getattr``: ``fit_cut`` (after ``fit``: a one-line reason when a time
+safety stop ended training before its budget, else None; the runner then marks the
+extractor's cells and does not cache its embeddings) and ``validate(dataset)`` (raise a
+``ValueError`` naming the problem when the extractor cannot serve this dataset, e.g. vectors
+whose ids do not match; called before the run starts, so bad input fails fast with status 2).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -17,6 +27,12 @@ import numpy as np
 
 from bench.cache import Cache
 from bench.data import Dataset
+
+# The project's code every extractor's vectors pass through; its digest keys cached embeddings.
+PROJECT_EXTRACTOR_CODE = ("bench/extractor.py", "bench/backbones.py", "bench/training.py",
+                          "bench/embeddings.py")
+_ROOT = Path(__file__).resolve().parent.parent
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
 @dataclass
@@ -29,6 +45,49 @@ class FitContext:
     seed: int = 0
     log_dir: Path | None = None
     progress: bool = True
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def files_digest(paths: list[Path] | tuple[Path, ...]) -> str:
+    """A short digest of these files' contents (not their names or places)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(_file_digest(str(path), stat.st_mtime_ns, stat.st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def source_files(cls: type) -> list[Path]:
+    """The source files of a class and its bases, outside the standard library: the plugin's
+    own file, and any shared code it inherits (e.g. ``bench/training.py``)."""
+    files: list[Path] = []
+    for base in cls.__mro__:
+        try:
+            path = Path(inspect.getsourcefile(base) or "").resolve()
+        except (TypeError, OSError):
+            continue  # builtins
+        if path.is_file() and not path.is_relative_to(_STDLIB) and path not in files:
+            files.append(path)
+    return files
+
+
+def source_digest(cls: type) -> str:
+    """Digest of the file that defines ``cls`` (a plugin's own source file)."""
+    files = source_files(cls)[:1]
+    return files_digest(files) if files else "unknown"
+
+
+def code_digest(extractor: Any) -> str:
+    """What cached embeddings depend on besides ``config()``: the plugin's source files (its
+    class and bases) and the project's extractor code (``PROJECT_EXTRACTOR_CODE``). Editing a
+    plugin's ``embed`` therefore never reuses vectors the old code made."""
+    project = [_ROOT / name for name in PROJECT_EXTRACTOR_CODE if (_ROOT / name).is_file()]
+    files = source_files(type(extractor))
+    return files_digest([*files, *(p for p in project if p not in files)])
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import images_to_tensor
-from bench.cache import CODE_VERSION, Cache, fingerprint, write_json
+from bench.cache import CODE_VERSION, Cache, fingerprint, read_cached, write_json
 from bench.stats import Evidence
 
 FINETUNE_VERSION = "3"  # bump when training code changes what a cached result means (3: evidence)
@@ -48,7 +48,7 @@ class Budget:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to zero
-    max_seconds: float = 60.0  # safety cap; a capped run is logged and reports fewer steps
+    max_seconds: float = 60.0  # safety stop (0: none); a capped run is marked, never cached
     crop_padding: float = 0.125  # random crop after reflect padding by this share of the side
 
     @classmethod
@@ -217,7 +217,7 @@ def train(model: nn.Module, n_items: int, loss_fn: Callable[[torch.Tensor], torc
     """SGD with momentum and a warm-up + cosine schedule over ``epochs`` shuffled passes of
     ``n_items`` (the last incomplete batch is dropped), at most ``max_steps`` steps;
     ``loss_fn(indices)`` returns the loss of one batch. Stops early (logged, and visible as
-    fewer ``steps`` than ``planned_steps``) when ``max_seconds`` is reached."""
+    fewer ``steps`` than ``planned_steps``) when ``max_seconds`` (> 0) is reached."""
     batch_size = max(2, min(budget.batch_size, n_items))  # BatchNorm needs two samples
     steps_per_epoch = max(1, n_items // batch_size)
     planned = budget.epochs * steps_per_epoch
@@ -229,11 +229,15 @@ def train(model: nn.Module, n_items: int, loss_fn: Callable[[torch.Tensor], torc
         optimizer, lambda s: warmup_cosine(s, log_.planned_steps, budget.warmup_fraction))
     model.train()
     start = time.perf_counter()
+
+    def over_time() -> bool:
+        return budget.max_seconds > 0 and time.perf_counter() - start > budget.max_seconds
+
     while log_.steps < log_.planned_steps:
         order = torch.randperm(n_items, generator=generator)
         losses = []
         for b in range(min(steps_per_epoch, log_.planned_steps - log_.steps)):
-            if time.perf_counter() - start > budget.max_seconds:
+            if over_time():
                 break
             with _autocast(device):
                 loss = loss_fn(order[b * batch_size:(b + 1) * batch_size])
@@ -245,7 +249,7 @@ def train(model: nn.Module, n_items: int, loss_fn: Callable[[torch.Tensor], torc
             log_.steps += 1
         if losses:
             log_.epoch_losses.append(float(np.mean(losses)))
-        if time.perf_counter() - start > budget.max_seconds:
+        if over_time():
             break
     log_.seconds = time.perf_counter() - start
     if log_.capped:
@@ -333,15 +337,13 @@ def cached_result(cache: Cache | None, kind: str, key: str | None,
     """``compute()`` once per key: results are JSON files under the cache (written atomically);
     an unreadable entry is logged and recomputed. No cache or no key: always compute. A result
     marked ``"capped"`` (training cut short by its time cap, so it reflects the machine's load
-    rather than the budget) is returned but not stored."""
+    rather than the budget) is returned but not stored; a damaged entry is moved aside."""
     if cache is None or key is None:
         return compute()
     path = cache.path(kind, key, ".json")
-    if path.exists():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            log(f"discarding unreadable cached result {path}: {error}")
+    cached = read_cached(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if isinstance(cached, dict):
+        return cached
     result = compute()
     if not result.get("capped"):
         write_json(path, result)
@@ -371,7 +373,8 @@ class Comparison:
     scratch_name: str
 
     def rows(self) -> list[dict[str, Any]]:
-        """Task rows (variant ``ft``): the extractor's, then its scratch baseline's if new."""
+        """Task rows (variant ``ft``): the extractor's, then its scratch baseline's if new.
+        Rows of a training its time cap cut short carry ``cut`` (the runner marks them)."""
         out = _result_rows(self.own)
         if self.scratch is not None:
             out += _result_rows(self.scratch, extractor=self.scratch_name)
@@ -380,9 +383,19 @@ class Comparison:
 
 def _result_rows(result: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
     evidence = result.get("evidence", {})
-    return [{"metric": m, "value": float(v), "variant": "ft", **extra,
+    return [{"metric": m, "value": float(v), "variant": "ft", **extra, **cut_note(result),
              **({"evidence": Evidence.from_json(evidence[m])} if m in evidence else {})}
             for m, v in result["metrics"].items()]
+
+
+def cut_note(result: dict[str, Any]) -> dict[str, str]:
+    """``{"cut": reason}`` for a result its ``max_seconds`` cap cut short, else ``{}``."""
+    if not result.get("capped"):
+        return {}
+    steps = int(result["metrics"].get("finetune_steps", 0))
+    cap = result.get("budget", {}).get("max_seconds", "?")
+    return {"cut": f"fine-tuning stopped by its max_seconds={cap} safety stop after {steps} "
+                   f"of {result.get('planned_steps')} steps"}
 
 
 def compare_with_scratch(task: str, extractor: Any, embeddings_key: str | None,

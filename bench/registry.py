@@ -9,6 +9,7 @@ shadows Hugging Face's ``datasets`` package. A plugin that fails to import is re
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -27,6 +28,10 @@ DatasetFactory = Callable[..., Any]
 
 EXTRACTORS: dict[str, ExtractorFactory] = {}
 DATASETS: dict[str, DatasetFactory] = {}
+
+
+class SpecError(ValueError):
+    """A request naming an unknown plugin or task, or an option a plugin does not take."""
 
 
 @dataclass
@@ -124,21 +129,79 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             for part in rest.split(","):
                 key, sep, value = part.partition("=")
                 if not sep:
-                    raise ValueError(f"extractor spec {spec!r}: option {part!r} is not key=value")
+                    raise SpecError(f"spec {spec!r}: option {part!r} is not key=value")
                 options[key.strip()] = value.strip()
     return name.strip(), options
+
+
+def check_options(what: str, options: dict[str, Any], known: Any) -> None:
+    """Refuse options a plugin does not take, naming the ones it does (as homestead does)."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SpecError(f"{what}: unknown option{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+
+
+def _unknown(kind: str, name: str, known: Any) -> SpecError:
+    hint = ""
+    failed = [e for e in load_errors if Path(e.source).stem == name or name in e.source]
+    if failed:
+        hint = f" ({failed[0]})"
+    return SpecError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known)) or 'none'}"
+                     f"{hint}")
 
 
 def build_extractor(spec: str, profile: Any) -> Any:
     name, options = parse_spec(spec)
     if name not in EXTRACTORS:
-        known = ", ".join(sorted(EXTRACTORS)) or "none"
-        raise KeyError(f"unknown extractor {name!r}; known: {known}")
+        raise _unknown("extractor", name, EXTRACTORS)
     return EXTRACTORS[name](options, profile)
+
+
+def dataset_options(factory: DatasetFactory, name: str, options: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Check ``options`` against a dataset factory's keyword parameters and cast strings to the
+    type of each default. A factory taking ``**options`` checks its own; one whose catch-all
+    is named ``_`` (it ignores extras) is checked here, so no option is silently dropped."""
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())[1:]  # after cache
+    except (TypeError, ValueError):
+        return options
+    catch_all = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+    if catch_all and catch_all[0].name != "_":
+        return options
+    named = {p.name: p for p in parameters
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                           inspect.Parameter.KEYWORD_ONLY)}
+    check_options(f"dataset {name}", options, named)
+    out = dict(options)
+    for key, value in options.items():
+        default = named[key].default
+        if isinstance(value, str) and isinstance(default, bool):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise SpecError(f"dataset {name}: option {key}={value!r} is not true/false")
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(value, str) and isinstance(default, int | float):
+            try:
+                out[key] = type(default)(value)
+            except ValueError:
+                kind = "an integer" if isinstance(default, int) else "a number"
+                raise SpecError(f"dataset {name}: option {key}={value!r} is not {kind}") from None
+    return out
 
 
 def build_dataset(name: str, cache: Any, **options: Any) -> Any:
     if name not in DATASETS:
-        known = ", ".join(sorted(DATASETS)) or "none"
-        raise KeyError(f"unknown dataset {name!r}; known: {known}")
-    return DATASETS[name](cache, **options)
+        raise _unknown("dataset", name, DATASETS)
+    factory = DATASETS[name]
+    return factory(cache, **dataset_options(factory, name, options))
+
+
+def find_task(name: str) -> Any:
+    """The task registered as ``name``; ``SpecError`` naming the known ones otherwise."""
+    from bench.tasks import BUILTIN_TASKS, TASKS, get_task
+
+    try:
+        return get_task(name)
+    except KeyError:
+        raise _unknown("task", name, set(TASKS) | set(BUILTIN_TASKS)) from None

@@ -1,7 +1,12 @@
 """One benchmark run: dataset -> extractors (fit, embed, cached) -> variants -> tasks -> results.
 
-Results are appended after each extractor and written atomically, so an error in one extractor
-or task (recorded in ``run.json``) never loses what was computed before it.
+``prepare_run`` checks everything a user can get wrong (seeds, names, options, the dataset, the
+run folder, an earlier session's settings) before anything runs, and raises ``RunRefused`` with
+one line (recorded in the run folder). ``execute_run`` then evaluates the (extractor, variant,
+task, seed) cells an earlier session of the run id has not finished (``bench.resume``). Results
+and ``run.json`` are written atomically after every cell, so an error in one extractor or task
+(recorded in ``run.json``) or an interruption (``status: interrupted``) never loses what was
+computed before it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import datetime as dt
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,13 +27,35 @@ import numpy as np
 import pandas as pd
 
 from bench import registry, variants, verdicts
-from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json, write_text
+from bench.cache import (
+    CODE_VERSION,
+    Cache,
+    DamagedFileError,
+    atomic_path,
+    fingerprint,
+    quarantine,
+    read_cached,
+    write_json,
+    write_text,
+)
 from bench.config import Profile
 from bench.data import Dataset
 from bench.embeddings import Embeddings
-from bench.extractor import FitContext
+from bench.extractor import FitContext, code_digest
 from bench.report.artifacts import RunArtifacts
-from bench.tasks import TaskContext, get_task
+from bench.resume import (
+    CUT,
+    DONE,
+    FAILED,
+    PENDING,
+    Cell,
+    Previous,
+    load_previous,
+    merge_rows,
+    reset_markers,
+    run_config,
+)
+from bench.tasks import TaskContext
 
 RESULT_COLUMNS = ["run", "dataset", "extractor", "variant", "task", "metric", "seed", "value"]
 PACKAGES = ("torch", "torchvision", "lightly", "faiss-cpu", "numpy", "pandas", "scikit-learn",
@@ -46,26 +74,58 @@ class RunSpec:
     run_id: str | None = None
     plugins: tuple[str, ...] = ()
     report: bool = True
+    command: dict[str, Any] = field(default_factory=dict)  # the CLI request, for --resume
     reference: str | None = None  # the row every other is tested against (default per task)
+
+
+class RunRefused(ValueError):
+    """Bad input found before anything ran: one line for the user (exit status 2). The run
+    folder records it when it could be written (``run_dir``)."""
+
+    def __init__(self, message: str, run_dir: Path | None = None):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a run, after ``run.json`` was marked ``interrupted``."""
+
+    def __init__(self, run: Run):
+        super().__init__(f"run {run.run_id} interrupted")
+        self.run = run
+
+
+# What bad input raises while a run is prepared (DatasetError, EmbeddingError, SpecError and
+# ResumeError are ValueErrors; a missing file or an unwritable folder an OSError).
+USER_ERRORS = (ValueError, OSError, KeyError)
 
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
+def embeddings_key(extractor: Any, dataset: Dataset) -> str:
+    """What cached embeddings depend on: the data, the extractor's name and ``config()``, and
+    the code (the plugin's source files and the project's extractor code, ``code_digest``)."""
+    return fingerprint(dataset.fingerprint, extractor.name, extractor.config(), CODE_VERSION,
+                       code_digest(extractor))
+
+
+def embeddings_path(extractor: Any, dataset: Dataset, cache: Cache) -> Path:
+    key = embeddings_key(extractor, dataset)
+    return cache.path("embeddings", f"{dataset.name.replace(':', '_')}-{key}", ".npz")
+
+
 def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) -> tuple[Embeddings, dict[str, float]]:
-    """Fit (the extractor caches its own weights) and embed every dataset row, cached."""
+    """Fit (the extractor caches its own weights) and embed every dataset row, cached. A
+    training its time cap cut short (``fit_cut``) is never cached as if it had finished."""
     timings: dict[str, float] = {}
-    key = fingerprint(dataset.fingerprint, extractor.name, extractor.config(), CODE_VERSION)
-    path = cache.path("embeddings", f"{dataset.name.replace(':', '_')}-{key}", ".npz")
+    key = embeddings_key(extractor, dataset)
+    path = embeddings_path(extractor, dataset, cache)
     ctx = FitContext(cache=cache, seed=0, log_dir=log_dir)
-    cached = None
-    if path.exists():
-        try:
-            cached = Embeddings.load(path)
-        except ValueError as error:
-            log(f"ignoring unreadable cached embeddings {path}: {error}")
+    cached = read_cached(path, Embeddings.load)  # a damaged file is moved aside, recomputed
     if cached is not None:
+        log(f"{extractor.name}: embeddings from cache {path.name}")
         timings["cached"] = 1.0
         if callable(getattr(extractor, "backbone", None)):
             # tasks may fine-tune backbone(): load its trained weights (a checkpoint cache hit)
@@ -74,17 +134,23 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
             timings["fit_s"] = time.perf_counter() - start
         keep_train_log(path, log_dir, restore=True)
         return cached, timings
+    log(f"{extractor.name}: fit and embed {len(dataset)} items")
     start = time.perf_counter()
     extractor.fit(dataset, ctx)
     timings["fit_s"] = time.perf_counter() - start
     start = time.perf_counter()
     vectors = extractor.embed(dataset, np.arange(len(dataset)))
     timings["embed_s"] = time.perf_counter() - start
-    meta = {"extractor": extractor.name, "config": extractor.config(), "fingerprint": key,
+    cut = getattr(extractor, "fit_cut", None)
+    meta = {"extractor": extractor.name, "config": extractor.config(),
+            "fingerprint": None if cut else key,  # None: tasks cache nothing made from them
             "dataset": dataset.name, "created": dt.datetime.now().isoformat(timespec="seconds")}
     embeddings = Embeddings(dataset.ids, vectors, meta | {"source": extractor.name})
     if embeddings.dim != extractor.dim:
         log(f"{extractor.name}: declared dim {extractor.dim} but produced {embeddings.dim}")
+    if cut:
+        log(f"{extractor.name}: embeddings of a cut training are not cached")
+        return embeddings, timings
     embeddings.save(path)
     keep_train_log(path, log_dir, restore=False)
     return embeddings, timings
@@ -121,23 +187,213 @@ def environment() -> dict[str, Any]:
             "packages": versions, "git_revision": revision, "hardware": hardware}
 
 
-class Run:
-    """Holds a run's rows, errors and timings and writes them to ``results/<run-id>/``."""
+@dataclass
+class Prepared:
+    """A run that passed every check: its folder, settings, earlier session, data, extractors
+    (spec text, extractor) and tasks (name, task)."""
 
-    def __init__(self, spec: RunSpec):
-        self.spec = spec
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.run_id = spec.run_id or f"{stamp}-{spec.profile.name}-{spec.dataset.split(':')[0]}"
-        self.dir = Path(spec.out_root) / self.run_id
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict[str, Any]] = []
-        self.errors: list[dict[str, str]] = []
+    spec: RunSpec
+    run_id: str
+    dir: Path
+    cache: Cache
+    config: dict[str, Any]
+    previous: Previous | None
+    dataset: Dataset
+    extractors: list[tuple[str, Any]]
+    tasks: list[tuple[str, Any]]
+
+
+def prepare_run(spec: RunSpec, cache: Cache | None = None) -> Prepared:
+    """Check the request before anything runs. Bad input raises ``RunRefused`` (one line,
+    recorded in the run folder's ``run.json`` when the folder can be written)."""
+    cache = cache or Cache()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_id = spec.run_id or f"{stamp}-{spec.profile.name}-{spec.dataset.split(':')[0]}"
+    run_dir = Path(spec.out_root) / run_id
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as error:
+        raise RunRefused(f"cannot write the run folder {run_dir}: "
+                         f"{error.strerror or error}") from None
+    try:
+        return _prepare(spec, cache, run_id, run_dir)
+    except USER_ERRORS as error:
+        message = describe_error(error)
+        record_refusal(run_dir, spec, run_id, message)
+        raise RunRefused(message, run_dir) from error
+    except Exception as error:  # a bug, not bad input: keep its traceback in the run folder
+        record_refusal(run_dir, spec, run_id, describe_error(error), status="crashed",
+                       trace=traceback.format_exc())
+        raise
+
+
+def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepared:
+    if int(spec.seeds) < 1:
+        raise registry.SpecError(f"--seeds must be at least 1, got {spec.seeds}")
+    registry.load_plugins(spec.plugins)
+    for problem in registry.load_errors:
+        log(str(problem))
+    config = run_config(spec.profile, spec.dataset, spec.dataset_options)
+    previous = load_previous(run_dir, config)
+    tasks = [(name, registry.find_task(name)) for name in dict.fromkeys(spec.tasks)]
+    extractors = [(text, registry.build_extractor(text, spec.profile))
+                  for text in dict.fromkeys(spec.extractors)]
+    names = [extractor.name for _, extractor in extractors]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise registry.SpecError(f"extractor {twice[0]!r} is requested twice (its rows would "
+                                 "mix); give each spec once")
+    dataset = build_dataset(spec, cache)
+    for _, extractor in extractors:
+        validate = getattr(extractor, "validate", None)
+        if callable(validate):
+            validate(dataset)
+    return Prepared(spec, run_id, run_dir, cache, config, previous, dataset, extractors, tasks)
+
+
+def build_dataset(spec: RunSpec, cache: Cache) -> Dataset:
+    """The run's dataset. A damaged file in the cache that a dataset plugin reads with
+    ``load_npz`` is moved aside and the dataset built again, once."""
+    name = spec.dataset.split(":")[0]
+    try:
+        return registry.build_dataset(name, cache, **spec.dataset_options)
+    except DamagedFileError as error:
+        path = error.path
+        if path is None or not path.resolve().is_relative_to(Path(cache.root).resolve()):
+            raise
+        quarantine(path, error)
+        return registry.build_dataset(name, cache, **spec.dataset_options)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: our errors' own messages, others prefixed with their type."""
+    from bench.data import DatasetError
+    from bench.embeddings import EmbeddingError
+    from bench.resume import ResumeError
+
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    text = " ".join(text.split())
+    if isinstance(error, DatasetError | EmbeddingError | ResumeError | registry.SpecError):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
+def record_refusal(run_dir: Path, spec: RunSpec, run_id: str, message: str,
+                   status: str = "invalid", trace: str | None = None) -> None:
+    """Write why a run was refused into its folder: a new ``run.json`` with ``status``, or,
+    beside an earlier session's record, one more entry in its ``refusals``."""
+    entry = {"time": dt.datetime.now().isoformat(timespec="seconds"), "error": message,
+             "command": spec.command, **({"traceback": trace} if trace else {})}
+    path = run_dir / "run.json"
+    try:
+        import json
+
+        info = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict) and info.get("run_config") is not None:
+        info.setdefault("refusals", []).append(entry)
+    else:
+        info = {"run": run_id, "status": status, "error": message, "command": spec.command,
+                "profile": spec.profile.name, "dataset": spec.dataset,
+                "extractors": list(spec.extractors), "tasks": list(spec.tasks),
+                "refusals": [entry]}
+    try:
+        write_json(path, info)
+    except OSError:
+        pass  # the message on stderr is all there is
+
+
+class Run:
+    """One session of a run: this session's rows, cells, errors and timings, on top of an
+    earlier session's (``previous``), written to ``results/<run-id>/`` after every cell."""
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+        self.spec = spec = prepared.spec
+        self.run_id, self.dir, self.dataset = prepared.run_id, prepared.dir, prepared.dataset
+        self.previous = prepared.previous
+        self.rows: list[dict[str, Any]] = []  # this session's
+        self.errors: list[dict[str, str]] = []  # this session's
         self.skipped: list[dict[str, str]] = []
-        self.timings: dict[str, dict[str, float]] = {}
-        self.sweep: list[dict[str, Any]] = []
+        old = self.previous.info if self.previous else {}
+        self.cells: dict[Cell, dict[str, Any]] = dict(self.previous.cells) if self.previous else {}
+        self.timings: dict[str, dict[str, float]] = dict(old.get("timings", {}))
         self.started = time.perf_counter()
-        self.info: dict[str, Any] = {}
-        self.environment = environment()  # once: save() runs after every extractor
+        self.started_at = dt.datetime.now().isoformat(timespec="seconds")
+        self.earlier_s = float(old.get("total_s", 0.0))
+        self.sessions: list[dict[str, Any]] = list(old.get("sessions", []))
+        self.extractors = list(dict.fromkeys([*old.get("extractors", []), *spec.extractors]))
+        self.tasks = list(dict.fromkeys([*old.get("tasks", []), *spec.tasks]))
+        self.seeds = max(len(old.get("seeds", [])), spec.seeds)
+        self.status = "running"
+        self.computed = 0
+        self.not_started = [text for text, _ in prepared.extractors]  # not embedded yet
+        self.info: dict[str, Any] = {"dataset_fingerprint": self.dataset.fingerprint,
+                                     "dataset_size": len(self.dataset),
+                                     **({"whitening": old["whitening"]}
+                                        if old.get("whitening") else {})}
+        self.environment = environment()  # once: save() runs after every cell
+        self.active: list[tuple[str, Any]] = []  # tasks the dataset can serve
+        for name, task in prepared.tasks:
+            reason = task.skip_reason(self.dataset)
+            if reason:
+                self.skipped.append({"task": name, "reason": reason})
+                log(f"skipping task {name}: {reason}")
+            else:
+                self.active.append((name, task))
+
+    # -- cells --
+
+    def seeds_of(self, task: Any) -> range:
+        return range(self.spec.seeds) if task.seeded else range(1)
+
+    def extractor_done(self, spec_text: str) -> bool:
+        """True when an earlier session finished every cell this session asks of the
+        extractor (so it is neither fitted nor embedded again)."""
+        if self.previous is None:
+            return False
+        wanted = {(name, seed) for name, task in self.active for seed in self.seeds_of(task)}
+        known = [cell for cell in self.cells if cell.extractor == spec_text]
+        have = {(cell.task, cell.seed) for cell in known}
+        return wanted <= have and all(self.cells[cell]["state"] == DONE for cell in known
+                                      if (cell.task, cell.seed) in wanted)
+
+    def is_done(self, cell: Cell) -> bool:
+        return self.cells.get(cell, {}).get("state") == DONE
+
+    def plan(self, cell: Cell, name: str) -> None:
+        if cell not in self.cells:
+            self.cells[cell] = {**vars(cell), "name": name, "state": PENDING}
+
+    def cell_failed(self, cell: Cell, name: str) -> None:
+        self.cells[cell] = {**vars(cell), "name": name, "state": FAILED}
+        self.save()
+
+    def add_cell(self, cell: Cell, name: str, dataset: str, task_rows: list[dict[str, Any]],
+                 fit_cut: str | None = None) -> None:
+        """A finished cell's rows. A row its time cap cut short (the task's ``cut``, or every
+        row made from the embeddings of a cut ``fit``) marks the cell ``cut``: kept, shown
+        with a mark, and computed again by the next session."""
+        self.add_rows(dataset, name, cell.variant, cell.task, cell.seed, task_rows)
+        cuts: list[dict[str, Any]] = []
+        for row in task_rows:
+            label = str(row.get("extractor", name))
+            variant, seed = str(row.get("variant", cell.variant)), int(row.get("seed", cell.seed))
+            own = label == name or label.startswith(f"{name} [")
+            reason = row.get("cut") or (fit_cut if own else None)
+            note = {"extractor": label, "variant": variant, "task": cell.task, "seed": seed,
+                    "reason": reason}
+            if reason and note not in cuts:
+                cuts.append(note)
+        self.cells[cell] = {**vars(cell), "name": name, "state": CUT if cuts else DONE,
+                            **({"cut": cuts} if cuts else {})}
+        self.computed += 1
+        self.save()
+
+    # -- records --
 
     def error(self, where: str, error: BaseException) -> None:
         log(f"error in {where}: {type(error).__name__}: {error}")
@@ -159,102 +415,140 @@ class Run:
         for (row_extractor, row_variant, row_seed), items in evidence.items():
             verdicts.save_evidence(self.dir, task, row_extractor, row_variant, row_seed, items)
 
+    def results(self) -> pd.DataFrame:
+        """Every row of the run: the earlier sessions' and this one's, deduplicated."""
+        previous = self.previous.rows if self.previous else pd.DataFrame()
+        return merge_rows(previous, self.rows, RESULT_COLUMNS)
+
+    def missing(self) -> list[dict[str, Any]]:
+        return [record for record in self.cells.values() if record["state"] != DONE]
+
+    def finish(self, status: str | None = None) -> None:
+        self.status = status or ("failed" if self.errors else "complete")
+        self.sessions.append({"started": self.started_at, "status": self.status,
+                              "seconds": round(time.perf_counter() - self.started, 3),
+                              "cells_computed": self.computed, "errors": len(self.errors),
+                              "command": self.spec.command})
+        self.save()
+
     def save(self) -> None:
-        frame = pd.DataFrame(self.rows, columns=RESULT_COLUMNS)
         with atomic_path(self.dir / "results.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+            self.results().to_csv(tmp, index=False)
         spec = self.spec
         write_json(self.dir / "run.json", {
-            "run": self.run_id, "profile": spec.profile.name, "dataset": spec.dataset,
-            "dataset_options": spec.dataset_options, "extractors": list(spec.extractors),
-            "tasks": list(spec.tasks), "seeds": list(range(spec.seeds)),
+            "run": self.run_id, "status": self.status, "profile": spec.profile.name,
+            "dataset": spec.dataset, "dataset_options": spec.dataset_options,
+            "extractors": self.extractors, "tasks": self.tasks,
+            "seeds": list(range(self.seeds)), "command": spec.command,
             "config": {"train": spec.profile.train, "task_options": spec.profile.task_options},
-            "timings": self.timings, "total_s": time.perf_counter() - self.started,
-            "errors": self.errors, "skipped": self.skipped, "plugin_errors":
-                [str(e) for e in registry.load_errors], "environment": self.environment,
-            **self.info})
+            "run_config": self.prepared.config,
+            "cells": list(self.cells.values()), "missing": len(self.missing()),
+            "not_started": self.not_started,
+            "time_capped": [c for r in self.cells.values() for c in r.get("cut", [])],
+            "timings": self.timings,
+            "total_s": self.earlier_s + time.perf_counter() - self.started,
+            "errors": self.errors, "skipped": self.skipped, "sessions": self.sessions,
+            "plugin_errors": [str(e) for e in registry.load_errors],
+            "environment": self.environment, **self.info})
 
 
-def evaluate_tasks(run: Run, spec: RunSpec, dataset: Dataset, extractor: Any,
-                   embeddings: Embeddings, cache: Cache) -> None:
-    for name in spec.tasks:
-        try:
-            task = get_task(name)
-        except Exception as error:  # noqa: BLE001
-            run.error(f"task {name}", error)
-            continue
-        reason = task.skip_reason(dataset)
-        if reason:
-            if not any(s.get("task") == name for s in run.skipped):
-                run.skipped.append({"task": name, "reason": reason})
-                log(f"skipping task {name}: {reason}")
+def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddings,
+                   cache: Cache) -> None:
+    """Every cell of this extractor that is not done yet: (variant, task, seed). Each task sees
+    its own variants (whitening fitted on the train rows of the task's population)."""
+    fit_cut = getattr(extractor, "fit_cut", None)
+    for name, task in run.active:
+        cells = [Cell(spec_text, variant, name, seed) for variant in task.variants
+                 for seed in run.seeds_of(task)]
+        for cell in cells:
+            run.plan(cell, extractor.name)
+        todo = [cell for cell in cells if not run.is_done(cell)]
+        if not todo:
             continue
         start = time.perf_counter()
-        options = spec.profile.options(name, getattr(task, "defaults", None))
-        try:
-            by_variant, fitted = variants.for_task(embeddings, dataset, task,
-                                                   spec.profile.whitening)
-        except Exception as error:  # noqa: BLE001
-            run.error(f"whitening for task {name} on {extractor.name}", error)
-            by_variant, fitted = {"raw": embeddings}, None
-        if fitted is not None:
-            run.info.setdefault("whitening", {}).setdefault(extractor.name, {})[name] = fitted
-        seeds = range(spec.seeds) if task.seeded else [0]
-        for variant in task.variants:
-            if variant not in by_variant:
+        options = run.spec.profile.options(name, getattr(task, "defaults", None))
+        by_variant = task_variants(run, extractor, embeddings, task)
+        for cell in todo:
+            if cell.variant not in by_variant:
+                run.cells.pop(cell, None)  # e.g. no ``w`` when there are too few train rows
                 continue
-            for seed in seeds:
-                ctx = TaskContext(seed=seed, variant=variant, options=options,
-                                  extractor=extractor, profile=spec.profile, cache=cache,
-                                  artifacts_dir=run.dir / "artifacts")
-                try:
-                    result = task.evaluate(by_variant[variant], dataset, ctx)
-                    run.add_rows(dataset.name, extractor.name, variant, name, seed, result)
-                except Exception as error:  # noqa: BLE001
-                    run.error(f"task {name} on {extractor.name}/{variant} seed {seed}", error)
+            ctx = TaskContext(seed=cell.seed, variant=cell.variant, options=options,
+                              extractor=extractor, profile=run.spec.profile, cache=cache,
+                              artifacts_dir=run.dir / "artifacts")
+            try:
+                result = task.evaluate(by_variant[cell.variant], run.dataset, ctx)
+            except Exception as error:  # noqa: BLE001
+                run.error(f"task {name} on {extractor.name}/{cell.variant} seed {cell.seed}",
+                          error)
+                run.cell_failed(cell, extractor.name)
+                continue
+            run.add_cell(cell, extractor.name, run.dataset.name, result, fit_cut)
         if options.get("whitening_sweep") and "w" in by_variant:
-            add_sweep(run, spec, dataset, extractor, embeddings, task, options, cache)
-        run.timings.setdefault(extractor.name, {})[f"{name}_s"] = time.perf_counter() - start
+            add_sweep(run, extractor, embeddings, task, options, cache)
+        spent = run.timings.setdefault(extractor.name, {})
+        spent[f"{name}_s"] = spent.get(f"{name}_s", 0.0) + time.perf_counter() - start
 
 
-def add_sweep(run: Run, spec: RunSpec, dataset: Dataset, extractor: Any, embeddings: Embeddings,
-              task: Any, options: dict[str, Any], cache: Cache) -> None:
-    """The task's scores over whitening dimensions k, for the report's sweep plot."""
-    ctx = TaskContext(seed=0, variant="w", options=options, extractor=extractor,
-                      profile=spec.profile, cache=cache)
+def task_variants(run: Run, extractor: Any, embeddings: Embeddings,
+                  task: Any) -> dict[str, Embeddings]:
+    """``raw`` and ``w`` for one task; a whitening that cannot be fitted is an error and
+    leaves ``raw`` alone."""
     try:
-        rows = variants.sweep(embeddings, dataset, task, ctx, spec.profile.whitening)
+        by_variant, fitted = variants.for_task(embeddings, run.dataset, task,
+                                               run.spec.profile.whitening)
+    except Exception as error:  # noqa: BLE001
+        run.error(f"whitening for task {task.name} on {extractor.name}", error)
+        return {"raw": embeddings}
+    if fitted is not None:
+        run.info.setdefault("whitening", {}).setdefault(extractor.name, {})[task.name] = fitted
+    return by_variant
+
+
+def add_sweep(run: Run, extractor: Any, embeddings: Embeddings, task: Any,
+              options: dict[str, Any], cache: Cache) -> None:
+    """The task's scores over whitening dimensions k, for the report's sweep plot
+    (``whitening_sweep.csv``; an earlier session's rows of other extractors are kept)."""
+    ctx = TaskContext(seed=0, variant="w", options=options, extractor=extractor,
+                      profile=run.spec.profile, cache=cache)
+    try:
+        rows = variants.sweep(embeddings, run.dataset, task, ctx, run.spec.profile.whitening)
     except Exception as error:  # noqa: BLE001
         run.error(f"whitening sweep of task {task.name} on {extractor.name}", error)
         return
-    run.sweep += [{"extractor": extractor.name, "task": task.name, **row} for row in rows]
-    frame = pd.DataFrame(run.sweep)
-    with atomic_path(run.dir / "whitening_sweep.csv") as tmp:
+    path = run.dir / "whitening_sweep.csv"
+    frame = pd.DataFrame([{"extractor": extractor.name, "task": task.name, **row}
+                          for row in rows])
+    if path.is_file():
+        old = pd.read_csv(path)
+        keep = ~((old["extractor"] == extractor.name) & (old["task"] == task.name))
+        frame = pd.concat([old[keep], frame], ignore_index=True)
+    with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
 
 
-def task_references(spec: RunSpec) -> dict[str, str]:
+def task_references(tasks: list[str], reference: str | None) -> dict[str, str]:
     """Per task, the row every other row is tested against: ``--reference``, else the task's
     own (``reference`` attribute: IDs only for ctr), else ``random``."""
     out = {}
-    for name in spec.tasks:
+    for name in tasks:
         try:
-            declared = getattr(get_task(name), "reference", verdicts.DEFAULT_REFERENCE)
-        except KeyError:
+            declared = getattr(registry.find_task(name), "reference", verdicts.DEFAULT_REFERENCE)
+        except (KeyError, registry.SpecError):
             continue
-        out[name] = spec.reference or declared
+        out[name] = reference or declared
     return out
 
 
 def write_verdicts(run: Run) -> None:
-    """``verdicts.csv`` and ``validity.csv`` from the evidence the tasks left."""
+    """``verdicts.csv`` and ``validity.csv`` from the evidence the tasks left (every session's)."""
     from bench.report.tables import lower_is_better
 
     start = time.perf_counter()
     try:
-        references = task_references(run.spec)
+        references = task_references(run.tasks, run.spec.reference)
         run.info["references"] = references
-        run.info["main_scores"] = {name: get_task(name).main_score for name in references}
+        run.info["main_scores"] = {name: registry.find_task(name).main_score
+                                   for name in references}
         verdicts.compute(run.dir, references, lower_is_better)
     except Exception as error:  # noqa: BLE001
         run.error("verdicts", error)
@@ -271,61 +565,80 @@ def unservable(extractor: Any, dataset: Dataset) -> str | None:
 
 
 def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
-    cache = cache or Cache()
-    registry.load_plugins(spec.plugins)
-    for problem in registry.load_errors:
-        log(str(problem))
-    run = Run(spec)
+    """Prepare (``RunRefused`` on bad input) and execute a run."""
+    return execute_run(prepare_run(spec, cache))
+
+
+def execute_run(prepared: Prepared) -> Run:
+    """Evaluate every cell not done yet, extractor by extractor; ``RunInterrupted`` after
+    recording ``status: interrupted`` when the user stops it."""
+    spec = prepared.spec
+    run = Run(prepared)
+    resumed = f", resuming ({len(run.missing())} cells not done)" if run.previous else ""
     log(f"run {run.run_id}: profile {spec.profile.name}, dataset {spec.dataset}, "
-        f"extractors {','.join(spec.extractors)}, tasks {','.join(spec.tasks)}")
-    start = time.perf_counter()
-    dataset = registry.build_dataset(spec.dataset.split(":")[0], cache, **spec.dataset_options)
-    run.timings["dataset"] = {"load_s": time.perf_counter() - start}
-    run.info["dataset_fingerprint"] = dataset.fingerprint
-    run.info["dataset_size"] = len(dataset)
-    pictures = RunArtifacts(dataset)  # embedding-map sample and KNN grid for the report
-    for spec_text in spec.extractors:
-        try:
-            extractor = registry.build_extractor(spec_text, spec.profile)
-            reason = unservable(extractor, dataset)
-            if reason:
-                run.skipped.append({"extractor": extractor.name, "reason": reason})
-                run.info["validity_note"] = reason
-                log(f"skipping extractor {extractor.name}: {reason}")
-                continue
-            log(f"{extractor.name}: fit and embed {len(dataset)} items")
-            embeddings, timings = embed_cached(extractor, dataset, cache,
-                                               run.dir / "artifacts" / extractor.name)
-            run.timings[extractor.name] = timings
-        except Exception as error:  # noqa: BLE001
-            run.error(f"extractor {spec_text}", error)
-            run.save()
-            continue
-        evaluate_tasks(run, spec, dataset, extractor, embeddings, cache)
-        pictures.add(extractor.name, embeddings)
+        f"extractors {','.join(spec.extractors)}, tasks {','.join(spec.tasks)}{resumed}")
+    try:
+        reset_markers(run.dir, run.results())  # an earlier session's markers prove nothing
         run.save()
-    pictures.save(run.dir)
-    run.errors += pictures.errors
-    write_verdicts(run)
-    run.save()
-    write_outputs(run, full=spec.report)
+        pictures = RunArtifacts(run.dataset)  # embedding-map sample and KNN grid for the report
+        for spec_text, extractor in prepared.extractors:
+            run_extractor(run, spec_text, extractor, pictures, prepared.cache)
+        pictures.save(run.dir)
+        run.errors += pictures.errors
+        write_verdicts(run)
+        run.finish()
+        write_outputs(run, full=spec.report)
+    except KeyboardInterrupt as interrupt:
+        if run.status == "running":
+            run.finish("interrupted")
+            write_outputs(run, full=False)
+        raise RunInterrupted(run) from interrupt
     return run
+
+
+def run_extractor(run: Run, spec_text: str, extractor: Any, pictures: RunArtifacts,
+                  cache: Cache) -> None:
+    """Fit, embed and evaluate one extractor's missing cells; an earlier session's finished
+    extractor only lends its cached embeddings to the pictures."""
+    reason = unservable(extractor, run.dataset)
+    if reason:
+        run.not_started.remove(spec_text)
+        run.skipped.append({"extractor": extractor.name, "reason": reason})
+        run.info["validity_note"] = reason
+        log(f"skipping extractor {extractor.name}: {reason}")
+        return
+    if run.extractor_done(spec_text):
+        run.not_started.remove(spec_text)
+        log(f"{extractor.name}: every cell done in an earlier session")
+        cached = read_cached(embeddings_path(extractor, run.dataset, cache), Embeddings.load)
+        if cached is not None:
+            pictures.add(extractor.name, cached)
+        return
+    try:
+        embeddings, timings = embed_cached(extractor, run.dataset, cache,
+                                           run.dir / "artifacts" / extractor.name)
+        run.timings[extractor.name] = timings
+    except Exception as error:  # noqa: BLE001
+        run.not_started.remove(spec_text)
+        run.error(f"extractor {spec_text}", error)
+        run.save()
+        return
+    run.not_started.remove(spec_text)
+    evaluate_tasks(run, spec_text, extractor, embeddings, cache)
+    pictures.add(extractor.name, embeddings)
+    run.save()
 
 
 def write_outputs(run: Run, full: bool = True) -> None:
     """``summary.md`` always; plots and HTML when ``full``. Failures never lose results.csv."""
     try:
-        if full:
-            from bench.report import build_report
+        from bench.report import build_report
 
-            build_report(run.dir)
-        else:
-            from bench.report import read_run, read_verdicts
-            from bench.report.tables import summary_markdown
-
-            results, info = read_run(run.dir)
-            write_text(run.dir / "summary.md", summary_markdown(
-                results, f"Run {run.run_id}", info, *read_verdicts(run.dir)))
+        build_report(run.dir, html=full)
     except Exception as error:  # noqa: BLE001
         run.error("report", error)
+        if run.status == "complete":
+            run.status = "failed"
+            if run.sessions:
+                run.sessions[-1]["status"] = run.status
         run.save()

@@ -1,8 +1,8 @@
 """The training loop shared by the learned image extractors (pretrained, moco_v2, swav).
 
 Why one loop: device choice (CUDA when present, bf16/fp16 autocast there), the progress bar, the
-per-epoch loss log, the budget (epochs and a wall-clock ``max_seconds``) and the checkpoint cache
-are the same for every method. A method only supplies its model and the loss of one batch, as in
+per-epoch loss log, the budget (epochs; ``max_seconds`` is only a safety stop, see ``SafetyStop``)
+and the checkpoint cache are the same for every method. A method only supplies its model and the loss of one batch, as in
 lightly's examples; see ``Method``.
 
 Augmentations run on whole batches of tensors on the training device (``ViewSpec``/``augment``):
@@ -14,8 +14,9 @@ normalisation); ``lightly_view`` reads the defaults from lightly's own transform
 
 Checkpoints live under ``cache.path("checkpoints", f"{name}-{key}", ".pt")``, keyed by a
 fingerprint of the extractor's config, the dataset and the code version. One is written
-atomically after every epoch, so an interrupted training resumes from its last complete epoch;
-a finished one is a cache hit that skips training. A checkpoint that cannot be read (truncated,
+atomically after every epoch (with every buffer, memory banks too), so an interrupted or cut
+training resumes from its last complete epoch and ends with the weights an uninterrupted one
+would have; a finished one is a cache hit that skips training. A checkpoint that cannot be read (truncated,
 not a checkpoint, another model) is refused with a message naming the file, moved aside to
 ``*.corrupt`` and training starts again.
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import statistics
 import sys
 import time
 from collections.abc import Iterable
@@ -47,10 +47,11 @@ from bench.backbones import (
     pick_device,
 )
 from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json
-from bench.extractor import FitContext
+from bench.extractor import FitContext, source_digest
 
-TRAINING_VERSION = "2"  # bump when a checkpoint's meaning changes (2: EpochPlan schedule)
+TRAINING_VERSION = "3"  # bump when a checkpoint's meaning changes (3: steps-only schedule)
 CHECKPOINT_FORMAT = 1
+NOT_TRAINED = ("device", "max_seconds")  # options that never change a finished training
 
 
 def log(message: str) -> None:
@@ -268,7 +269,7 @@ class TrainConfig:
     lr: float = 0.06          # SGD learning rate per 128 images (scaled linearly with the batch)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    max_seconds: float = 0.0  # 0: no wall-clock budget
+    max_seconds: float = 0.0  # a safety stop per session, not a budget (SafetyStop); 0: none
     seed: int = 0
 
     @classmethod
@@ -277,69 +278,45 @@ class TrainConfig:
 
 
 @dataclass
-class EpochPlan:
-    """How many epochs a training runs, and the learning-rate schedule's progress over them.
+class SafetyStop:
+    """A wall-clock safety stop for one training session, never part of the budget.
 
-    The plan is ``epochs`` until the time per epoch says the rest would overrun ``max_seconds``;
-    then it shrinks to what fits, and the rest of the schedule is spread over the remaining
-    planned steps, so a budget-limited training still anneals to its end. The time per epoch is
-    the median of the epochs after the first (which pays one-off costs), so the plan is first
-    revised after two epochs; a training that has used up its budget stops at any point. A
-    budget with room to spare leaves the schedule at steps over ``epochs`` x steps, independent
-    of timing: the same config trains the same model on a fast or a slow machine, run after run.
+    The budget is ``epochs`` (the learning-rate schedule runs over epochs x steps, whatever the
+    machine's pace). ``max_seconds`` only bounds how long this process trains: when an epoch
+    ends past it, training stops there, the checkpoint stays unfinished (never a cache hit for
+    the full budget) and the next run resumes it from that epoch. 0 means no stop.
     """
 
-    epochs: int
-    steps_per_epoch: int
     max_seconds: float = 0.0
-    planned: int = 0
-    epoch_seconds: list[float] = field(default_factory=list)
-    anchor: tuple[int, float] = (0, 0.0)  # (step, progress) where the current plan took over
+    started: float = field(default_factory=time.perf_counter)
 
-    def __post_init__(self) -> None:
-        self.planned = self.planned or self.epochs
+    def reached(self) -> bool:
+        return self.max_seconds > 0 and time.perf_counter() - self.started >= self.max_seconds
 
-    def progress(self, step: int) -> float:
-        """Share of the schedule done at global ``step``, in [0, 1]."""
-        start, share = self.anchor
-        left = max(1, self.planned * self.steps_per_epoch - start)
-        return min(1.0, share + (1.0 - share) * (step - start) / left)
+    def describe(self, name: str, done: int, epochs: int) -> str:
+        """The one line the run records (run.json ``time_capped``, the tables' marks)."""
+        return (f"{name}: training stopped by its max_seconds={self.max_seconds:g} safety stop "
+                f"after {done} of {epochs} epochs; the next run resumes it")
 
-    def end_epoch(self, done: int, wall: float, seconds: float) -> bool:
-        """Record an epoch of ``seconds`` (``done`` epochs and ``wall`` seconds in all so far);
-        True when training stops after it."""
-        self.epoch_seconds.append(seconds)
-        if self.max_seconds > 0 and len(self.epoch_seconds) >= 2:
-            per_epoch = max(statistics.median(self.epoch_seconds[1:]), 1e-9)
-            fits = done + int((self.max_seconds - wall) // per_epoch)
-            planned = max(done, min(self.epochs, fits))
-            if planned != self.planned:
-                step = done * self.steps_per_epoch
-                self.anchor = (step, self.progress(step))
-                self.planned = planned
-        over_time = self.max_seconds > 0 and wall >= self.max_seconds
-        return over_time or done >= self.planned
 
-    def stopped_by(self, done: int) -> str:
-        return "epochs" if done >= self.epochs else "max_seconds"
+def buffers_of(*modules: Any) -> dict[str, torch.Tensor]:
+    """Every buffer of these modules, non-persistent ones too (lightly's memory banks and
+    queues are not in ``state_dict``), so a resumed training continues exactly."""
+    out = {}
+    for index, module in enumerate(modules):
+        if isinstance(module, nn.Module):
+            out.update({f"{index}.{name}": b.detach().cpu().clone()
+                        for name, b in module.named_buffers()})
+    return out
 
-    def state(self) -> dict[str, Any]:
-        """What a checkpoint keeps so that a resumed training follows the same plan."""
-        return {"planned_epochs": self.planned, "schedule_anchor": list(self.anchor)}
 
-    @classmethod
-    def resumed(cls, epochs: int, steps_per_epoch: int, max_seconds: float,
-                state: dict[str, Any] | None) -> EpochPlan:
-        """The plan of a checkpoint's training (a fresh one without a checkpoint); the epochs
-        before it count at their mean time."""
-        if not state or not state.get("epoch"):
-            return cls(epochs, steps_per_epoch, max_seconds)
-        done = int(state["epoch"])
-        step, share = state.get("schedule_anchor", (0, 0.0))
-        return cls(epochs, steps_per_epoch, max_seconds,
-                   planned=int(state.get("planned_epochs", epochs)),
-                   epoch_seconds=[float(state["wall_s"]) / done] * done,
-                   anchor=(int(step), float(share)))
+def restore_buffers(saved: dict[str, torch.Tensor], *modules: Any) -> None:
+    for index, module in enumerate(modules):
+        if isinstance(module, nn.Module):
+            for name, buffer in module.named_buffers():
+                value = saved.get(f"{index}.{name}")
+                if value is not None and value.shape == buffer.shape:
+                    buffer.copy_(value.to(buffer.device))
 
 
 @dataclass
@@ -353,6 +330,7 @@ class TrainResult:
     device: str
     checkpoint: str
     extra: dict[str, Any] = field(default_factory=dict)
+    cut: str | None = None  # set when the max_seconds safety stop ended training early
 
     @property
     def images_per_s(self) -> float:
@@ -437,11 +415,13 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
           log_dir: Path | None = None, progress: bool = True) -> TrainResult:
     """Train ``method.model`` on uint8 NHWC ``images`` (and integer ``targets``), or load the
     finished checkpoint of ``key``; resumes an unfinished one. SGD with momentum, a cosine
-    learning rate over the planned steps (``EpochPlan``: fewer epochs only when ``max_seconds``
-    would not hold them all) and a checkpoint after every epoch."""
+    learning rate over ``epochs`` x steps (never over time) and a checkpoint after every epoch.
+    ``max_seconds`` is a safety stop (``SafetyStop``): a cut training returns ``cut`` set and
+    leaves its checkpoint unfinished, so the next call resumes it."""
     device = torch.device(device)
     path = checkpoint_path(cache, name, key)
     model = method.model.to(device)
+    criterion = getattr(method, "criterion", None)
     params = [p for p in model.parameters() if p.requires_grad]
     batch_size = min(config.batch_size, len(images))
     base_lr = config.lr * batch_size / 128
@@ -453,6 +433,8 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
         _write_log(log_dir, name, key, result)
         log(f"{name}: trained weights from cache {path.name}")
         return result
+    if state is not None:
+        restore_buffers(state.get("buffers", {}), model, criterion)
 
     n = len(images)
     steps_per_epoch = max(1, n // batch_size)
@@ -465,8 +447,8 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
     losses: list[float] = list(state["losses"]) if state else []
     wall = float(state["wall_s"]) if state else 0.0
     seen = int(state["images_seen"]) if state else 0
-    stopped_by = "epochs"
-    plan = EpochPlan.resumed(config.epochs, steps_per_epoch, config.max_seconds, state)
+    stop = SafetyStop(config.max_seconds)
+    result = _result(state, path, device, cached=False) if state else None
     model.train()
     bar = _progress_bar(total_steps, start_epoch * steps_per_epoch, name, progress)
     try:
@@ -478,7 +460,7 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
             running = torch.zeros((), device=device)
             for i in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + i
-                lr = base_lr * 0.5 * (1 + math.cos(math.pi * plan.progress(step)))
+                lr = base_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 idx = order[i * batch_size:(i + 1) * batch_size]
@@ -496,26 +478,31 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
                 raise FloatingPointError(f"{name}: the loss became {epoch_loss} in epoch "
                                          f"{epoch + 1}; lower the learning rate (lr=)")
             losses.append(epoch_loss)
-            seconds = time.perf_counter() - started
-            wall += seconds
+            wall += time.perf_counter() - started
             seen += steps_per_epoch * batch_size
             bar.set_postfix(loss=f"{epoch_loss:.3f}")
-            done = plan.end_epoch(epoch + 1, wall, seconds)
-            stopped_by = plan.stopped_by(epoch + 1)
+            done = epoch + 1 >= config.epochs
+            cut = None if done or not stop.reached() else stop.describe(name, epoch + 1,
+                                                                         config.epochs)
             state = {"format": CHECKPOINT_FORMAT, "key": key, "name": name,
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "buffers": buffers_of(model, criterion),
                      "epoch": epoch + 1, "losses": losses, "wall_s": wall,
-                     "images_seen": seen, "done": done, "stopped_by": stopped_by,
-                     **plan.state(), "config": asdict(config)}
+                     "images_seen": seen, "done": done,
+                     "stopped_by": "epochs" if done else "max_seconds", "cut": cut,
+                     "config": asdict(config)}
             save_checkpoint(path, state)
             result = _result(state, path, device, cached=False)
             _write_log(log_dir, name, key, result)
-            if done:
+            if done or cut:
                 break
     finally:
         bar.close()
-    log(f"{name}: {len(losses)} epochs in {wall:.1f} s ({result.images_per_s:.0f} img/s, "
-        f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, stopped by {stopped_by})")
+    if result.cut:
+        log(result.cut)
+    else:
+        log(f"{name}: {len(losses)} epochs in {wall:.1f} s ({result.images_per_s:.0f} img/s, "
+            f"loss {losses[0]:.3f} -> {losses[-1]:.3f})")
     return result
 
 
@@ -538,7 +525,7 @@ def _result(state: dict[str, Any], path: Path, device: torch.device, cached: boo
     return TrainResult(losses=[float(v) for v in state["losses"]], epochs=int(state["epoch"]),
                        wall_s=float(state["wall_s"]), images_seen=int(state["images_seen"]),
                        cached=cached, stopped_by=str(state.get("stopped_by", "epochs")),
-                       device=str(device), checkpoint=str(path))
+                       device=str(device), checkpoint=str(path), cut=state.get("cut"))
 
 
 def _write_log(log_dir: Path | None, name: str, key: str, result: TrainResult) -> None:
@@ -549,8 +536,8 @@ def _write_log(log_dir: Path | None, name: str, key: str, result: TrainResult) -
         "extractor": name, "key": key, "epochs": list(range(1, len(result.losses) + 1)),
         "loss": result.losses, "wall_s": round(result.wall_s, 3),
         "images_per_s": round(result.images_per_s, 2), "images_seen": result.images_seen,
-        "cached": result.cached, "stopped_by": result.stopped_by, "device": result.device,
-        "checkpoint": result.checkpoint})
+        "cached": result.cached, "stopped_by": result.stopped_by, "cut": result.cut,
+        "device": result.device, "checkpoint": result.checkpoint})
 
 
 def unlabelled_rows(dataset: Any, name: str, role: str = "all") -> np.ndarray:
@@ -621,10 +608,17 @@ class BackboneEmbedder:
         self.training_result = None
 
     def config(self) -> dict[str, Any]:
-        """Every option but the device (it does not change the result), and the training
-        code's version, so cached embeddings follow the loop that trained the weights."""
-        options = {k: v for k, v in self.options.items() if k != "device"}
-        return options | {"training_version": TRAINING_VERSION}
+        """Every option but the device and the ``max_seconds`` safety stop (neither changes a
+        finished training), the training code's version and the digest of the plugin's source
+        file, so cached weights and embeddings follow the code that made them."""
+        options = {k: v for k, v in self.options.items() if k not in NOT_TRAINED}
+        return options | {"training_version": TRAINING_VERSION,
+                          "source": source_digest(type(self))}
+
+    @property
+    def fit_cut(self) -> str | None:
+        """Why the last ``fit`` stopped before its budget (the safety stop), else None."""
+        return getattr(self.training_result, "cut", None)
 
     def method(self, n_items: int) -> Method:
         """The training objective (self-supervised extractors define it)."""

@@ -42,7 +42,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.cache import Cache, atomic_path, fingerprint, load_npz, save_npz, write_json
+from bench.cache import (
+    READ_ERRORS,
+    Cache,
+    atomic_path,
+    fingerprint,
+    load_npz,
+    quarantine,
+    save_npz,
+    write_json,
+)
 from bench.data import Dataset, DatasetError, array_image_source
 from bench.registry import dataset
 
@@ -1325,7 +1334,8 @@ def _read(folder: Path) -> tuple[np.ndarray, dict[str, pd.DataFrame], dict] | No
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         images = load_npz(folder / "images.npz")["images"]
         tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}
-    except (OSError, KeyError, ValueError):
+    except READ_ERRORS as error:  # truncated or foreign: named, moved aside, regenerated
+        quarantine(folder, error)
         return None
     return images, tables, meta
 

@@ -28,8 +28,9 @@ version of it, in one file:
   image + title with a share of the words replaced by ``[MASK]``, predicts the hidden words with
   the word embeddings as output weights (tied): words that go with the same images, such as a
   style's synonyms, get similar embeddings. Images get random resized crops and flips (no colour
-  jitter: colour is style). AdamW with warm-up and cosine decay over the planned epochs
-  (``bench.training.EpochPlan``: ``epochs``, fewer only when ``max_seconds`` cannot hold them).
+  jitter: colour is style). AdamW with warm-up and cosine decay over ``epochs`` x steps;
+  ``max_seconds`` is only a safety stop (``bench.training.SafetyStop``): a cut training is
+  reported (``fit_cut``), its checkpoint stays unfinished and the next run resumes it.
 * **embedding**: the fused pass's ``[CLS]`` through a linear head, L2-normalised, 32-d by default
   (``m6_moe:dim=64``). ``m6_moe_image_only`` (or ``m6_moe:image_only=1``) uses the same trained
   weights with no title tokens, so a table shows what the title adds.
@@ -63,12 +64,12 @@ from torch import Tensor, nn
 
 from bench.backbones import build_backbone, images_to_tensor, pick_device
 from bench.cache import write_json
-from bench.extractor import FitContext
+from bench.extractor import FitContext, source_digest
 from bench.registry import extractor
 from bench.training import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    EpochPlan,
+    SafetyStop,
     ViewSpec,
     amp_context,
     augment,
@@ -81,7 +82,7 @@ from bench.training import (
 )
 
 NAME = "m6_moe"
-VERSION = "2"  # bump when training or the checkpoint's content changes meaning (2: EpochPlan)
+VERSION = "3"  # bump when training or the checkpoint's content changes meaning (3: steps only)
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[MASK]")
 PAD, UNK, CLS, MASK = range(len(SPECIALS))
 
@@ -91,15 +92,15 @@ _COMMON = dict(arch="resnet18", stem="small", dim=32, heads=4, layers=2, experts
                crop_min_scale=0.6, word_dropout=0.2, fused_image_weight=2.0, seed=0, device="")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=8, image_size=32, d_model=32, heads=2, expert_hidden=64,
-                            epochs=2, batch_size=64, max_seconds=8.0),
+                            epochs=2, batch_size=64, max_seconds=0.0),
     "default": _COMMON | dict(width=32, stem="strided", image_size=32, d_model=64,
-                              expert_hidden=128, epochs=30, batch_size=128, max_seconds=170.0),
+                              expert_hidden=128, epochs=30, batch_size=128, max_seconds=400.0),
     "full": _COMMON | dict(width=64, image_size=64, d_model=256, heads=8, layers=4, experts=8,
                            expert_hidden=512, epochs=60, batch_size=256, lr=1e-3,
                            max_seconds=1800.0),
 }
-# Options that do not change the trained weights (kept out of the checkpoint key).
-NOT_TRAINED = ("device",)
+# Options that do not change a finished training (kept out of the checkpoint key).
+NOT_TRAINED = ("device", "max_seconds")
 
 
 def log(message: str) -> None:
@@ -441,9 +442,10 @@ def learning_rate(cfg: dict[str, Any], done: float) -> float:
 def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *, path: Path,
           key: str, vocab: list[str], device: torch.device, state: dict[str, Any] | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Train (or resume from ``state``, a checkpoint of an unfinished run) for the epochs an
-    ``EpochPlan`` allows within ``max_seconds``; a checkpoint after every epoch. Returns the
-    training log."""
+    """Train (or resume from ``state``, a checkpoint of an unfinished run) for ``epochs``, or
+    until the ``max_seconds`` safety stop ends this session (then the log's ``cut`` says so and
+    the checkpoint stays unfinished); a checkpoint after every epoch. Returns the training
+    log."""
     from tqdm.auto import tqdm
 
     model.to(device).train()
@@ -461,7 +463,7 @@ def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *,
     history = {name: list(state["log"][name]) if state else [] for name in HISTORY}
     wall = resumed_wall = float(state["wall_s"]) if state else 0.0
     start_epoch = int(state["epoch"]) if state else 0
-    plan = EpochPlan.resumed(cfg["epochs"], steps_per_epoch, cfg["max_seconds"], state)
+    stop = SafetyStop(cfg["max_seconds"])
     train_log: dict[str, Any] = {}
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"train {NAME}",
                unit="step", disable=not progress, leave=False, mininterval=1.0, file=sys.stderr)
@@ -474,7 +476,7 @@ def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *,
         order = torch.randperm(n, generator=generator).to(device)
         sums = {name: torch.zeros((), device=device) for name in ("loss", "itc", "mlm", "aux")}
         for i in range(steps_per_epoch):
-            done = plan.progress(epoch * steps_per_epoch + i)
+            done = (epoch * steps_per_epoch + i) / total_steps
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, done)
             index = order[i * batch:(i + 1) * batch]
@@ -498,18 +500,20 @@ def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *,
                                          means["aux"], stats["dropped_share"])):
             history[name].append(value)
         bar.set_postfix(loss=f"{means['loss']:.3f}")
-        finished = plan.end_epoch(epoch + 1, wall, seconds)
+        finished = epoch + 1 >= cfg["epochs"]
+        cut = None if finished or not stop.reached() else stop.describe(NAME, epoch + 1,
+                                                                         cfg["epochs"])
         train_log = {**history, "wall_s": wall, "epochs_run": epoch + 1,
-                     "stopped_by": plan.stopped_by(epoch + 1), "n_train": n, "vocab_size": len(vocab),
+                     "stopped_by": "epochs" if finished else "max_seconds", "cut": cut,
+                     "n_train": n, "vocab_size": len(vocab),
                      "images_per_s": (epoch + 1 - start_epoch) * steps_per_epoch * batch
                      / max(wall - resumed_wall, 1e-9), "device": str(device), **stats}
         save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "key": key, "name": NAME,
                                "version": VERSION, "model": model.state_dict(),
                                "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                                "losses": history["loss"], "wall_s": wall, "done": finished,
-                               **plan.state(),
                                "vocab": vocab, "log": train_log})
-        if finished:
+        if finished or cut:
             break
     bar.close()
     model.eval()
@@ -571,10 +575,17 @@ class M6MoEExtractor:
         return {k: v for k, v in self.options.items() if k not in NOT_TRAINED}
 
     def config(self) -> dict[str, Any]:
-        return {**self.train_config(), "image_only": self.image_only, "version": VERSION}
+        return {**self.train_config(), "image_only": self.image_only, "version": VERSION,
+                "source": source_digest(M6MoEExtractor)}
+
+    @property
+    def fit_cut(self) -> str | None:
+        """Why the last ``fit`` stopped before its epochs (the safety stop), else None."""
+        return self.train_log.get("cut")
 
     def checkpoint_path(self, dataset, ctx: FitContext) -> tuple[Path, str]:
-        key = checkpoint_key(NAME, {**self.train_config(), "version": VERSION},
+        key = checkpoint_key(NAME, {**self.train_config(), "version": VERSION,
+                                    "source": source_digest(M6MoEExtractor)},
                              dataset.fingerprint, len(training_rows(dataset)))
         return checkpoint_path(ctx.cache, NAME, key), key
 
@@ -608,6 +619,8 @@ class M6MoEExtractor:
                 f"{losses[0]:.3f} -> {losses[-1]:.3f}, dropped share "
                 f"{self.train_log['dropped_share']:.3f}, largest expert share "
                 f"{max(self.train_log['largest_expert_share']):.3f}")
+            if self.train_log.get("cut"):
+                print(f"[bench] {self.train_log['cut']}", file=sys.stderr, flush=True)
         self.model.to(self.device).eval()
         if ctx.log_dir is not None:
             write_json(Path(ctx.log_dir) / "train_log.json",

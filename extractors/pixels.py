@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.extractor import FitContext
-from bench.registry import extractor
+from bench.registry import SpecError, check_options, extractor
 
 
 class PixelsExtractor:
@@ -38,4 +38,11 @@ class PixelsExtractor:
 
 @extractor("pixels")
 def make_pixels(options: dict[str, str], profile) -> PixelsExtractor:
-    return PixelsExtractor(size=int(options.get("size", 8)))
+    check_options("pixels", options, ("size",))
+    try:
+        size = int(options.get("size", 8))
+    except ValueError:
+        raise SpecError(f"pixels: option size={options['size']!r} is not an integer") from None
+    if size < 1:
+        raise SpecError(f"pixels: option size={size} must be at least 1")
+    return PixelsExtractor(size=size)

@@ -2,6 +2,8 @@
 parquet/CSV file with an ``id`` column and either a ``vector`` list column or numeric columns).
 
 Ids are matched to the dataset; missing, extra or duplicate ids are refused by count and example.
+Ids are always text: a CSV id column of ``000, 001`` stays ``"000", "001"``. The match is checked
+before the run starts (``validate``), so a file that does not fit the dataset fails fast.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.cache import DamagedFileError, load_npz
 from bench.embeddings import EmbeddingError, Embeddings, align
 from bench.extractor import FitContext
-from bench.registry import extractor
+from bench.registry import check_options, extractor
 
 
 def read_vectors(path: str | Path) -> Embeddings:
@@ -23,24 +26,32 @@ def read_vectors(path: str | Path) -> Embeddings:
     if not path.is_file():
         raise EmbeddingError(f"precomputed embeddings: no such file {path}")
     suffix = path.suffix.lower()
-    if suffix in (".npz", ".npy"):
+    if suffix == ".npy":
+        raise EmbeddingError(
+            f"{path}: a .npy holds one array; save ids and vectors together with "
+            "np.savez(path, ids=..., vectors=...)"
+        )
+    if suffix == ".npz":
         try:
-            data = np.load(path, allow_pickle=False)
-        except ValueError as error:
-            raise EmbeddingError(f"{path}: cannot read without pickle ({error})") from error
-        if suffix == ".npy":
-            raise EmbeddingError(
-                f"{path}: a .npy holds one array; save ids and vectors together with "
-                "np.savez(path, ids=..., vectors=...)"
-            )
-        missing = {"ids", "vectors"} - set(data.files)
+            data = load_npz(path)
+        except DamagedFileError as error:
+            detail = str(error).removeprefix(f"{path}: ")
+            raise EmbeddingError(f"precomputed embeddings {path}: {detail}; expected an .npz "
+                                 "written by np.savez(path, ids=..., vectors=...)") from None
+        missing = {"ids", "vectors"} - set(data)
         if missing:
-            raise EmbeddingError(f"{path}: missing arrays {sorted(missing)}; has {data.files}")
+            raise EmbeddingError(f"{path}: missing arrays {sorted(missing)}; has {sorted(data)}")
         ids, vectors = data["ids"], data["vectors"]
     elif suffix in (".parquet", ".csv"):
-        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+        frame = read_table(path, suffix)
         if "id" not in frame.columns:
             raise EmbeddingError(f"{path}: no 'id' column; columns are {list(frame.columns)[:8]}")
+        if len(frame) == 0:
+            raise EmbeddingError(f"{path}: no rows")
+        empty = frame["id"].isna()
+        if empty.any():
+            raise EmbeddingError(f"{path}: {int(empty.sum())} rows have an empty id, first at "
+                                 f"row {int(np.flatnonzero(empty)[0]) + 1}")
         ids = frame["id"].astype(str).to_numpy()
         if "vector" in frame.columns:
             vectors = np.stack([np.asarray(v, dtype=np.float32) for v in frame["vector"]])
@@ -56,6 +67,19 @@ def read_vectors(path: str | Path) -> Embeddings:
                       {"source": str(path)})
 
 
+def read_table(path: Path, suffix: str) -> pd.DataFrame:
+    """A parquet or CSV table; a CSV's ``id`` column is read as text (zero-padded ids such as
+    ``000`` stay as written)."""
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype={"id": str})
+    except pd.errors.EmptyDataError:
+        raise EmbeddingError(f"{path}: the file is empty") from None
+    except (OSError, ValueError) as error:
+        raise EmbeddingError(f"{path}: cannot be read ({type(error).__name__}: {error})") from None
+
+
 class PrecomputedExtractor:
     modalities: tuple[str, ...] = ()
 
@@ -69,6 +93,10 @@ class PrecomputedExtractor:
         stat = self.path.stat()
         return {"path": str(self.path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime}
 
+    def validate(self, dataset) -> None:
+        """Refuse, before the run starts, vectors whose ids do not match the dataset's."""
+        align(self._embeddings, dataset.ids, source=f"precomputed embeddings {self.path}")
+
     def fit(self, dataset, ctx: FitContext) -> None:
         """Vectors are given; nothing to learn."""
 
@@ -79,6 +107,7 @@ class PrecomputedExtractor:
 
 @extractor("precomputed")
 def make_precomputed(options: dict[str, str], profile) -> PrecomputedExtractor:
+    check_options("precomputed", options, ("arg", "path"))
     path = options.get("arg") or options.get("path")
     if not path:
         raise ValueError("precomputed needs a file: --extractors precomputed:PATH")

@@ -48,9 +48,9 @@ _COMMON = dict(arch="resnet18", lr=0.1, momentum=0.9, weight_decay=5e-4, min_sca
                label_smoothing=0.1, seed=0, device="")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
-                            max_seconds=6.0),
+                            max_seconds=0.0),
     "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=30,
-                              batch_size=64, max_seconds=120.0),
+                              batch_size=64, max_seconds=300.0),
     "full": _COMMON | dict(width=64, stem="small", image_size=64, epochs=90, batch_size=256,
                            max_seconds=1200.0),
 }

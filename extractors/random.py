@@ -8,7 +8,7 @@ import numpy as np
 
 from bench.backbones import batched_images, build_backbone, embed_images, pick_device
 from bench.extractor import FitContext
-from bench.registry import extractor
+from bench.registry import SpecError, check_options, extractor
 
 
 class RandomBackboneExtractor:
@@ -47,12 +47,21 @@ def default_stem(image_size: int) -> str:
 
 @extractor("random")
 def make_random(options: dict[str, str], profile) -> RandomBackboneExtractor:
+    check_options("random", options, ("arch", "width", "image_size", "seed", "stem"))
     budget = profile.budget("random")
+
+    def number(key: str, default: int) -> int:
+        try:
+            return int(options.get(key, default))
+        except ValueError:
+            raise SpecError(f"random: option {key}={options[key]!r} is not an integer") from None
+
+    image_size = number("image_size", budget.get("image_size", 32))
     return RandomBackboneExtractor(
         arch=options.get("arch", budget.get("arch", "resnet18")),
-        width=int(options.get("width", budget.get("width", 32))),
-        image_size=int(options.get("image_size", budget.get("image_size", 32))),
-        seed=int(options.get("seed", 0)),
+        width=number("width", budget.get("width", 32)),
+        image_size=image_size,
+        seed=number("seed", 0),
         batch_size=profile.embed_batch_size,
         # the learned extractors' backbone at 32-64 px (see docs/learned-extractors.md), so
         # `random` is the untrained floor of the same architecture and shares its scratch row

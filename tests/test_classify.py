@@ -153,7 +153,7 @@ def embeddings_of(data: Dataset, extractor: TinyExtractor, fingerprint: str) -> 
     return Embeddings(data.ids, vectors, {"fingerprint": fingerprint})
 
 
-OPTIONS = dict(epochs=2, batch_size=16, lr=0.05, max_seconds=60, val_fraction=0.25,
+OPTIONS = dict(epochs=2, batch_size=16, lr=0.05, max_seconds=0, val_fraction=0.25,
                probe_max_iter=50)
 
 

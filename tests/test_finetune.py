@@ -153,8 +153,10 @@ def test_train_respects_max_steps_and_max_seconds():
     assert (log.steps, log.planned_steps, log.capped) == (7, 7, False)
     log = ft.train(model, 40, loss_fn, ft.Budget(epochs=2, batch_size=8), g, cpu)
     assert log.steps == log.planned_steps == 10 and len(log.epoch_losses) == 2
-    log = ft.train(model, 40, loss_fn, ft.Budget(epochs=2, batch_size=8, max_seconds=0.0), g, cpu)
+    log = ft.train(model, 40, loss_fn, ft.Budget(epochs=2, batch_size=8, max_seconds=1e-9), g, cpu)
     assert log.steps == 0 and log.capped
+    log = ft.train(model, 40, loss_fn, ft.Budget(epochs=2, batch_size=8, max_seconds=0.0), g, cpu)
+    assert log.steps == 10 and not log.capped  # 0: no cap at all
 
 
 def test_finetune_classifier_learns_and_leaves_the_original_untouched():

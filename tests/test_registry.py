@@ -53,7 +53,7 @@ def test_spec_parsing():
 
 
 def test_unknown_names_list_the_known_ones(plugins):
-    with pytest.raises(KeyError, match="known: .*pixels"):
+    with pytest.raises(registry.SpecError, match="known: .*pixels"):
         registry.build_extractor("nope", get_profile("quick"))
-    with pytest.raises(KeyError, match="unknown dataset"):
+    with pytest.raises(registry.SpecError, match="unknown dataset"):
         registry.build_dataset("nope", None)

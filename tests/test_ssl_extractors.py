@@ -87,7 +87,12 @@ def test_profiles_define_budgets(name):
     assert set(plugin(name).DEFAULTS) == {"quick", "default", "full"}
     for profile in ("quick", "default", "full"):
         extractor = build(name, profile)
-        assert extractor.config()["epochs"] >= 1 and extractor.config()["max_seconds"] > 0
+        assert extractor.config()["epochs"] >= 1
+        # a safety stop, not a budget: none in quick (tests and CI get the same numbers on
+        # any machine), generous elsewhere, and never part of a cache key
+        cap = extractor.options["max_seconds"]
+        assert cap == 0 if profile == "quick" else cap > 0
+        assert "max_seconds" not in extractor.config()
 
 
 def test_one_moco_step_trains_the_query_and_moves_the_key_encoder():

@@ -18,7 +18,6 @@ from bench.cache import Cache
 from bench.config import get_profile
 from bench.training import (
     CheckpointError,
-    EpochPlan,
     StepInfo,
     TrainConfig,
     ViewSpec,
@@ -216,51 +215,55 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     assert method.calls > 0
 
 
-def test_wall_clock_budget_stops_after_the_current_epoch(tmp_path):
-    result = _train(ToyMethod(), tmp_path, epochs=50, max_seconds=1e-6)
-    assert len(result.losses) == 1 and result.stopped_by == "max_seconds"
-    assert load_checkpoint(checkpoint_path(Cache(tmp_path / "cache"), "toy", "k1"))["done"]
+def test_safety_stop_cuts_the_session_and_the_next_run_finishes_the_budget(tmp_path):
+    """max_seconds ends this session after an epoch, says so, and leaves the checkpoint
+    unfinished (never a cache hit); the next call resumes and ends with exactly the weights
+    of a training that was never cut: the cap cannot change the result, only delay it."""
+    cut_method = ToyMethod()
+    cut = _train(cut_method, tmp_path / "cut", epochs=4, max_seconds=1e-6)
+    assert cut.stopped_by == "max_seconds" and len(cut.losses) == 1 and not cut.cached
+    assert cut.cut == "toy: training stopped by its max_seconds=1e-06 safety stop after 1 of " \
+                      "4 epochs; the next run resumes it"
+    path = checkpoint_path(Cache(tmp_path / "cut" / "cache"), "toy", "k1")
+    assert not load_checkpoint(path)["done"]
+    log = json.loads((tmp_path / "cut" / "log" / "train_log.json").read_text())
+    assert log["cut"] == cut.cut and log["stopped_by"] == "max_seconds"
+    resumed_method = ToyMethod()
+    resumed = _train(resumed_method, tmp_path / "cut", epochs=4)
+    assert resumed_method.calls == 3 * 4 and resumed.cut is None and len(resumed.losses) == 4
+    whole_method = ToyMethod()
+    whole = _train(whole_method, tmp_path / "whole", epochs=4)
+    assert resumed.losses == whole.losses
+    for a, b in zip(resumed_method.model.state_dict().values(),
+                    whole_method.model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
-def test_a_budget_with_room_leaves_the_schedule_to_the_steps():
-    """However slow or uneven the epochs, if they fit the budget the learning-rate progress is
-    steps over planned steps, so the same config trains the same model on any machine."""
-    for seconds in ([9.0, 1.0, 1.0, 1.0], [3.0, 2.5, 2.4, 2.6]):
-        plan = EpochPlan(epochs=4, steps_per_epoch=10, max_seconds=12.0)
-        shares = []
-        for epoch, took in enumerate(seconds):
-            shares += [plan.progress(epoch * 10 + i) for i in range(10)]
-            done = plan.end_epoch(epoch + 1, sum(seconds[:epoch + 1]), took)
-            assert done == (epoch == 3)
-        assert shares == [step / 40 for step in range(40)]
-        assert plan.stopped_by(4) == "epochs"
+class BankMethod(ToyMethod):
+    """A method whose criterion holds a non-persistent buffer (as lightly's memory banks)."""
+
+    def __init__(self):
+        super().__init__()
+        from lightly.loss import NTXentLoss
+
+        self.criterion = NTXentLoss(memory_bank_size=(16, 2))
+
+    def loss(self, images, targets, info: StepInfo):
+        self.calls += 1
+        out = self.model(to_unit(images))
+        return self.criterion(out, out.flip(0))
 
 
-def test_a_binding_budget_shrinks_the_plan_and_still_anneals():
-    plan = EpochPlan(epochs=10, steps_per_epoch=4, max_seconds=10.0)
-    wall, epochs, shares = 0.0, 0, []
-    while True:
-        shares += [plan.progress(epochs * 4 + i) for i in range(4)]
-        took = 3.0 if epochs == 0 else 2.0  # the first epoch pays one-off costs
-        wall, epochs = wall + took, epochs + 1
-        if plan.end_epoch(epochs, wall, took):
-            break
-    # after two epochs (5 s) the median epoch (2 s) leaves room for 2 more: 4 in all
-    assert epochs == 4 and plan.planned == 4 and plan.stopped_by(epochs) == "max_seconds"
-    assert shares[:8] == [step / 40 for step in range(8)]  # the first plan: 10 epochs
-    # from step 8 (0.2, no jump) the rest of the schedule spreads evenly over the 8 steps left
-    assert shares[8:] + [plan.progress(16)] == pytest.approx([0.2 + 0.1 * i for i in range(9)])
-    assert plan.progress(16) == 1.0  # the learning rate has reached the end of its cosine
-
-
-def test_the_plan_survives_a_resume():
-    plan = EpochPlan(epochs=10, steps_per_epoch=4, max_seconds=10.0)
-    for epoch, took in enumerate([3.0, 2.0]):
-        plan.end_epoch(epoch + 1, 3.0 + 2.0 * epoch, took)
-    resumed = EpochPlan.resumed(10, 4, 10.0, {"epoch": 2, "wall_s": 5.0, **plan.state()})
-    assert resumed.planned == plan.planned == 4
-    assert [resumed.progress(s) for s in range(8, 17)] == [plan.progress(s) for s in range(8, 17)]
-    assert EpochPlan.resumed(10, 4, 10.0, None).planned == 10
+def test_a_resumed_training_restores_the_memory_bank(tmp_path):
+    first = BankMethod()
+    _train(first, tmp_path / "a", epochs=3, max_seconds=1e-6)
+    resumed = BankMethod()
+    _train(resumed, tmp_path / "a", epochs=3)
+    whole = BankMethod()
+    _train(whole, tmp_path / "b", epochs=3)
+    assert torch.equal(resumed.criterion.memory_bank.bank, whole.criterion.memory_bank.bank)
+    for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------- options and embedding

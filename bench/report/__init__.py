@@ -2,7 +2,9 @@
 
 ``results.csv`` is the only required input; ``run.json`` adds config, versions, hardware, errors
 and skipped tasks; ``artifacts/`` adds training logs, the embedding map and the KNN picture grid.
-Whatever is missing becomes a "not run" note, never a crash.
+Whatever is missing becomes a "not run" note, never a crash. Results a time cap cut short
+(``run.json`` ``time_capped``) keep their numbers, but their extractor is marked ``CUT_MARK``
+in that task's tables and plots, with the reason under the summary.
 """
 
 from __future__ import annotations
@@ -76,6 +78,46 @@ def read_verdicts(run_dir: Path) -> tuple[pd.DataFrame | None, pd.DataFrame | No
     return found[0], found[1]
 
 
+CUT_MARK = " \u2020"  # a dagger after the extractor's name
+
+
+def mark_time_capped(results: pd.DataFrame, run_info: dict[str, Any]) -> pd.DataFrame:
+    """Results with ``CUT_MARK`` after the extractor of every (extractor, task) that has a row
+    its time cap cut short, so no table shows such a number as if it were the full budget."""
+    cut = {(str(c.get("extractor")), str(c.get("task"))) for c in run_info.get("time_capped", [])}
+    if not cut or results.empty:
+        return results
+    marked = results.copy()
+    hit = [(e, t) in cut for e, t in zip(marked["extractor"].astype(str),
+                                          marked["task"].astype(str))]
+    marked.loc[hit, "extractor"] = marked.loc[hit, "extractor"].astype(str) + CUT_MARK
+    return marked
+
+
+def time_cap_notes(run_info: dict[str, Any]) -> list[str]:
+    """Summary lines explaining each mark: what was cut, where, and why."""
+    notes: dict[str, list[str]] = {}
+    for cut in run_info.get("time_capped", []):
+        where = f"{cut.get('task')} {cut.get('variant')} seed {cut.get('seed')}"
+        notes.setdefault(f"{cut.get('extractor')}{CUT_MARK}: {cut.get('reason')}", []).append(where)
+    if not notes:
+        return []
+    lines = ["## Cut by a time cap", "",
+             f"Rows marked{CUT_MARK} come from a training its `max_seconds` safety stop ended "
+             "before its budget, so they depend on the machine's load; run again to finish "
+             "them (the training resumes).", ""]
+    return lines + [f"- {note} ({', '.join(places)})" for note, places in notes.items()] + [""]
+
+
+def summary_text(results: pd.DataFrame, run_info: dict[str, Any], title: str,
+                 verdicts: pd.DataFrame | None = None,
+                 validity: pd.DataFrame | None = None) -> str:
+    """``summary.md``: the tables, then the time-cap notes when a row was cut short."""
+    text = summary_markdown(results, title, run_info, verdicts, validity)
+    notes = time_cap_notes(run_info)
+    return text if not notes else text.rstrip("\n") + "\n\n" + "\n".join(notes)
+
+
 def build_report(run_dir: str | Path, *, html: bool = True, tsne: bool = False) -> Report:
     """Rebuild ``summary.md``, ``tables/<task>.{md,csv,json}`` and, with ``html``, ``plots/*.png``
     and ``report.html`` from the run folder."""
@@ -83,9 +125,12 @@ def build_report(run_dir: str | Path, *, html: bool = True, tsne: bool = False) 
     run_dir = Path(run_dir)
     results, run_info = read_run(run_dir)
     verdicts, validity = read_verdicts(run_dir)
+    results = mark_time_capped(results, run_info)
+    if verdicts is not None:  # so their rows still meet the marked results rows
+        verdicts = mark_time_capped(verdicts, run_info)
     title = f"Run {run_info.get('run', run_dir.name)}"
     summary = write_text(run_dir / "summary.md",
-                         summary_markdown(results, title, run_info, verdicts, validity))
+                         summary_text(results, run_info, title, verdicts, validity))
     tables = all_tables(results, run_info, verdicts)
     written = []
     for task, table in tables.items():

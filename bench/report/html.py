@@ -195,7 +195,8 @@ def _timings_html(timings: dict[str, dict[str, float]]) -> str:
 
 
 def _problems_html(run_info: dict[str, Any], plots: list[PlotResult]) -> tuple[str, int]:
-    """Skipped tasks, run errors (with tracebacks), plugin errors and plots that failed."""
+    """Skipped tasks, run errors (with tracebacks), results cut by a time cap, plugin errors
+    and plots that failed."""
     parts = []
     for skipped in run_info.get("skipped", []):
         kind = "extractor" if "extractor" in skipped else "task"
@@ -207,6 +208,11 @@ def _problems_html(run_info: dict[str, Any], plots: list[PlotResult]) -> tuple[s
             if trace else ""
         parts.append(f'<div class="box error"><b>{escape(str(error.get("where")))}</b>: '
                      f'{escape(str(error.get("error")))}{details}</div>')
+    for cut in run_info.get("time_capped", []):
+        parts.append(f'<div class="box error">cut by a time cap (marked &dagger;): '
+                     f'<b>{escape(str(cut.get("extractor")))}</b> {escape(str(cut.get("task")))} '
+                     f'{escape(str(cut.get("variant")))} seed {escape(str(cut.get("seed")))}: '
+                     f'{escape(str(cut.get("reason")))}</div>')
     for problem in run_info.get("plugin_errors", []):
         parts.append(f'<div class="box">plugin: {escape(str(problem))}</div>')
     for plot in plots:

@@ -168,7 +168,7 @@ class Classify:
     whitening_labels = ("category",)  # what k=auto agrees with (bench/variants.py)
     defaults = {
         "quick": dict(val_fraction=0.2, probe_max_iter=100, finetune=True, epochs=1,
-                      max_steps=4, batch_size=32, lr=0.05, max_seconds=10, eval_batch_size=256),
+                      max_steps=4, batch_size=32, lr=0.05, max_seconds=0, eval_batch_size=256),
         "default": dict(val_fraction=0.2, probe_max_iter=200, finetune=True, epochs=8,
                         max_steps=48, batch_size=64, lr=0.05, max_seconds=60,
                         eval_batch_size=256),

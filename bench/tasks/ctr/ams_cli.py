@@ -82,8 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="seconds for all-reduces and barriers (default 60)")
     net.add_argument("--timeout", type=float, help="stop the whole run after this many seconds")
     net.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    net.add_argument("--host", help="listen on this address (default: loopback only)")
+    net.add_argument("--host", help="listen on this address (default: loopback only); an "
+                     "address other than loopback also needs --allow-remote")
     net.add_argument("--port", type=int, help="rendezvous port with --host")
+    net.add_argument("--allow-remote", action="store_true",
+                     help="accept a non-loopback --host (or torchrun MASTER_ADDR): PyTorch RPC "
+                          "unpickles what it receives, so only on a trusted network")
     parser.add_argument("--out", default="results", help="folder for run outputs")
     parser.add_argument("--run-id", help="name of the run folder")
 
@@ -165,7 +169,8 @@ def build_job(args: argparse.Namespace) -> tuple[AmsJob, dict[str, Any]]:
                          dim=args.dim or None, max_iterations=args.iterations,
                          evaluate=not args.no_eval, host=args.host, port=args.port,
                          rpc_timeout=args.rpc_timeout, sync_timeout=args.sync_timeout,
-                         threads=args.threads, record_gradients=args.record_gradients)
+                         threads=args.threads, record_gradients=args.record_gradients,
+                         allow_remote=args.allow_remote)
     keys = table["id"].astype(str).to_numpy()[data.item_rows]
     job = make_job(data, vectors, config, args.seed, options, keys)
     meta = {"dataset": dataset_name, "extractor": extractor_name, "profile": profile.name,
@@ -180,11 +185,18 @@ def build_job(args: argparse.Namespace) -> tuple[AmsJob, dict[str, Any]]:
 
 def result_rows(result: dict[str, Any], meta: dict[str, Any], run: str,
                 seed: int) -> list[dict[str, Any]]:
-    """Long-format rows: costs as task ``ams``, scores as task ``ctr``; variant = the mode."""
+    """Long-format rows: costs as task ``ams``, scores as task ``ctr``; variant = the mode. A
+    mode that failed gets one ``failed`` row and the iterations it did (``n_iterations``,
+    never ranked), not partial costs a table would rank against finished modes."""
     rows = []
     base = {"run": run, "dataset": meta["dataset"], "extractor": meta["extractor"],
             "seed": seed}
     for mode, outcome in result["modes"].items():
+        if outcome.get("status") != "ok":
+            rows += [{**base, "variant": mode, "task": "ams", "metric": "failed", "value": 1.0},
+                     {**base, "variant": mode, "task": "ams", "metric": "n_iterations",
+                      "value": float(outcome["summary"].get("iterations", 0))}]
+            continue
         for metric in COST_METRICS:
             if metric in outcome["summary"]:
                 rows.append({**base, "variant": mode, "task": "ams", "metric": metric,
@@ -203,6 +215,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = [header]
     for mode, outcome in result["modes"].items():
         s = outcome["summary"]
+        if outcome.get("status") != "ok":
+            lines.append(f"{mode:<16}FAILED after {s.get('iterations', 0)} iterations "
+                         "(see the errors below and ams.json)")
+            continue
         auc = outcome.get("metrics", {}).get("ctr_auc", float("nan"))
         lines.append(
             f"{mode:<16}{s['image_bytes_per_iter']:>13,.0f}{s['image_grad_bytes_per_iter']:>12,.0f}"
@@ -212,7 +228,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"{s.get('worker_held_mb', 0):>9.1f}/{s.get('server_held_mb', 0):<6.1f}"
             f"{auc:>9.4f}")
     modes = result["modes"]
-    if "ams" in modes and "store-in-server" in modes:
+    failed = [m for m in ("ams", "store-in-server") if m in modes
+              and modes[m].get("status") != "ok"]
+    if failed:
+        lines.append(f"image bytes per iteration, store-in-server / ams: not computed "
+                     f"({', '.join(failed)} failed)")
+    elif "ams" in modes and "store-in-server" in modes:
         ams = modes["ams"]["summary"]
         raw = modes["store-in-server"]["summary"]
         if ams["image_bytes_per_iter"] > 0:
@@ -249,7 +270,27 @@ def write_run(run_dir: Path, result: dict[str, Any], meta: dict[str, Any], run: 
         print(f"[ams] report not built: {error}", file=sys.stderr)
 
 
+def check_network(args: argparse.Namespace) -> str | None:
+    """Why this command must not run (a non-loopback address without ``--allow-remote``), or
+    None; with ``--allow-remote`` the warning of what it exposes is printed first."""
+    from bench.tasks.ctr.ams.launch import is_loopback, remote_refusal, remote_warning
+
+    host = args.host
+    if host is None and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    if host is None or is_loopback(host):
+        return None
+    if not args.allow_remote:
+        return remote_refusal(host)
+    print(remote_warning(host, args.port), file=sys.stderr)
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
+    refusal = check_network(args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     job, meta = build_job(args)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return _torchrun(job, meta, args)

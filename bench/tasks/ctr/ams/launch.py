@@ -9,6 +9,8 @@ Networking: a one-machine launch rendezvous through files in a private temporary
 ``TCPStore`` would listen on every interface) and pins gloo and TensorPipe to the loopback
 interface, so nothing listens beyond 127.0.0.1. ``host`` (the CLI's ``--host``) switches to a TCP
 rendezvous at that address; under torchrun, torchrun's store (``MASTER_ADDR``/``MASTER_PORT``).
+PyTorch RPC unpickles what it receives, so an address other than loopback is refused unless
+``allow_remote`` (the CLI's ``--allow-remote``) says the network is trusted.
 
 Faults: every wait is bounded (RPC timeouts, gloo timeouts, servers ping silent workers), a
 worker that loses a server stops with an error naming it, each rank writes its record (finished
@@ -68,8 +70,11 @@ class AmsOptions:
     start_timeout: float = 600.0  # every process started and joined; a mode's start barrier
     threads: int = 1  # torch threads per process
     record_gradients: bool = False  # save iteration 0's gradients (equivalence checks)
+    allow_remote: bool = False  # accept a non-loopback host (RPC unpickles what it receives)
 
     def __post_init__(self) -> None:
+        if self.host is not None and not is_loopback(self.host) and not self.allow_remote:
+            raise ValueError(remote_refusal(self.host))
         self.modes = tuple(MODES if self.modes in ("all", ("all",)) else
                            ([self.modes] if isinstance(self.modes, str) else self.modes))
         unknown = [m for m in self.modes if m not in MODES]
@@ -120,6 +125,32 @@ def make_job(data: ctr_data.CtrData, vectors: np.ndarray, config: TrainConfig, s
         raise ValueError(f"{len(raw)} vectors and {len(keys)} ids for {len(data.item_rows)} "
                          "log items")
     return AmsJob(data, image_vectors(raw), keys, config, seed, options)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1); any other name is not."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_refusal(host: str) -> str:
+    return (f"AMS host {host!r} is not a loopback address: PyTorch RPC unpickles what it "
+            "receives, so anyone who can reach it could run code as this user; pass "
+            "--allow-remote (task option ams.allow_remote) on a trusted network only")
+
+
+def remote_warning(host: str, port: int | None) -> str:
+    """What ``--allow-remote`` exposes, printed before anything listens."""
+    where = f"{host}:{port}" if port else f"{host} (free ports)"
+    return (f"warning: --allow-remote: the AMS rendezvous store, gloo and the TensorPipe RPC "
+            f"agent listen on {where}; RPC unpickles every request, so any process that can "
+            "reach that address can run code as this user. Use a trusted, firewalled network.")
 
 
 # -- one rank --
