@@ -17,13 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bench import registry
 from bench.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json, write_text
 from bench.config import Profile
 from bench.data import Dataset
+from bench.embed_store import embed_resumable
 from bench.embeddings import Embeddings
 from bench.extractor import FitContext
 from bench.report.artifacts import RunArtifacts
@@ -78,14 +78,13 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
     extractor.fit(dataset, ctx)
     timings["fit_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    vectors = extractor.embed(dataset, np.arange(len(dataset)))
-    timings["embed_s"] = time.perf_counter() - start
     meta = {"extractor": extractor.name, "config": extractor.config(), "fingerprint": key,
             "dataset": dataset.name, "created": dt.datetime.now().isoformat(timespec="seconds")}
-    embeddings = Embeddings(dataset.ids, vectors, meta | {"source": extractor.name})
+    # shard by shard beside ``path``: a stopped run resumes at the next unfinished shard
+    embeddings = embed_resumable(extractor, dataset, path, meta | {"source": extractor.name})
+    timings["embed_s"] = time.perf_counter() - start
     if embeddings.dim != extractor.dim:
         log(f"{extractor.name}: declared dim {extractor.dim} but produced {embeddings.dim}")
-    embeddings.save(path)
     keep_train_log(path, log_dir, restore=False)
     return embeddings, timings
 
@@ -231,6 +230,8 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
             embeddings, timings = embed_cached(extractor, dataset, cache,
                                                run.dir / "artifacts" / extractor.name)
             run.timings[extractor.name] = timings
+            # what was loaded: weights' sha256 or the model's revision for third-party models
+            run.info.setdefault("extractor_configs", {})[extractor.name] = extractor.config()
         except Exception as error:  # noqa: BLE001
             run.error(f"extractor {spec_text}", error)
             run.save()
