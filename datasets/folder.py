@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from bench.cache import Cache, fingerprint
-from bench.data import OPTIONAL_COLUMNS, Dataset, DatasetError
+from bench.data import OPTIONAL_COLUMNS, SPLITS, Dataset, DatasetError
 from bench.registry import dataset
 from bench.streaming import uint8_batches
 
@@ -78,6 +78,13 @@ def read_manifest(manifest: Path) -> pd.DataFrame:
     if "split" not in table.columns:
         buckets = [int(hashlib.sha1(i.encode()).hexdigest(), 16) % 10 for i in table["id"]]
         table["split"] = ["test" if b >= 7 else "train" for b in buckets]
+    bad = ~table["split"].isin(SPLITS).to_numpy()
+    if bad.any():
+        example = table["split"][bad].iloc[0]
+        raise DatasetError(f"{manifest}: column 'split' must be one of {', '.join(SPLITS)}; "
+                           f"{int(bad.sum())} other values, e.g. "
+                           f"{'an empty cell' if pd.isna(example) else repr(example)} "
+                           f"at line {_lines(bad)}")
     if "publish_day" in table.columns:
         table["publish_day"] = _integer_column(table["publish_day"], "publish_day", manifest)
     keep = ["id", "path"] + [c for c in OPTIONAL_COLUMNS if c in table.columns]
@@ -105,7 +112,7 @@ class FolderReader:
         return Image.open(self.root / self.paths[row])
 
     def label(self, row: int) -> str:
-        return f"id {self.ids[row]!r} path {self.paths[row]!r}"
+        return f"id {str(self.ids[row])!r} path {str(self.paths[row])!r}"
 
 
 def _file_stats(table: pd.DataFrame, root: Path, manifest: Path) -> list[tuple[int, int]]:

@@ -38,7 +38,9 @@ def read_vectors(path: str | Path) -> Embeddings:
             raise EmbeddingError(f"{path}: missing arrays {sorted(missing)}; has {data.files}")
         ids, vectors = data["ids"], data["vectors"]
     elif suffix in (".parquet", ".csv"):
-        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+        # ids as written: a CSV id such as 000 must not become the integer 0
+        frame = (pd.read_parquet(path) if suffix == ".parquet"
+                 else pd.read_csv(path, dtype={"id": str}))
         if "id" not in frame.columns:
             raise EmbeddingError(f"{path}: no 'id' column; columns are {list(frame.columns)[:8]}")
         ids = frame["id"].astype(str).to_numpy()
