@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def read_shard(folder: Path, shard: int, plan: ShardPlan) -> dict[str, np.ndarra
                 or len(ids) != len(rows) or len(vectors) != len(rows)):
             raise ValueError("rows, ids or vectors do not match the shard plan")
         return data
-    except (OSError, ValueError, KeyError, EOFError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         os.replace(path, path.with_suffix(".npz.corrupt"))
         log(f"{path}: unreadable shard ({type(error).__name__}: {error}); moved aside to "
             f"{path.name}.corrupt, it will be embedded again")

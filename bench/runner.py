@@ -73,6 +73,7 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
             extractor.fit(dataset, ctx)
             timings["fit_s"] = time.perf_counter() - start
         keep_train_log(path, log_dir, restore=True)
+        cached.meta["cache_file"] = str(path)
         return cached, timings
     start = time.perf_counter()
     extractor.fit(dataset, ctx)
@@ -86,6 +87,7 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
     if embeddings.dim != extractor.dim:
         log(f"{extractor.name}: declared dim {extractor.dim} but produced {embeddings.dim}")
     keep_train_log(path, log_dir, restore=False)
+    embeddings.meta["cache_file"] = str(path)
     return embeddings, timings
 
 
@@ -221,6 +223,7 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
     dataset = registry.build_dataset(spec.dataset.split(":")[0], cache, **spec.dataset_options)
     run.timings["dataset"] = {"load_s": time.perf_counter() - start}
     run.info["dataset_fingerprint"] = dataset.fingerprint
+    run.info["cache"], run.info["plugins"] = str(cache.root), list(spec.plugins)
     run.info["dataset_size"] = len(dataset)
     pictures = RunArtifacts(dataset)  # embedding-map sample and KNN grid for the report
     for spec_text in spec.extractors:
@@ -232,6 +235,7 @@ def run_benchmark(spec: RunSpec, cache: Cache | None = None) -> Run:
             run.timings[extractor.name] = timings
             # what was loaded: weights' sha256 or the model's revision for third-party models
             run.info.setdefault("extractor_configs", {})[extractor.name] = extractor.config()
+            run.info.setdefault("embeddings", {})[extractor.name] = embeddings.meta["cache_file"]
         except Exception as error:  # noqa: BLE001
             run.error(f"extractor {spec_text}", error)
             run.save()
