@@ -83,3 +83,12 @@ def test_ctr_refuses_a_log_with_unknown_items_before_anything_runs(exported_fold
     assert str(info.value) == (f"{copy / 'impressions.parquet'}: 1 item ids (4 rows) are not ids "
                                f"of the embeddings, e.g. '{bad}'; item_id must match the "
                                f"dataset's id column")
+
+
+def test_perf_stream_small_prints_the_ratio_and_rss(exported_folder, tiny_specs, capsys):
+    status = main(["perf", "stream", "--small", "--folder", str(exported_folder),
+                   "--extractor", tiny_specs["timm"], "--n", "64", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "whole path, 64 images" in out and "ratio whole/bare at 64 images" in out
+    assert "peak RSS" in out
