@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from bench.backbones import pick_device
 from bench.extractor import FitContext
 from bench.streaming import stream, to_rgb
 
@@ -106,8 +107,12 @@ class StreamedModel:
                  image_features: Callable[[torch.Tensor], torch.Tensor], *,
                  image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  text_features: Callable[[list[str]], torch.Tensor] | None = None,
-                 mode: str = "image", batch_size: int = 64):
+                 mode: str = "image", batch_size: int = 64, device: str | None = None):
         self.name, self._config, self.mode = name, config, mode
+        self.device = pick_device(device)  # CUDA when present: the model is moved there
+        for part in (image_features, getattr(image_features, "model", None)):
+            if isinstance(part, nn.Module):
+                part.to(self.device)
         self.transform = RGBTransform(transform)
         self.image_features, self.text_features = image_features, text_features
         self.image_size, self.mean, self.std = int(image_size), tuple(mean), tuple(std)
@@ -129,7 +134,8 @@ class StreamedModel:
         if self.mode == "text":
             return int(self.text_features(["a"]).shape[-1])
         x = self.transform(Image.new("RGB", (self.image_size, self.image_size)))
-        return int(self.image_features(torch.as_tensor(x)[None]).flatten(1).shape[1])
+        x = torch.as_tensor(x)[None].to(self.device)
+        return int(self.image_features(x).flatten(1).shape[1])
 
     @torch.no_grad()
     def embed(self, dataset: Any, rows: np.ndarray) -> np.ndarray:
@@ -139,16 +145,17 @@ class StreamedModel:
         if self.mode == "text":
             for start in range(0, len(rows), self.batch_size):
                 batch = titles[start:start + self.batch_size]
-                out[start:start + len(batch)] = unit(self.text_features(batch)).numpy()
+                out[start:start + len(batch)] = unit(self.text_features(batch)).cpu().numpy()
             return out
         start = 0
         batches = stream(dataset.image_reader(), rows, self.transform, self.batch_size,
                          dataset.info.get("workers"))
         for x in batches:
-            features = self.image_features(x).float().flatten(1)
+            features = self.image_features(x.to(self.device, non_blocking=True))
+            features = features.float().flatten(1)
             if self.mode == "fused":
                 features = self._fuse(features, titles[start:start + len(x)])
-            out[start:start + len(x)] = features.numpy()
+            out[start:start + len(x)] = features.cpu().numpy()
             start += len(x)
         return out
 
@@ -196,6 +203,11 @@ class RGBTransform:
         return self.inner(to_rgb(image))
 
 
+def module_device(model: nn.Module) -> torch.device:
+    """Where a module's parameters are (text tokens are moved there)."""
+    return next(model.parameters()).device
+
+
 def eval_module(model: nn.Module) -> nn.Module:
     model.eval()
     for parameter in model.parameters():
@@ -209,6 +221,11 @@ def display_name(base: str, options: dict[str, str], mode: str = "image") -> str
     if options.get("name"):
         return options["name"]
     return base if mode == "image" else f"{base}:{mode}"
+
+
+def device_option(options: dict[str, str]) -> str | None:
+    """``device=cpu|cuda|cuda:1``; by default CUDA when present, else the CPU."""
+    return options.get("device") or None
 
 
 def batch_size(options: dict[str, str], spec: str, default: int = 64) -> int:

@@ -30,16 +30,18 @@ from bench.adapters import (
     TrainableModel,
     batch_size,
     check_options,
+    device_option,
     display_name,
     eval_module,
     folder_sha256,
+    module_device,
     parse_mode,
     require,
 )
 from bench.backbones import IMAGENET_MEAN, IMAGENET_STD
 from bench.registry import extractor
 
-OPTIONS = ("arg", "mode", "batch_size", "name")
+OPTIONS = ("arg", "mode", "batch_size", "name", "device")
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 
 
@@ -135,7 +137,7 @@ def make_hf(options: dict[str, str], profile: Any) -> TrainableModel:
 
         def text_features(titles: list[str]) -> torch.Tensor:
             tokens = tokenizer(titles, padding=True, truncation=True, max_length=limit,
-                               return_tensors="pt")
+                               return_tensors="pt").to(module_device(model))
             return pooled(model.get_text_features(input_ids=tokens["input_ids"],
                                                   attention_mask=tokens["attention_mask"]))
     elif mode != "image":
@@ -149,4 +151,5 @@ def make_hf(options: dict[str, str], profile: Any) -> TrainableModel:
     label = display_name(base, options, mode)
     return TrainableModel(label, config, ProcessorTransform(processor), tower, image_size=side,
                          mean=mean, std=std, text_features=text_features, mode=mode,
-                         backbone=tower, batch_size=batch_size(options, spec))
+                         backbone=tower, batch_size=batch_size(options, spec),
+                         device=device_option(options))

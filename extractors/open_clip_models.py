@@ -21,15 +21,17 @@ from bench.adapters import (
     TrainableModel,
     batch_size,
     check_options,
+    device_option,
     display_name,
     eval_module,
+    module_device,
     parse_mode,
     require,
     sha256_file,
 )
 from bench.registry import extractor
 
-OPTIONS = ("arg", "arg2", "mode", "batch_size", "name")
+OPTIONS = ("arg", "arg2", "mode", "batch_size", "name", "device")
 
 
 class VisualTower(torch.nn.Module):
@@ -103,9 +105,10 @@ def make_open_clip(options: dict[str, str], profile: Any) -> TrainableModel:
     std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
 
     def text_features(titles: list[str]) -> torch.Tensor:
-        return model.encode_text(tokenizer(titles))
+        return model.encode_text(tokenizer(titles).to(module_device(model)))
 
     tower = VisualTower(model)
     return TrainableModel(display_name(label, options, mode), config, preprocess, tower,
                          image_size=side, mean=mean, std=std, text_features=text_features,
-                         mode=mode, backbone=tower, batch_size=batch_size(options, spec))
+                         mode=mode, backbone=tower, batch_size=batch_size(options, spec),
+                         device=device_option(options))

@@ -25,6 +25,7 @@ from bench.adapters import (
     TrainableModel,
     batch_size,
     check_options,
+    device_option,
     display_name,
     eval_module,
     require,
@@ -33,7 +34,7 @@ from bench.adapters import (
 )
 from bench.registry import extractor
 
-OPTIONS = ("arg", "weights", "seed", "batch_size", "name")
+OPTIONS = ("arg", "weights", "seed", "batch_size", "name", "device")
 
 
 def load_weights(timm: Any, model: torch.nn.Module, path: Path, spec: str) -> None:
@@ -119,4 +120,5 @@ def make_timm(options: dict[str, str], profile: Any) -> TrainableModel:
     return TrainableModel(display_name(label, options), config, transform, model,
                          image_size=int(data_config["input_size"][-1]),
                          mean=data_config["mean"], std=data_config["std"], backbone=model,
-                         batch_size=batch_size(options, spec))
+                         batch_size=batch_size(options, spec),
+                         device=device_option(options))

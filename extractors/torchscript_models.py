@@ -21,6 +21,7 @@ from bench.adapters import (
     StreamedModel,
     batch_size,
     check_options,
+    device_option,
     display_name,
     sha256_file,
     weights_file,
@@ -28,7 +29,7 @@ from bench.adapters import (
 from bench.backbones import IMAGENET_MEAN, IMAGENET_STD
 from bench.registry import extractor
 
-OPTIONS = ("arg", "image_size", "resize", "norm", "batch_size", "name")
+OPTIONS = ("arg", "image_size", "resize", "norm", "batch_size", "name", "device")
 NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
          "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
          "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
@@ -72,4 +73,5 @@ def make_torchscript(options: dict[str, str], profile: Any) -> StreamedModel:
               "norm": norm}
     return StreamedModel(display_name(f"torchscript:{path.stem}", options), config, transform,
                          module, image_size=size, mean=mean, std=std,
-                         batch_size=batch_size(options, spec))
+                         batch_size=batch_size(options, spec),
+                         device=device_option(options))
