@@ -92,3 +92,17 @@ def test_perf_stream_small_prints_the_ratio_and_rss(exported_folder, tiny_specs,
     assert status == 0, out
     assert "whole path, 64 images" in out and "ratio whole/bare at 64 images" in out
     assert "peak RSS" in out
+
+
+def test_subset_repeats_rows_with_new_ids_past_the_folder(exported_folder, tmp_path, plugins,
+                                                          cache):
+    from bench.export import subset
+
+    n = len(pd.read_csv(exported_folder / "manifest.csv"))
+    small = registry.build_dataset("folder", cache, root=str(subset(exported_folder,
+                                                                    tmp_path / "s", 20)))
+    assert len(small) == 20 and set(small.logs["impressions"]["item_id"]) <= set(small.ids)
+    big = registry.build_dataset("folder", cache, root=str(
+        subset(exported_folder, tmp_path / "b", 2 * n + 5)), impressions="none")
+    assert len(big) == 2 * n + 5 and big.ids[n] == f"{big.ids[0]}~1"
+    assert np.array_equal(big.images(np.array([n + 3])), big.images(np.array([3])))

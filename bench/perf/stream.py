@@ -6,7 +6,8 @@ a folder dataset (e.g. ``bench export homestead --image-size 224``):
 - ``whole``: images/s of the whole streamed path, as ``bench run`` embeds a catalogue (JPEG
   decoding and the model's preprocessing in DataLoader workers, the eval forward, shards
   written to disk), in a fresh process per catalogue size (``--n 5000 --n 20000``: the first
-  items of the folder), with that process's peak RSS and its workers' peak RSS;
+  items of the folder, its rows repeated with new ids past its end, see
+  ``bench.export.subset``), with that process's peak RSS and its workers' peak RSS;
 - ``bare``: images/s of the same model's eval forward on tensors already preprocessed and in
   memory, before and after the whole-path runs (the mean is the reference; the two show drift);
 - ``decode``: images/s of decoding and preprocessing alone in the same workers, to show whether
