@@ -135,7 +135,8 @@ def subset(source: Path, out: Path, n: int) -> Path:
     log_path = Path(source) / "impressions.parquet"
     if log_path.is_file():
         log = pd.read_parquet(log_path)
-        log[log["item_id"].astype(str).isin(set(table["id"]))].to_parquet(
-            Path(out) / "impressions.parquet", index=False)
+        log = log[log["item_id"].astype(str).isin(set(table["id"]))]
+        if len(log):  # a folder whose items were never shown has no log
+            log.to_parquet(Path(out) / "impressions.parquet", index=False)
     table.to_csv(Path(out) / "manifest.csv", index=False)
     return Path(out)

@@ -101,7 +101,10 @@ def test_subset_repeats_rows_with_new_ids_past_the_folder(exported_folder, tmp_p
     n = len(pd.read_csv(exported_folder / "manifest.csv"))
     small = registry.build_dataset("folder", cache, root=str(subset(exported_folder,
                                                                     tmp_path / "s", 20)))
-    assert len(small) == 20 and set(small.logs["impressions"]["item_id"]) <= set(small.ids)
+    assert len(small) == 20 and "impressions" not in small.logs  # product shots: never shown
+    covers = registry.build_dataset("folder", cache, root=str(subset(exported_folder,
+                                                                     tmp_path / "c", 100)))
+    assert set(covers.logs["impressions"]["item_id"]) <= set(covers.ids)
     big = registry.build_dataset("folder", cache, root=str(
         subset(exported_folder, tmp_path / "b", 2 * n + 5)), impressions="none")
     assert len(big) == 2 * n + 5 and big.ids[n] == f"{big.ids[0]}~1"
