@@ -46,6 +46,13 @@ def test_zero_padded_ids_stay_text(plugins, cache, tmp_path):
     root = _folder(tmp_path / "zeros", ids=["000", "001", "010", "0100", "7", "007"])
     data = _load(plugins, cache, root, image_size=4, workers=0)
     assert data.ids.tolist() == ["000", "001", "010", "0100", "7", "007"]
+    # vectors keyed by the same ids in a CSV are matched as text, not as integers
+    csv = tmp_path / "vectors.csv"
+    pd.DataFrame({"id": data.ids, "a": np.arange(6.0), "b": 1.0}).to_csv(csv, index=False)
+    from bench.config import get_profile
+
+    vectors = plugins.build_extractor(f"precomputed:{csv}", get_profile("quick"))
+    assert vectors.embed(data, np.arange(6))[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
