@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev]" "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev,models]" "torch==2.13.0" "torchvision==0.28.0"
 	@if $(BIN)/python -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
 		echo "error: CUDA packages (nvidia-*) were installed; torch must stay the CPU wheel" >&2; exit 1; fi
 	touch $(STAMP)

@@ -105,7 +105,8 @@ def embed_images(model: nn.Module, image_batches, size: int | None,
 
 
 def batched_images(dataset, rows: np.ndarray, batch_size: int):
-    """Yield the dataset's images for ``rows`` in batches (only one batch in memory)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    for start in range(0, len(rows), batch_size):
-        yield dataset.images(rows[start:start + batch_size])
+    """Yield the dataset's uint8 images for ``rows`` in batches (a few batches in memory):
+    slices of an in-memory dataset, or files decoded in DataLoader workers (``folder``)."""
+    from bench.streaming import uint8_batches
+
+    yield from uint8_batches(dataset, rows, batch_size)

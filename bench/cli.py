@@ -27,6 +27,10 @@ LAZY_COMMANDS = {
     "compare": ("bench.report.compare", "per metric change between two runs vs seed noise"),
     "perf": ("bench.perf", "print speed figures (embed, knn, ctr, ams)"),
     "ams": ("bench.tasks.ctr.ams_cli", "run the AMS parameter-server path on 127.0.0.1"),
+    "export": ("bench.export", "write the homestead world as a folder dataset (JPEGs, "
+                               "manifest.csv, impressions.parquet)"),
+    "export-vectors": ("bench.export_vectors", "write a run's vectors for other tools "
+                                               "(FuxiCTR pretrained_emb, .npy plus ids)"),
 }
 
 

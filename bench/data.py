@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,21 @@ ImageSource = Callable[[np.ndarray], np.ndarray]
 
 class DatasetError(ValueError):
     """Bad dataset input; the message names the file, column, id and count."""
+
+
+class ImageReader(Protocol):
+    """Opens one row's image as a PIL image at its own resolution (in a DataLoader worker).
+
+    Datasets whose images live in files (``folder``) give one, so extractors preprocess the
+    original pixels at their own resolution; in-memory datasets get an ``ArrayReader``.
+    ``label(row)`` says which item a failure is about (id, path); ``source`` where it comes from.
+    """
+
+    source: str
+
+    def open(self, row: int) -> Any: ...
+
+    def label(self, row: int) -> str: ...
 
 
 @dataclass
@@ -47,6 +63,8 @@ class Dataset:
     # strings or numbers, missing where a latent does not apply), for reference extractors
     # such as the known-answer ladder; tasks never read it. None for real data.
     latents: pd.DataFrame | None = None
+    reader: ImageReader | None = None
+    """Opens images at full resolution (files); None: the images are ``image_source``'s."""
 
     def __post_init__(self) -> None:
         self.table = self.table.reset_index(drop=True)
@@ -108,6 +126,10 @@ class Dataset:
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
         return self.image_source(rows)
 
+    def image_reader(self) -> ImageReader:
+        """The dataset's ``reader``, or one over ``image_source`` for in-memory datasets."""
+        return self.reader if self.reader is not None else ArrayReader(self)
+
     def titles(self, rows: np.ndarray | None = None) -> list[str]:
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
         if "title" not in self.table.columns:
@@ -130,3 +152,19 @@ def array_image_source(images: np.ndarray) -> ImageSource:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DatasetError(f"images must be uint8 [n, H, W, 3], got {images.dtype} {images.shape}")
     return lambda rows: images[rows]
+
+
+class ArrayReader:
+    """An ``ImageReader`` over a dataset's ``image_source`` (uint8 arrays as PIL images)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.source = dataset.name
+
+    def open(self, row: int) -> Any:
+        from PIL import Image
+
+        return Image.fromarray(self.dataset.image_source(np.array([row], dtype=np.int64))[0])
+
+    def label(self, row: int) -> str:
+        return f"id {self.dataset.table['id'].iat[row]!r}"

@@ -119,18 +119,33 @@ def load_plugins(extra_files: tuple[str, ...] | list[str] = ()) -> list[PluginEr
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``name`` or ``name:key=value,key=value`` or ``name:ARG`` (kept as option ``arg``)."""
+    """``name[:ARG[:ARG2...]][:key=value,key=value]``.
+
+    Positional parts (``:``-separated, before the first part holding ``=``) become options
+    ``arg``, ``arg2``, ``arg3``...; e.g. ``open_clip:ViT-B-32:/w/clip.pt`` gives
+    ``{"arg": "ViT-B-32", "arg2": "/w/clip.pt"}`` and ``timm:resnet18:weights=/w/r18.pth``
+    gives ``{"arg": "resnet18", "weights": "/w/r18.pth"}``. Option values may hold ``:``.
+    ``name:ARG,key=value`` also works for a single positional (``folder:items/,workers=2``).
+    """
     name, _, rest = spec.partition(":")
+    positional: list[str] = []
     options: dict[str, str] = {}
-    if rest:
-        if "=" not in rest:
-            options["arg"] = rest
-        else:
-            for part in rest.split(","):
-                key, sep, value = part.partition("=")
-                if not sep:
-                    raise SpecError(f"spec {spec!r}: option {part!r} is not key=value")
-                options[key.strip()] = value.strip()
+    segments = rest.split(":") if rest else []
+    while segments and "=" not in segments[0]:
+        positional.append(segments.pop(0))
+    if segments:
+        parts = ":".join(segments).split(",")
+        if not positional and "=" not in parts[0]:
+            positional.append(parts.pop(0))
+        for part in parts:
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise SpecError(f"spec {spec!r}: option {part!r} is not key=value")
+            options[key.strip()] = value.strip()
+    for i, value in enumerate(positional):
+        if not value.strip():
+            raise SpecError(f"spec {spec!r}: empty part {i + 1} after {name!r}")
+        options["arg" if i == 0 else f"arg{i + 1}"] = value.strip()
     return name.strip(), options
 
 

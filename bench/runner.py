@@ -40,6 +40,7 @@ from bench.cache import (
 )
 from bench.config import Profile
 from bench.data import Dataset
+from bench.embed_store import embed_resumable
 from bench.embeddings import Embeddings
 from bench.extractor import FitContext, code_digest
 from bench.report.artifacts import RunArtifacts
@@ -133,26 +134,30 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
             extractor.fit(dataset, ctx)
             timings["fit_s"] = time.perf_counter() - start
         keep_train_log(path, log_dir, restore=True)
+        cached.meta["cache_file"] = str(path)
         return cached, timings
     log(f"{extractor.name}: fit and embed {len(dataset)} items")
     start = time.perf_counter()
     extractor.fit(dataset, ctx)
     timings["fit_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    vectors = extractor.embed(dataset, np.arange(len(dataset)))
-    timings["embed_s"] = time.perf_counter() - start
     cut = getattr(extractor, "fit_cut", None)
     meta = {"extractor": extractor.name, "config": extractor.config(),
             "fingerprint": None if cut else key,  # None: tasks cache nothing made from them
             "dataset": dataset.name, "created": dt.datetime.now().isoformat(timespec="seconds")}
-    embeddings = Embeddings(dataset.ids, vectors, meta | {"source": extractor.name})
+    if cut:  # embedded in one go, never stored
+        embeddings = Embeddings(dataset.ids, extractor.embed(dataset, np.arange(len(dataset))),
+                                meta | {"source": extractor.name})
+    else:  # shard by shard beside ``path``: a stopped run resumes at the next unfinished shard
+        embeddings = embed_resumable(extractor, dataset, path, meta | {"source": extractor.name})
+    timings["embed_s"] = time.perf_counter() - start
     if embeddings.dim != extractor.dim:
         log(f"{extractor.name}: declared dim {extractor.dim} but produced {embeddings.dim}")
     if cut:
         log(f"{extractor.name}: embeddings of a cut training are not cached")
         return embeddings, timings
-    embeddings.save(path)
     keep_train_log(path, log_dir, restore=False)
+    embeddings.meta["cache_file"] = str(path)
     return embeddings, timings
 
 
@@ -306,6 +311,10 @@ def record_refusal(run_dir: Path, spec: RunSpec, run_id: str, message: str,
         pass  # the message on stderr is all there is
 
 
+# what an earlier session recorded per extractor, kept when a resumed session skips it
+CARRIED_INFO = ("whitening", "extractor_configs", "embeddings")
+
+
 class Run:
     """One session of a run: this session's rows, cells, errors and timings, on top of an
     earlier session's (``previous``), written to ``results/<run-id>/`` after every cell."""
@@ -333,8 +342,9 @@ class Run:
         self.not_started = [text for text, _ in prepared.extractors]  # not embedded yet
         self.info: dict[str, Any] = {"dataset_fingerprint": self.dataset.fingerprint,
                                      "dataset_size": len(self.dataset),
-                                     **({"whitening": old["whitening"]}
-                                        if old.get("whitening") else {})}
+                                     "cache": str(prepared.cache.root),
+                                     "plugins": list(spec.plugins),
+                                     **{key: old[key] for key in CARRIED_INFO if old.get(key)}}
         self.environment = environment()  # once: save() runs after every cell
         self.active: list[tuple[str, Any]] = []  # tasks the dataset can serve
         for name, task in prepared.tasks:
@@ -618,6 +628,9 @@ def run_extractor(run: Run, spec_text: str, extractor: Any, pictures: RunArtifac
         embeddings, timings = embed_cached(extractor, run.dataset, cache,
                                            run.dir / "artifacts" / extractor.name)
         run.timings[extractor.name] = timings
+        # what was loaded: weights' sha256 or the model's revision for third-party models
+        run.info.setdefault("extractor_configs", {})[extractor.name] = extractor.config()
+        run.info.setdefault("embeddings", {})[extractor.name] = embeddings.meta.get("cache_file")
     except Exception as error:  # noqa: BLE001
         run.not_started.remove(spec_text)
         run.error(f"extractor {spec_text}", error)

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.backbones import build_backbone, images_to_tensor, pick_device
+from bench.backbones import batched_images, build_backbone, images_to_tensor, pick_device
 from bench.cache import write_json
 from bench.extractor import FitContext, source_digest
 from bench.registry import extractor
@@ -636,9 +636,10 @@ class M6MoEExtractor:
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         with amp_context(self.device):
+            images = batched_images(dataset, rows, self.batch_size)  # streamed for folders
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start:start + self.batch_size]
-                x = images_to_tensor(dataset.images(batch), self.image_size, self.device)
+                x = images_to_tensor(next(images), self.image_size, self.device)
                 ids = None if self.image_only else self.tokenizer.encode(
                     dataset.titles(batch), self.options["max_words"]).to(self.device)
                 out[start:start + len(batch)] = self.model.embed(x, ids).float().cpu().numpy()

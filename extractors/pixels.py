@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.backbones import batched_images
 from bench.extractor import FitContext
 from bench.registry import SpecError, check_options, extractor
 
@@ -28,11 +29,12 @@ class PixelsExtractor:
 
     def embed(self, dataset, rows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
-        for start in range(0, len(rows), batch_size):
-            images = dataset.images(rows[start:start + batch_size])
+        start = 0
+        for images in batched_images(dataset, rows, batch_size):
             x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
             x = F.interpolate(x, size=(self.size, self.size), mode="area")
             out[start:start + len(images)] = x.flatten(1).numpy()
+            start += len(images)
         return out
 
 

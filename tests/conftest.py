@@ -50,3 +50,22 @@ def tiny_dataset(n: int = 60, size: int = 16, seed: int = 0) -> Dataset:
         "title": np.where(labels == 1, "a red sofa", "a dark chair"),
     })
     return Dataset("tiny", table, array_image_source(images), size, f"tiny-{n}-{size}-{seed}")
+
+
+@pytest.fixture(scope="session")
+def exported_folder(tmp_path_factory):
+    """A small homestead world written as a folder dataset (JPEGs, manifest, impressions)."""
+    from bench.export import export_homestead
+
+    root = tmp_path_factory.mktemp("exported") / "homestead-32"
+    export_homestead(root, dict(image_size=32, n_products=60, n_covers=30, n_queries=40,
+                                n_users=12, n_days=3))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_specs(tmp_path_factory):
+    """Specs of tiny random models of every adapter kind, saved locally (tests/tiny_models)."""
+    from tests.tiny_models import build
+
+    return build(tmp_path_factory.mktemp("tiny-models"))

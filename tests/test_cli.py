@@ -60,3 +60,13 @@ def test_extractor_specs_keep_their_options_together():
     assert _specs("pixels,moco_v2:epochs=5,lr=0.1,random") == (
         "pixels", "moco_v2:epochs=5,lr=0.1", "random")
     assert _specs("precomputed:/a/b.npz,pixels:size=4") == ("precomputed:/a/b.npz", "pixels:size=4")
+
+
+def test_model_adapter_specs_survive_the_comma_list():
+    from bench.cli import _specs
+
+    text = ("timm:resnet18:weights=/w/r18.pth,batch_size=8,hf:/m/clip:mode=fused,"
+            "open_clip:ViT-B-32:/w/clip.bin,torchscript:/w/m.pt,pixels")
+    assert _specs(text) == ("timm:resnet18:weights=/w/r18.pth,batch_size=8",
+                            "hf:/m/clip:mode=fused", "open_clip:ViT-B-32:/w/clip.bin",
+                            "torchscript:/w/m.pt", "pixels")

@@ -40,18 +40,6 @@ def test_folder_loads_manifest_and_caches(plugins, cache, tmp_path):
     assert np.array_equal(again.images(), data.images())
 
 
-def test_folder_errors_name_the_problem(plugins, cache, tmp_path):
-    root = _write_folder(tmp_path / "bad", extra_rows=[{"id": "x9", "path": "missing.png"}])
-    with pytest.raises(DatasetError, match=r"1 images cannot be read, e.g. id 'x9' path 'missing.png'"):
-        plugins.DATASETS["folder"](cache, root=str(root), image_size=8)
-    (tmp_path / "nocol").mkdir()
-    pd.DataFrame({"id": ["a"]}).to_csv(tmp_path / "nocol" / "manifest.csv", index=False)
-    with pytest.raises(DatasetError, match=r"missing required columns \['path'\]"):
-        plugins.DATASETS["folder"](cache, root=str(tmp_path / "nocol"))
-    with pytest.raises(DatasetError, match="no manifest"):
-        plugins.DATASETS["folder"](cache, root=str(tmp_path / "nowhere"))
-
-
 def test_dataset_contract_refuses_duplicates_and_bad_splits():
     images = np.zeros((2, 4, 4, 3), dtype=np.uint8)
     with pytest.raises(DatasetError, match="1 duplicate ids, e.g. 'a'"):

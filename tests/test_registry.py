@@ -52,6 +52,22 @@ def test_spec_parsing():
         registry.parse_spec("m:dim=64,oops")
 
 
+def test_spec_parsing_of_model_adapters():
+    parse = registry.parse_spec
+    assert parse("timm:resnet18:weights=/w/r.pth,batch_size=8") == (
+        "timm", {"arg": "resnet18", "weights": "/w/r.pth", "batch_size": "8"})
+    assert parse("open_clip:ViT-B-32:/w/clip.bin") == (
+        "open_clip", {"arg": "ViT-B-32", "arg2": "/w/clip.bin"})
+    assert parse("hf:/models/clip:mode=fused") == ("hf", {"arg": "/models/clip", "mode": "fused"})
+    assert parse("hf:org/model") == ("hf", {"arg": "org/model"})
+    assert parse("torchscript:m.pt:image_size=160") == (
+        "torchscript", {"arg": "m.pt", "image_size": "160"})
+    assert parse("timm:r18:weights=/a:b.pth") == ("timm", {"arg": "r18", "weights": "/a:b.pth"})
+    assert parse("folder:items/,workers=2") == ("folder", {"arg": "items/", "workers": "2"})
+    with pytest.raises(ValueError, match="empty part 1"):
+        parse("timm::weights=x")
+
+
 def test_unknown_names_list_the_known_ones(plugins):
     with pytest.raises(registry.SpecError, match="known: .*pixels"):
         registry.build_extractor("nope", get_profile("quick"))

@@ -14,6 +14,7 @@ FIGURES = {
     "train": "bench.perf.train",
     "ctr": "bench.perf.ctr",
     "ams": "bench.perf.ams",
+    "stream": "bench.perf.stream",
 }
 
 
