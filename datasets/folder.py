@@ -35,7 +35,6 @@ from bench.registry import dataset
 from bench.streaming import uint8_batches
 
 LOG_NAMES = ("impressions.parquet", "impressions.csv")
-OPTIONS = ("root", "image_size", "workers", "impressions")
 
 
 def _lines(mask: np.ndarray) -> str:
@@ -172,11 +171,8 @@ def read_log(path: Path, ids: np.ndarray) -> pd.DataFrame:
 
 @dataset("folder")
 def load_folder(cache: Cache, root: str | None = None, image_size: Any = 32,
-                workers: Any = None, impressions: str | None = None,
-                **unknown: Any) -> Dataset:
-    if unknown:
-        raise DatasetError(f"folder dataset: unknown option(s) {sorted(unknown)}; "
-                           f"known: {', '.join(OPTIONS)}")
+                workers: Any = None, impressions: str | None = None) -> Dataset:
+    # unknown options are refused by the registry, which checks them against these parameters
     if root is None:
         raise DatasetError("folder dataset needs a root: --dataset folder:PATH "
                            "(a folder holding manifest.csv)")

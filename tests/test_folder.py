@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bench import registry
 from bench.data import DatasetError
+from bench.registry import SpecError
 from bench.streaming import SquareUint8, stream, to_rgb
 
 
@@ -104,8 +106,9 @@ def test_manifest_errors_are_one_line_and_name_the_problem(plugins, cache, tmp_p
                    "e.g. an empty cell at line 8, 9")
     with pytest.raises(DatasetError, match="no manifest at"):
         _load(plugins, cache, tmp_path / "nowhere")
-    with pytest.raises(DatasetError, match=r"unknown option\(s\) \['colour'\]"):
-        _load(plugins, cache, dup, colour="red")
+    with pytest.raises(SpecError, match=r"dataset folder: unknown option 'colour'; known: "
+                                        r"image_size, impressions, root, workers"):
+        registry.build_dataset("folder", cache, root=str(dup), colour="red")
 
 
 def test_unreadable_images_are_counted_with_an_example(plugins, cache, tmp_path):
