@@ -43,6 +43,7 @@ from bench.data import Dataset
 from bench.embed_store import embed_resumable
 from bench.embeddings import Embeddings
 from bench.extractor import FitContext, code_digest
+from bench.metric_info import MetricBook, UndeclaredMetric, describe, legacy_record
 from bench.report.artifacts import RunArtifacts
 from bench.resume import (
     CUT,
@@ -312,7 +313,7 @@ def record_refusal(run_dir: Path, spec: RunSpec, run_id: str, message: str,
 
 
 # what an earlier session recorded per extractor, kept when a resumed session skips it
-CARRIED_INFO = ("whitening", "extractor_configs", "embeddings")
+CARRIED_INFO = ("whitening", "extractor_configs", "embeddings", "metrics")
 
 
 class Run:
@@ -388,6 +389,7 @@ class Run:
         row made from the embeddings of a cut ``fit``) marks the cell ``cut``: kept, shown
         with a mark, and computed again by the next session."""
         self.add_rows(dataset, name, cell.variant, cell.task, cell.seed, task_rows)
+        self.declare_metrics(cell.task, task_rows)
         cuts: list[dict[str, Any]] = []
         for row in task_rows:
             label = str(row.get("extractor", name))
@@ -424,6 +426,24 @@ class Run:
                 evidence.setdefault(cell, {})[row["metric"]] = row["evidence"]
         for (row_extractor, row_variant, row_seed), items in evidence.items():
             verdicts.save_evidence(self.dir, task, row_extractor, row_variant, row_seed, items)
+
+    def declare_metrics(self, task_name: str, task_rows: list[dict[str, Any]]) -> None:
+        """run.json ``metrics``: what each emitted metric means, from its task's ``metrics``
+        list; a metric the task does not declare is an error of the task (recorded, and
+        described from its name so the report still shows it)."""
+        book = self.info.setdefault("metrics", {})
+        task = dict(self.active).get(task_name)
+        for name in dict.fromkeys(str(row["metric"]) for row in task_rows):
+            if name in book:
+                if task_name not in book[name]["tasks"]:
+                    book[name]["tasks"].append(task_name)
+                continue
+            try:
+                record = describe(task, name)
+            except UndeclaredMetric as error:
+                self.error(f"task {task_name}", error)
+                record = {**legacy_record(name), "undeclared": True}
+            book[name] = {**record, "tasks": [task_name]}
 
     def results(self) -> pd.DataFrame:
         """Every row of the run: the earlier sessions' and this one's, deduplicated."""
@@ -551,15 +571,14 @@ def task_references(tasks: list[str], reference: str | None) -> dict[str, str]:
 
 def write_verdicts(run: Run) -> None:
     """``verdicts.csv`` and ``validity.csv`` from the evidence the tasks left (every session's)."""
-    from bench.report.tables import lower_is_better
-
     start = time.perf_counter()
     try:
         references = task_references(run.tasks, run.spec.reference)
         run.info["references"] = references
         run.info["main_scores"] = {name: registry.find_task(name).main_score
                                    for name in references}
-        verdicts.compute(run.dir, references, lower_is_better)
+        verdicts.compute(run.dir, references,
+                         MetricBook(run.info.get("metrics")).lower_is_better)
     except Exception as error:  # noqa: BLE001
         run.error("verdicts", error)
     run.timings.setdefault("verdicts", {})["compute_s"] = time.perf_counter() - start

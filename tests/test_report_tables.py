@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.metric_info import MetricBook
 from bench.report import build_report, plots
 from bench.report.html import tables_html
 from bench.report.tables import (
     aggregate,
     all_tables,
     format_number,
-    lower_is_better,
     summary_markdown,
 )
 
@@ -73,7 +73,7 @@ def test_bold_and_underline_agree_with_pandas_ranking() -> None:
         part = results[(results["task"] == "ctr") & (results["metric"] == metric)
                        & (results["variant"] == variant)]
         means = part.groupby("extractor")["value"].mean()
-        ordered = means.sort_values(ascending=lower_is_better(metric)).index.tolist()
+        ordered = means.sort_values(ascending=MetricBook().lower_is_better(metric)).index.tolist()
         bold = [r for r in table.rows if (c := table.cell(r, column.key)) and c.rank == 1]
         under = [r for r in table.rows if (c := table.cell(r, column.key)) and c.rank == 2]
         assert bold == [ordered[0]], column.key
@@ -88,8 +88,9 @@ def test_lower_is_better_ranks_costs_upwards() -> None:
     assert table.cell("pretrained (store-in-worker)", "total_bytes_per_iter").rank == 1
     assert table.cell("pretrained (ams)", "total_bytes_per_iter").rank == 2
     assert table.cell("pretrained (store-in-server)", "iter_time_s").rank == 0
-    assert lower_is_better("ctr_logloss") and lower_is_better("iter_time_s")
-    assert not lower_is_better("ctr_auc") and not lower_is_better("recall@5")
+    book = MetricBook()
+    assert book.lower_is_better("ctr_logloss") and book.lower_is_better("iter_time_s")
+    assert not book.lower_is_better("ctr_auc") and not book.lower_is_better("recall@5")
 
 
 def test_chance_columns_once_and_unranked() -> None:

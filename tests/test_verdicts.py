@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from bench import stats, verdicts
+from bench.metric_info import MetricBook
 from bench.report import build_report
-from bench.report.tables import lower_is_better
 
 QUERIES = np.array([f"q{i:03d}" for i in range(300)])
 
@@ -47,7 +47,7 @@ def write_run(run: Path) -> None:
 
 def test_verdicts_intervals_references_and_validity(tmp_path: Path) -> None:
     write_run(tmp_path)
-    table, validity = verdicts.compute(tmp_path, {"knn": "random"}, lower_is_better,
+    table, validity = verdicts.compute(tmp_path, {"knn": "random"}, MetricBook().lower_is_better,
                                        n_resamples=300)
     on_disk = pd.read_csv(tmp_path / "verdicts.csv")
     assert list(on_disk.columns) == verdicts.VERDICT_COLUMNS and len(on_disk) == len(table)
@@ -80,7 +80,7 @@ def test_ladder_out_of_order_is_reported(tmp_path: Path) -> None:
 
 def test_report_shows_intervals_marks_and_the_validity_table(tmp_path: Path) -> None:
     write_run(tmp_path)
-    verdicts.compute(tmp_path, {"knn": "random"}, lower_is_better, n_resamples=300)
+    verdicts.compute(tmp_path, {"knn": "random"}, MetricBook().lower_is_better, n_resamples=300)
     build_report(tmp_path, html=False)
     summary = (tmp_path / "summary.md").read_text()
     assert "## Validity: the known-answer ladder" in summary

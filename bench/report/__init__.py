@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from bench.cache import atomic_path, write_json, write_text
+from bench.metric_info import MetricBook
 from bench.report.tables import (
     aggregate,
     all_tables,
@@ -148,7 +149,8 @@ def build_report(run_dir: str | Path, *, html: bool = True, tsne: bool = False) 
         from bench.report import html as html_page
         from bench.report.plots import PlotContext, make_plots
 
-        ctx = PlotContext(run_dir, aggregate(results, verdicts), run_info, tsne=tsne)
+        book = MetricBook.from_run_info(run_info)
+        ctx = PlotContext(run_dir, aggregate(results, verdicts, book), run_info, tsne=tsne)
         report.plots = make_plots(ctx, log=_log)
         tasks = task_order(results, run_info.get("tasks", ()))
         page = html_page.render(run_dir, run_info, tables, tasks, report.plots,

@@ -14,13 +14,16 @@ direction (lower is better for logloss, bytes and time). Printed as a table and 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.report.tables import format_number, is_chance, lower_is_better
+from bench.metric_info import MetricBook
+from bench.report.tables import format_number
 from bench.stats import Z
 
 KEYS = ["task", "extractor", "variant", "metric"]
@@ -43,12 +46,12 @@ def _verdict(change: float, pooled: float, df: int) -> str:
     return "yes" if abs(change) > 2 * pooled else "no"
 
 
-def _direction(metric: str, change: float) -> str:
-    if is_chance(metric) or not math.isfinite(change):
+def _direction(metric: str, change: float, book: MetricBook) -> str:
+    if not book.is_ranked(metric) or not math.isfinite(change):
         return ""
     if change == 0:
         return "same"
-    improved = change < 0 if lower_is_better(metric) else change > 0
+    improved = change < 0 if book.lower_is_better(metric) else change > 0
     return "better" if improved else "worse"
 
 
@@ -60,8 +63,11 @@ def _errors(verdicts: pd.DataFrame | None) -> pd.DataFrame:
 
 def compare_results(results_a: pd.DataFrame, results_b: pd.DataFrame,
                     verdicts_a: pd.DataFrame | None = None,
-                    verdicts_b: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per metric found in either run, sorted by task, extractor, variant, metric."""
+                    verdicts_b: pd.DataFrame | None = None,
+                    book: MetricBook | None = None) -> pd.DataFrame:
+    """One row per metric found in either run, sorted by task, extractor, variant, metric;
+    ``book`` (the runs' run.json ``metrics``) says which way each metric is better."""
+    book = book or MetricBook()
     a, b = _stats(results_a), _stats(results_b)
     a = a.merge(_errors(verdicts_a), on=KEYS, how="left", sort=False)
     b = b.merge(_errors(verdicts_b), on=KEYS, how="left", sort=False)
@@ -96,7 +102,7 @@ def compare_results(results_a: pd.DataFrame, results_b: pd.DataFrame,
     out["beyond_noise"] = verdicts
     out["noise"] = noise
     out["test"] = tests
-    out["direction"] = [_direction(m, c) for m, c in zip(out["metric"], out["change"])]
+    out["direction"] = [_direction(m, c, book) for m, c in zip(out["metric"], out["change"])]
     return out[COLUMNS]
 
 
@@ -142,9 +148,23 @@ def _verdicts(run: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def _metric_book(*runs: str) -> MetricBook:
+    """Both runs' declared metrics (run.json ``metrics``), the newer run's first."""
+    records: dict[str, Any] = {}
+    for run in runs:
+        path = Path(run)
+        path = (path if path.is_dir() else path.parent) / "run.json"
+        try:
+            records.update(json.loads(path.read_text(encoding="utf-8")).get("metrics") or {})
+        except (OSError, ValueError, AttributeError):
+            continue
+    return MetricBook(records)
+
+
 def main(args: argparse.Namespace) -> int:
     comparison = compare_results(_results(args.run_a), _results(args.run_b),
-                                 _verdicts(args.run_a), _verdicts(args.run_b))
+                                 _verdicts(args.run_a), _verdicts(args.run_b),
+                                 _metric_book(args.run_a, args.run_b))
     run_a, run_b = Path(args.run_a), Path(args.run_b)
     folder_b = run_b if run_b.is_dir() else run_b.parent
     name_a = (run_a if run_a.is_dir() else run_a.parent).resolve().name

@@ -24,7 +24,6 @@ from bench.report.tables import (
     VARIANT_LABELS,
     TaskTable,
     differences_markdown,
-    is_ranked,
     not_run_reason,
     reference_note,
     validity_markdown,
@@ -142,7 +141,7 @@ def headlines_html(tables: dict[str, TaskTable]) -> str:
     """Per task, who leads on its first metric (the task's main score), raw and +w."""
     items = []
     for task, table in tables.items():
-        ranked = [c for _, columns in table.parts() for c in columns if is_ranked(c.metric)]
+        ranked = [c for _, columns in table.parts() for c in columns if c.ranked]
         if not ranked:
             continue
         metric = ranked[0].metric

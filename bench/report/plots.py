@@ -22,8 +22,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bench.metric_info import MetricBook
 from bench.report import artifacts
-from bench.report.tables import MARKS, VARIANT_LABELS, is_chance, lower_is_better
+from bench.report.tables import MARKS, VARIANT_LABELS
 
 COLORS = {"raw": "#4C72B0", "w": "#DD8452", "ft": "#8172B3", "other": "#55A868"}
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
@@ -165,8 +166,9 @@ def _unit(metric: str) -> str:
 
 def knn_consistency(ctx: PlotContext) -> Figure:
     part = _task(ctx, "knn")
+    book = MetricBook.from_run_info(ctx.run_info)
     metrics = _metrics(part, r"_consistency$") or [m for m in dict.fromkeys(part["metric"])
-                                                   if not is_chance(m)]
+                                                   if not book.is_chance(m)]
     k = ctx.run_info.get("config", {}).get("task_options", {}).get("knn", {}).get("k", 10)
     fig, axes = _grid(len(metrics))
     for ax, metric in zip(axes, metrics):
@@ -297,7 +299,8 @@ def ctr_cold_start(ctx: PlotContext) -> Figure:
 
 def ams_costs(ctx: PlotContext) -> Figure:
     part = _task(ctx, "ams")
-    metrics = [m for m in dict.fromkeys(part["metric"]) if lower_is_better(m)] or \
+    book = MetricBook.from_run_info(ctx.run_info)
+    metrics = [m for m in dict.fromkeys(part["metric"]) if book.lower_is_better(m)] or \
         list(dict.fromkeys(part["metric"]))
     fig, axes = _grid(len(metrics))
     for ax, metric in zip(axes, metrics):
@@ -526,13 +529,45 @@ PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
 ]
 
 
+# Tasks the plots above draw; every other task gets ``task_scores`` (no report edit needed).
+DRAWN_TASKS = ("knn", "retrieval", "classify", "ctr", "ams")
+
+
+def task_scores(ctx: PlotContext, task: str) -> Figure:
+    """Any task's ranked metrics (run.json ``metrics``), one panel each, rows best first."""
+    part = _task(ctx, task)
+    book = MetricBook.from_run_info(ctx.run_info)
+    metrics = [m for m in dict.fromkeys(part["metric"]) if book.is_ranked(m)]
+    if not metrics:
+        raise NotRun(f"task {task!r} has no ranked metric")
+    fig, axes = _grid(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        data = part[part["metric"] == metric]
+        order = data.groupby("row", sort=False)["mean"].max().sort_values(
+            ascending=book.lower_is_better(metric)).index
+        rank = {row: i for i, row in enumerate(order)}
+        metric_bars(ax, data.sort_values("row", key=lambda rows: rows.map(rank)), metric)
+        direction = "lower" if book.lower_is_better(metric) else "higher"
+        ax.set_title(f"{metric} ({direction} is better)", fontsize=10)
+    fig.suptitle(f"{task}: each extractor, best first", fontsize=11)
+    return fig
+
+
+def default_plots(ctx: PlotContext) -> list[tuple[str, str, str, Callable[[PlotContext], Figure]]]:
+    """One ``task_scores`` plot for each task in the results that no plot above draws."""
+    tasks = [t for t in dict.fromkeys(map(str, ctx.stats["task"])) if t not in DRAWN_TASKS]
+    return [(f"task_{t}", f"Task {t}", f"Every ranked metric of task {t}, rows best first; "
+             "error bars are the 95% interval.", lambda c, t=t: task_scores(c, t))
+            for t in tasks]
+
+
 def make_plots(ctx: PlotContext, log: Callable[[str], None] = lambda _: None) -> list[PlotResult]:
     """Draw every plot into ``run_dir/plots/<key>.png``; stale PNGs of plots not drawn now are
     removed so the folder always matches the page."""
     folder = ctx.run_dir / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     results = []
-    for key, title, caption, draw in PLOTS:
+    for key, title, caption, draw in [*PLOTS, *default_plots(ctx)]:
         start = time.perf_counter()
         result = PlotResult(key, title, caption)
         path = folder / f"{key}.png"

@@ -5,45 +5,32 @@ over seeds. With the run's ``verdicts.csv`` a cell shows its 95% interval, ``[lo
 a mark against the task's reference row: ``▲`` better, ``▼`` worse at 95% (paired test named
 in the table's note), nothing when the difference is within noise; without it, ``± std`` over
 seeds when there are several. Per column the best value is marked bold and the second
-underlined (metrics where lower is better, such as logloss, bytes and time, rank the other
-way); chance columns (``*_chance``) appear once per task and are never ranked. A row or column the
-run did not produce reads "not run". Reads only the run folder's files, never the tasks.
+underlined (metrics whose direction is ``lower``, such as logloss and time, rank the other
+way); chance columns appear once per task and are never ranked, nor are counts. What each metric
+means comes from run.json's ``metrics`` (declared by its task, ``bench.metric_info``). A row or
+column the run did not produce reads "not run". Reads only the run folder's files, never the
+tasks.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bench.metric_info import MetricBook
+
 VARIANT_LABELS = {"raw": "raw", "w": "+w", "ft": "fine-tuned"}
 # Variants that are columns of an extractor's row (``ft``: the metric name already says
 # "finetune"); any other variant (an AMS mode, say) becomes a row of its own.
 COLUMN_SUFFIX = {"raw": "raw", "w": "+w", "ft": ""}
 NOT_RUN = "not run"
-_LOWER_IS_BETTER = re.compile(r"(loss|bytes|time|seconds|latency|memory|_s$|_mb$)")
-_UNRANKED = re.compile(r"(steps|count|epochs|^n_|_n$)")
 MAX_COLUMNS = 24  # wider tables are shown in parts (Markdown, HTML); CSV and JSON stay whole
 MARKS = {"better": " ▲", "worse": " ▼"}
-
-
-def is_ranked(metric: str) -> bool:
-    """Chance levels and bookkeeping counts (steps, epochs) are shown but never ranked."""
-    return not is_chance(metric) and not _UNRANKED.search(metric.lower())
-
-
-def lower_is_better(metric: str) -> bool:
-    """True for costs (logloss, bytes, time, memory): the smallest value ranks first."""
-    return bool(_LOWER_IS_BETTER.search(metric.lower()))
-
-
-def is_chance(metric: str) -> bool:
-    return metric == "chance" or metric.endswith("_chance")
 
 
 def row_label(extractor: str, variant: str) -> str:
@@ -51,13 +38,14 @@ def row_label(extractor: str, variant: str) -> str:
     return extractor if variant in COLUMN_SUFFIX else f"{extractor} ({variant})"
 
 
-def column_label(metric: str, variant: str) -> str:
-    if is_chance(metric):
+def column_label(metric: str, variant: str, book: MetricBook | None = None) -> str:
+    if (book or MetricBook()).is_chance(metric):
         return metric
     return f"{metric} {COLUMN_SUFFIX.get(variant, '')}".strip()
 
 
-def aggregate(results: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> pd.DataFrame:
+def aggregate(results: pd.DataFrame, verdicts: pd.DataFrame | None = None,
+              book: MetricBook | None = None) -> pd.DataFrame:
     """Mean, sample std (ddof 1, 0 with one seed) and seed count per (dataset, task, extractor,
     variant, metric), in order of first appearance, with the table's ``row`` and ``column``;
     with ``verdicts`` (verdicts.csv) also the 95% interval, the verdict and the reference."""
@@ -72,7 +60,7 @@ def aggregate(results: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> pd
     out["row"] = [row_label(e, v) for e, v in zip(out["extractor"], out["variant"])]
     if out["dataset"].nunique() > 1:  # several datasets in one file: keep their rows apart
         out["row"] = out["dataset"] + ": " + out["row"]
-    out["column"] = [column_label(m, v) for m, v in zip(out["metric"], out["variant"])]
+    out["column"] = [column_label(m, v, book) for m, v in zip(out["metric"], out["variant"])]
     if verdicts is not None and len(verdicts):
         join = ["task", "extractor", "variant", "metric"]
         found = verdicts.astype({k: str for k in join})[[*join, *extra]]
@@ -103,6 +91,7 @@ class Column:
     variant: str | None  # None for chance columns (variants pooled)
     lower_is_better: bool
     chance: bool
+    ranked: bool = True  # False for chance levels and counts (shown, never ranked)
 
 
 @dataclass
@@ -230,7 +219,7 @@ def _rank(table: TaskTable) -> None:
     """Bold the best and underline the second distinct value of each ranked column; a column
     needs two filled cells for a best and three for a second."""
     for column in table.columns:
-        if not is_ranked(column.metric):
+        if not column.ranked:
             continue
         cells = [c for r in table.rows if (c := table.cell(r, column.key)) is not None]
         values = sorted({v for c in cells if math.isfinite(v := _ranked_value(c))},
@@ -246,9 +235,12 @@ def _rank(table: TaskTable) -> None:
                 cell.rank = 2
 
 
-def task_table(stats: pd.DataFrame, task: str, extra_rows: tuple[str, ...] = ()) -> TaskTable:
+def task_table(stats: pd.DataFrame, task: str, extra_rows: tuple[str, ...] = (),
+               book: MetricBook | None = None) -> TaskTable:
     """One task's table from :func:`aggregate` output (all of it, or this task's part);
-    ``extra_rows`` (extractors that failed) appear with "not run" cells."""
+    ``extra_rows`` (extractors that failed) appear with "not run" cells; ``book`` says what
+    each metric means (run.json ``metrics``)."""
+    book = book or MetricBook()
     part = stats[stats["task"] == task]
     columns: dict[str, Column] = {}
     variant_order = {v: i for i, v in enumerate(COLUMN_SUFFIX)}
@@ -257,10 +249,10 @@ def task_table(stats: pd.DataFrame, task: str, extra_rows: tuple[str, ...] = ())
                    key=lambda t: (metric_order.index(t[0]), variant_order.get(t[1], -1)))
     for metric, variant, key in keyed:
         if key not in columns:
-            chance = is_chance(metric)
+            chance = book.is_chance(metric)
             columns[key] = Column(key, metric,
                                   variant if variant in COLUMN_SUFFIX and not chance else None,
-                                  lower_is_better(metric), chance)
+                                  book.lower_is_better(metric), chance, book.is_ranked(metric))
     rows = list(dict.fromkeys([*part["row"], *extra_rows]))
     table = TaskTable(task, rows, list(columns.values()))
     for (row, key), group in part.groupby(["row", "column"], sort=False):
@@ -297,9 +289,10 @@ def failed_extractors(run_info: dict[str, Any]) -> tuple[str, ...]:
 
 def all_tables(results: pd.DataFrame, run_info: dict[str, Any] | None = None,
                verdicts: pd.DataFrame | None = None) -> dict[str, TaskTable]:
-    stats = aggregate(results, verdicts)
+    book = MetricBook.from_run_info(run_info)
+    stats = aggregate(results, verdicts, book)
     failed = failed_extractors(run_info or {})
-    return {task: task_table(stats, task, failed) for task in dict.fromkeys(stats["task"])}
+    return {task: task_table(stats, task, failed, book) for task in dict.fromkeys(stats["task"])}
 
 
 def summary_markdown(results: pd.DataFrame, title: str = "Summary",

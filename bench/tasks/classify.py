@@ -31,6 +31,7 @@ from bench import finetune as ft
 from bench.backbones import pick_device
 from bench.data import Dataset
 from bench.embeddings import Embeddings
+from bench.metric_info import MetricInfo, cost, count
 from bench.metrics import topk_accuracy, topk_hits
 from bench.stats import Evidence, mean_evidence
 from bench.tasks import TaskContext, task
@@ -162,6 +163,8 @@ def finetune_scores(backbone: nn.Module, dataset: Dataset, split: Split, budget:
 class Classify:
     name = "classify"
     main_score = "probe_top1"
+    metrics = (MetricInfo("probe_top*", unit="item"), MetricInfo("finetune_top*", unit="item"),
+               cost("finetune_s"), count("finetune_steps"))
     needs = ("vectors", "category on train and test product shots")
     seeded = True
     variants = ("raw", "w")

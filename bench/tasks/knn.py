@@ -17,6 +17,7 @@ import numpy as np
 
 from bench.data import Dataset
 from bench.embeddings import Embeddings
+from bench.metric_info import MetricInfo, chance
 from bench.metrics import knn_agreement, knn_chance
 from bench.stats import mean_evidence
 from bench.tasks import TaskContext, task
@@ -34,6 +35,7 @@ def population(dataset: Dataset) -> np.ndarray:
 class KnnConsistency:
     name = "knn"
     main_score = "style_consistency"
+    metrics = (MetricInfo("*_consistency", unit="query"), chance("*_chance"))
     needs = ("vectors", "one of: style, scene, category")
     seeded = False
     variants = ("raw", "w")

@@ -30,6 +30,7 @@ from bench import finetune as ft
 from bench.backbones import pick_device
 from bench.data import Dataset
 from bench.embeddings import Embeddings
+from bench.metric_info import MetricInfo, cost, count
 from bench.metrics import average_precision_at_r, recall_hits
 from bench.stats import Evidence, mean_evidence
 from bench.tasks import TaskContext, task
@@ -138,6 +139,10 @@ def finetune_scores(backbone: nn.Module, dataset: Dataset, groups: list, budget:
 class IdentityRetrieval:
     name = "retrieval"
     main_score = "recall@1"
+    metrics = (MetricInfo("recall@*", unit="query"), MetricInfo("map@r", unit="query"),
+               MetricInfo("finetune_recall@*", unit="query"),
+               MetricInfo("finetune_map@r", unit="query"), cost("finetune_s"),
+               count("finetune_steps"))
     needs = ("vectors", "identity", "queries whose identity is in the gallery")
     seeded = True  # the frozen metrics are computed for seed 0 only; fine-tuning uses each seed
     variants = ("raw", "w")

@@ -26,6 +26,7 @@ import numpy as np
 from bench.cache import Cache, atomic_path, fingerprint, load_npz, save_npz
 from bench.data import Dataset
 from bench.embeddings import Embeddings
+from bench.metric_info import MetricInfo
 from bench.tasks import TaskContext, task
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import AGGREGATORS, FEATURE_SETS
@@ -44,6 +45,8 @@ _COMMON = dict(feature_set="dicm", aggregator="mqap", history_length=20, id_dim=
 class CtrTask:
     name = "ctr"
     main_score = "ctr_auc"
+    metrics = (MetricInfo("*_gauc", unit="user"), MetricInfo("*_auc", unit="user"),
+               MetricInfo("*_logloss", "lower", unit="user"))
     reference = BASELINE  # rows are tested against the ID-only ranker
     needs = ("vectors", "logs['impressions'] (user_id, item_id, day, click, detail, conversion)")
     seeded = True
