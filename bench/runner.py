@@ -44,7 +44,7 @@ from bench.embed_store import embed_resumable
 from bench.embeddings import Embeddings
 from bench.extractor import FitContext, code_digest
 from bench.metric_info import MetricBook, UndeclaredMetric, describe, legacy_record
-from bench.report.artifacts import RunArtifacts
+from bench.pictures import RunArtifacts
 from bench.resume import (
     CUT,
     DONE,
@@ -313,7 +313,8 @@ def record_refusal(run_dir: Path, spec: RunSpec, run_id: str, message: str,
 
 
 # what an earlier session recorded per extractor, kept when a resumed session skips it
-CARRIED_INFO = ("whitening", "extractor_configs", "embeddings", "metrics")
+CARRIED_INFO = ("whitening", "extractor_configs", "embeddings", "embeddings_fingerprints",
+                "metrics")
 
 
 class Run:
@@ -650,6 +651,8 @@ def run_extractor(run: Run, spec_text: str, extractor: Any, pictures: RunArtifac
         # what was loaded: weights' sha256 or the model's revision for third-party models
         run.info.setdefault("extractor_configs", {})[extractor.name] = extractor.config()
         run.info.setdefault("embeddings", {})[extractor.name] = embeddings.meta.get("cache_file")
+        run.info.setdefault("embeddings_fingerprints", {})[extractor.name] = embeddings.meta.get(
+            "fingerprint")  # None: a cut training's vectors, never cached
     except Exception as error:  # noqa: BLE001
         run.not_started.remove(spec_text)
         run.error(f"extractor {spec_text}", error)

@@ -46,6 +46,9 @@ def test_every_adapter_runs_knn_and_retrieval_on_an_exported_folder(
     assert set(configs["hf:hf-clip"]["weights_sha256"]) == {"model.safetensors"}
     assert configs["hf:hf-clip:fused"]["mode"] == "fused"
     assert configs["open_clip:TinyCLIP:tinyclip"]["weights_sha256"]
+    keys = info["embeddings_fingerprints"]  # provenance: which cached vectors each row used
+    assert set(keys) == set(configs) and all(isinstance(k, str) and k for k in keys.values())
+    assert all(Path(f).name.endswith(f"{keys[n]}.npz") for n, f in info["embeddings"].items())
 
 
 def test_clip_modes_read_titles(exported_folder, tiny_specs, plugins, cache):

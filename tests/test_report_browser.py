@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import artifacts, build_report
+from bench import pictures
+from bench.report import build_report
 from tests.test_report_plots import synthetic_dataset, synthetic_embeddings
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists()
@@ -49,7 +50,7 @@ def test_report_page_renders_in_chromium(tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "report_run_a", run)
     dataset = synthetic_dataset()
-    artifacts.save_run_artifacts(run, dataset, {"moco_v2": synthetic_embeddings(dataset, 8, 1),
+    pictures.save_run_artifacts(run, dataset, {"moco_v2": synthetic_embeddings(dataset, 8, 1),
                                                 "m6_moe": synthetic_embeddings(dataset, 32, 2)})
     report = build_report(run)
     html = report.html.read_text()

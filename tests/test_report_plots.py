@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from bench import pictures
 from bench.data import Dataset, array_image_source
 from bench.embeddings import Embeddings
 from bench.report import artifacts, build_report, plots
@@ -58,7 +59,7 @@ def embeddings(dataset: Dataset) -> dict[str, Embeddings]:
 
 def test_artifacts_match_sklearn(tmp_path: Path, dataset: Dataset,
                                  embeddings: dict[str, Embeddings]) -> None:
-    written = artifacts.save_run_artifacts(tmp_path, dataset, embeddings)
+    written = pictures.save_run_artifacts(tmp_path, dataset, embeddings)
     assert sorted(p.name for p in written) == sorted([artifacts.SAMPLE_FILE, artifacts.GRID_FILE])
     pool = dataset.rows(role="content", split="test")
     sample = artifacts.load_sample(tmp_path)
@@ -75,27 +76,27 @@ def test_artifacts_match_sklearn(tmp_path: Path, dataset: Dataset,
 
     grid = artifacts.load_grid(tmp_path)
     query_ids = grid["query_ids"].tolist()
-    assert 1 <= len(query_ids) <= artifacts.N_QUERIES
+    assert 1 <= len(query_ids) <= pictures.N_QUERIES
     assert len(set(grid["query_labels"].tolist())) == len(query_ids)  # one per style
     position = {item: i for i, item in enumerate(dataset.ids)}
     for i, emb in enumerate(embeddings.values()):
         vectors = emb.take(pool)
-        nn = NearestNeighbors(n_neighbors=artifacts.TOP_K + 1).fit(vectors)
+        nn = NearestNeighbors(n_neighbors=pictures.TOP_K + 1).fit(vectors)
         queries = [int(np.flatnonzero(dataset.ids[pool] == q)[0]) for q in query_ids]
         _, reference = nn.kneighbors(vectors[queries])
-        expected = [[dataset.ids[pool][j] for j in row if j != q][: artifacts.TOP_K]
+        expected = [[dataset.ids[pool][j] for j in row if j != q][: pictures.TOP_K]
                     for row, q in zip(reference, queries)]
         assert grid[f"neighbor_ids_{i}"].tolist() == expected
         rows = [[position[item] for item in row] for row in expected]
         assert np.array_equal(grid[f"neighbor_images_{i}"], dataset.images(np.array(rows).ravel())
-                              .reshape(len(rows), artifacts.TOP_K, 16, 16, 3))
+                              .reshape(len(rows), pictures.TOP_K, 16, 16, 3))
         assert grid[f"neighbor_labels_{i}"].tolist() == [
             dataset.table["style"].iloc[r].tolist() for r in rows]
 
 
 def test_sample_is_capped_and_errors_are_collected(dataset: Dataset,
                                                    embeddings: dict[str, Embeddings]) -> None:
-    collector = artifacts.RunArtifacts(dataset, max_sample=50)
+    collector = pictures.RunArtifacts(dataset, max_sample=50)
     assert len(collector.sample) == 50
     broken = Embeddings(dataset.ids[:10], np.zeros((10, 4), dtype=np.float32))
     collector.add("broken", broken)  # too few rows for the pool: recorded, not raised
@@ -115,7 +116,7 @@ def test_every_plot_is_drawn_from_the_fixture_run(tmp_path: Path, dataset: Datas
                                                   embeddings: dict[str, Embeddings]) -> None:
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "report_run_a", run)
-    artifacts.save_run_artifacts(run, dataset, embeddings)
+    pictures.save_run_artifacts(run, dataset, embeddings)
     results = pd.read_csv(run / "results.csv")
     drawn = make_plots(PlotContext(run, aggregate(results)))
     assert [p.key for p in drawn] == [key for key, *_ in plots.PLOTS]
@@ -144,7 +145,7 @@ def test_broken_plot_becomes_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_tsne_option_draws_the_map(tmp_path: Path, dataset: Dataset,
                                    embeddings: dict[str, Embeddings]) -> None:
-    collector = artifacts.RunArtifacts(dataset, max_sample=40)  # t-SNE is slow: few points
+    collector = pictures.RunArtifacts(dataset, max_sample=40)  # t-SNE is slow: few points
     collector.add("small", embeddings["small"])
     collector.save(tmp_path)
     ctx = PlotContext(tmp_path, aggregate(pd.DataFrame(

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from bench import pictures
 from bench.cli import main
 from bench.report import artifacts
 
@@ -46,7 +47,7 @@ def test_run_saves_artifacts_and_report_rebuilds_from_the_folder(tmp_path, capsy
     assert sample["extractors"].tolist() == ["random", "pixels"]
     assert len(sample["ids"]) == len(sample["label__category"]) == 150
     grid = artifacts.load_grid(run)
-    assert grid["neighbor_images_1"].shape == (3, artifacts.TOP_K, 8, 8, 3)  # one per label
+    assert grid["neighbor_images_1"].shape == (3, pictures.TOP_K, 8, 8, 3)  # one per label
     for name in ("report.html", "plots/knn_consistency.png", "plots/embedding_map.png",
                  "plots/knn_grid.png", "tables/knn.md", "summary.md"):
         assert (run / name).is_file(), name
