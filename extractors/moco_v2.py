@@ -48,7 +48,7 @@ _COMMON = dict(arch="resnet18", lr=0.06, momentum=0.9, weight_decay=5e-4, temper
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
                             max_seconds=0.0, memory_bank=256),
-    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=30,
+    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=15,
                               batch_size=128, max_seconds=500.0, memory_bank=256),
     "full": _COMMON | dict(width=64, stem="small", image_size=64, epochs=100, batch_size=256,
                            max_seconds=1800.0, memory_bank=4096, ema_start=0.996,

@@ -49,7 +49,7 @@ _COMMON = dict(arch="resnet18", lr=0.1, momentum=0.9, weight_decay=5e-4, min_sca
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
                             max_seconds=0.0),
-    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=30,
+    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=20,
                               batch_size=64, max_seconds=300.0),
     "full": _COMMON | dict(width=64, stem="small", image_size=64, epochs=90, batch_size=256,
                            max_seconds=1200.0),

@@ -1,4 +1,7 @@
-"""``random``: a randomly initialised backbone, the other floor (architecture prior, no learning)."""
+"""``random``: a randomly initialised backbone, the other floor (architecture prior, no learning).
+
+It exposes no ``backbone()``: fine-tuning random weights is exactly the ``scratch`` baseline that
+the fine-tuning tasks already train once per architecture and seed, so it would only repeat it."""
 
 from __future__ import annotations
 
@@ -31,9 +34,6 @@ class RandomBackboneExtractor:
 
     def fit(self, dataset, ctx: FitContext) -> None:
         """Random weights are the point: nothing to learn."""
-
-    def backbone(self):
-        return self.model
 
     def embed(self, dataset, rows: np.ndarray) -> np.ndarray:
         batches = batched_images(dataset, rows, self.batch_size)

@@ -57,7 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
                             max_seconds=0.0, freeze_epochs=0),
     # lr scaled with the batch (0.15 per 128 images): twice the steps of batch 128, same rate
-    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=26,
+    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=12,
                               batch_size=64, lr=0.15 * 64 / 128, max_seconds=1000.0),
     "full": _COMMON | dict(width=64, stem="small", image_size=64, epochs=100, batch_size=256,
                            max_seconds=1800.0, n_prototypes=512, out_dim=128, hidden_dim=2048,

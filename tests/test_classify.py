@@ -207,3 +207,17 @@ def test_task_without_backbone_or_finetune_reports_the_probe_only(cache):
     assert {r["metric"] for r in no_ft} == {"probe_top1"}
     plain = task.evaluate(emb, data, TaskContext(options=OPTIONS, extractor=object(), cache=cache))
     assert {r["metric"] for r in plain} == {"probe_top1"}
+
+
+def test_probe_scores_are_cached_by_their_inputs(tmp_path, monkeypatch):
+    from bench.cache import Cache
+    from bench.tasks import classify as module
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)).astype(np.float32), np.arange(40) % 2
+    args = (x[:30], y[:30], x[30:], 2, np.arange(20), np.arange(20, 30), (1e-3, 1e-2), 20)
+    first = module.cached_probe(Cache(tmp_path), *args)
+    monkeypatch.setattr(module, "linear_probe", lambda *a, **k: pytest.fail("refitted"))
+    assert np.array_equal(module.cached_probe(Cache(tmp_path), *args), first)
+    with pytest.raises(pytest.fail.Exception):  # other vectors (a whitened variant): a miss
+        module.cached_probe(Cache(tmp_path), x[:30] * 2, *args[1:])

@@ -19,6 +19,7 @@ trained on split ``train``, scored on split ``test`` (test classes unseen in tra
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from bench import finetune as ft
 from bench.backbones import pick_device
+from bench.cache import Cache, fingerprint, load_npz, read_cached, save_npz
 from bench.data import Dataset
 from bench.embeddings import Embeddings
 from bench.metric_info import MetricInfo, cost, count
@@ -38,6 +40,7 @@ from bench.tasks import TaskContext, task
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 TOP5 = 5
+PROBE_VERSION = "1"  # bump when linear_probe changes what a cached score means
 
 
 @dataclass
@@ -130,6 +133,30 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n
         return head(xs).cpu().numpy(), best
 
 
+def cached_probe(cache: Cache | None, train_x: np.ndarray, train_y: np.ndarray,
+                 test_x: np.ndarray, n_classes: int, fit: np.ndarray, val: np.ndarray,
+                 weight_decays: Any, max_iter: int) -> np.ndarray:
+    """``linear_probe``'s test scores, cached under a hash of every input (the vectors
+    themselves, so a whitened variant or new embeddings never hit an old entry): a re-run
+    with warm caches does not refit the probes."""
+    digest = hashlib.sha256()
+    for array in (train_x, train_y, test_x, fit, val):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    key = fingerprint("probe", PROBE_VERSION, digest.hexdigest(), n_classes,
+                      sorted(float(w) for w in weight_decays), max_iter)
+    path = cache.path("probes", key, ".npz") if cache is not None else None
+    found = read_cached(path, load_npz) if path is not None else None
+    if found is not None and "scores" in found:
+        return found["scores"]
+    scores, best = linear_probe(train_x, train_y, test_x, n_classes, fit, val, weight_decays,
+                                max_iter, pick_device())
+    if path is not None:
+        save_npz(path, scores=scores, weight_decay=np.float64(best))
+    return scores
+
+
 def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, prefix: str, item_ids: np.ndarray
                      ) -> tuple[dict[str, float], dict[str, Evidence]]:
     """Top-1 and, when there are more than five classes, top-5, with each test item's hit as
@@ -173,7 +200,7 @@ class Classify:
         "quick": dict(val_fraction=0.2, probe_max_iter=100, finetune=True, epochs=1,
                       max_steps=4, batch_size=32, lr=0.05, max_seconds=0, eval_batch_size=256),
         "default": dict(val_fraction=0.2, probe_max_iter=200, finetune=True, epochs=8,
-                        max_steps=48, batch_size=64, lr=0.05, max_seconds=60,
+                        max_steps=24, batch_size=64, lr=0.05, max_seconds=60,
                         eval_batch_size=256),
         "full": dict(val_fraction=0.2, probe_max_iter=500, finetune=True, epochs=40,
                      batch_size=256, lr=0.1, max_seconds=900, eval_batch_size=1024),
@@ -199,10 +226,10 @@ class Classify:
                  ctx: TaskContext) -> list[dict[str, Any]]:
         options = ctx.options
         split = make_split(dataset, ctx.seed, float(options.get("val_fraction", 0.2)))
-        scores, _ = linear_probe(embeddings.take(split.train), split.train_y,
-                                 embeddings.take(split.test), len(split.classes), split.fit,
-                                 split.val, options.get("weight_decays", WEIGHT_DECAYS),
-                                 int(options.get("probe_max_iter", 200)), pick_device())
+        scores = cached_probe(ctx.cache, embeddings.take(split.train), split.train_y,
+                              embeddings.take(split.test), len(split.classes), split.fit,
+                              split.val, options.get("weight_decays", WEIGHT_DECAYS),
+                              int(options.get("probe_max_iter", 200)))
         out = scored_rows(*accuracy_metrics(scores, split.test_y, "probe",
                                             dataset.ids[split.test]))
         backbone_of = getattr(ctx.extractor, "backbone", None)

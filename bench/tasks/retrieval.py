@@ -150,7 +150,7 @@ class IdentityRetrieval:
     defaults = {
         "quick": dict(finetune=True, epochs=1, max_steps=4, batch_size=32, lr=0.05,
                       temperature=0.1, max_seconds=0, eval_batch_size=256),
-        "default": dict(finetune=True, epochs=6, max_steps=48, batch_size=32, lr=0.05,
+        "default": dict(finetune=True, epochs=6, max_steps=24, batch_size=32, lr=0.05,
                         temperature=0.1, max_seconds=45, eval_batch_size=256),
         "full": dict(finetune=True, epochs=40, batch_size=128, lr=0.1, temperature=0.1,
                      max_seconds=900, eval_batch_size=1024),
