@@ -29,6 +29,8 @@ LAZY_COMMANDS = {
     "ams": ("bench.tasks.ctr.ams_cli", "run the AMS parameter-server path on 127.0.0.1"),
     "export": ("bench.export", "write the homestead world as a folder dataset (JPEGs, "
                                "manifest.csv, impressions.parquet)"),
+    "embed": ("bench.embed_cli", "embed a dataset into the cache bench run reads; under "
+                                 "torchrun every rank takes its share of the shards"),
     "export-vectors": ("bench.export_vectors", "write a run's vectors for other tools "
                                                "(FuxiCTR pretrained_emb, .npy plus ids)"),
 }
