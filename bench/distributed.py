@@ -65,6 +65,14 @@ class World:
         dist.all_gather_object(out, value)
         return out
 
+    def gather_to_main(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` in rank order on rank 0; an empty list on the others."""
+        if not self.distributed:
+            return [value]
+        out: list[Any] | None = [None] * self.size if self.is_main else None
+        dist.gather_object(value, out, dst=0)
+        return out if out is not None else []
+
 
 def from_env() -> World:
     """The world torchrun describes in the environment; world size 1 without it."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.tables import format_number, is_chance, lower_is_better
+from bench.report.tables import format_number, is_chance, is_index_check, lower_is_better
 from bench.stats import Z
 
 KEYS = ["task", "extractor", "variant", "metric"]
@@ -44,7 +44,7 @@ def _verdict(change: float, pooled: float, df: int) -> str:
 
 
 def _direction(metric: str, change: float) -> str:
-    if is_chance(metric) or not math.isfinite(change):
+    if is_chance(metric) or is_index_check(metric) or not math.isfinite(change):
         return ""
     if change == 0:
         return "same"

@@ -23,7 +23,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from bench.report import artifacts
-from bench.report.tables import MARKS, VARIANT_LABELS, is_chance, lower_is_better
+from bench.report.tables import (
+    MARKS,
+    VARIANT_LABELS,
+    is_chance,
+    is_index_check,
+    lower_is_better,
+)
 
 COLORS = {"raw": "#4C72B0", "w": "#DD8452", "ft": "#8172B3", "other": "#55A868"}
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
@@ -222,7 +228,8 @@ def whitening_sweep(ctx: PlotContext) -> Figure:
 
 def recall_curves(ctx: PlotContext) -> Figure:
     pattern = re.compile(r"^(.*?)[_ /]?recall@(\d+)$")
-    found = ctx.stats[ctx.stats["metric"].str.match(pattern)]
+    found = ctx.stats[ctx.stats["metric"].str.match(pattern)
+                      & ~ctx.stats["metric"].map(is_index_check).astype(bool)]
     if found.empty:
         raise NotRun("no recall@N metrics in results.csv (task 'retrieval' not run)")
     found = found.assign(prefix=[pattern.match(m).group(1) for m in found["metric"]],

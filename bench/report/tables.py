@@ -33,8 +33,16 @@ MARKS = {"better": " ▲", "worse": " ▼"}
 
 
 def is_ranked(metric: str) -> bool:
-    """Chance levels and bookkeeping counts (steps, epochs) are shown but never ranked."""
-    return not is_chance(metric) and not _UNRANKED.search(metric.lower())
+    """Chance levels, bookkeeping counts (steps, epochs) and index checks are shown but never
+    ranked."""
+    return (not is_chance(metric) and not is_index_check(metric)
+            and not _UNRANKED.search(metric.lower()))
+
+
+def is_index_check(metric: str) -> bool:
+    """``index_recall@k``: how closely an approximate FAISS index found the exact neighbours
+    (a property of the search, not a score of the embedding: no interval, no verdict)."""
+    return metric.startswith("index_")
 
 
 def lower_is_better(metric: str) -> bool:
