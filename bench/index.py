@@ -353,22 +353,29 @@ def choose(n: int, index: str = "flat", nlist: int | None = None, nprobe: int | 
     """``(kind, params)`` for a task's index options over ``n`` database vectors.
 
     ``index``: flat | ivf | ivfpq | hnsw | auto (flat below ``auto_threshold`` vectors, IVF
-    from it on). ``nlist``/``nprobe`` apply to IVF kinds; ``m`` is IVFPQ's sub-quantiser count
-    or HNSW's ``M``. Defaults are :func:`build_index`'s."""
+    from it on). ``nlist`` (default :func:`task_nlist`) and ``nprobe`` (default
+    ``max(8, nlist // 100)``) apply to IVF kinds; ``m`` is IVFPQ's sub-quantiser count or
+    HNSW's ``M`` (defaults: :func:`build_index`'s). On 1M clustered 128-d vectors the
+    defaults (nlist 1000, nprobe 10) keep recall@10 above 0.99 (``bench perf scale``)."""
     if index not in (*KINDS, "auto"):
         raise ValueError(f"index must be one of {(*KINDS, 'auto')}, got {index!r}")
     kind = ("flat" if n < int(auto_threshold) else "ivf") if index == "auto" else index
     params: dict[str, int] = {}
     if kind in ("ivf", "ivfpq"):
-        if nlist is not None:
-            params["nlist"] = min(int(nlist), n)
-        if nprobe is not None:
-            params["nprobe"] = min(int(nprobe), params.get("nlist", default_nlist(n)))
+        params["nlist"] = min(int(nlist), n) if nlist is not None else task_nlist(n)
+        params["nprobe"] = min(int(nprobe) if nprobe is not None
+                               else max(8, params["nlist"] // 100), params["nlist"])
         if kind == "ivfpq" and m is not None:
             params["m"] = int(m)
     elif kind == "hnsw" and m is not None:
         params["M"] = int(m)
     return kind, params
+
+
+def task_nlist(n: int) -> int:
+    """IVF cells for a task's search: about sqrt(n) (k-means on 50 points per cell stays a few
+    seconds at 1M), at least 39 training points per cell."""
+    return int(max(1, min(round(math.sqrt(n)), n // 39)))
 
 
 def task_choice(options: dict[str, Any], n: int) -> tuple[str, dict]:
