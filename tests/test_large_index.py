@@ -103,3 +103,37 @@ def test_retrieval_task_with_hnsw_reports_its_recall():
 def test_index_recall_is_shown_but_never_ranked():
     assert is_index_check("index_recall@10") and not is_ranked("index_recall@10")
     assert is_ranked("recall@10") and not is_index_check("recall@10")
+
+
+def test_index_recall_matches_a_scikit_learn_reference():
+    from sklearn.neighbors import NearestNeighbors
+
+    _, embeddings = synthetic_catalogue(3000, 16, 10, seed=6)
+    x = embeddings.vectors
+    queries = np.arange(0, 3000, 10)
+    approx = bi.knn(x, 10, queries=queries, kind="ivf", nlist=50, nprobe=2)
+    _, nearest = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(x).kneighbors(
+        x[queries])
+    exact = [[j for j in row if j != q][:10] for row, q in zip(nearest, queries)]
+    reference = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    recall, n = bi.recall_against_exact(x, x[queries], approx, 10, self_ids=queries,
+                                        sample=len(queries))
+    assert n == len(queries) and recall == pytest.approx(reference, abs=1e-3) and recall < 1
+
+
+def test_bench_run_task_options_reach_the_profile_and_bad_ones_are_refused():
+    from bench.cli import build_parser, run_request, run_spec
+    from bench.registry import SpecError
+
+    args = build_parser().parse_args(["run", "--profile", "quick", "--task-option",
+                                      "knn.index=auto", "--task-option", "knn.nprobe=16",
+                                      "--task-option", "retrieval.index=hnsw"])
+    spec = run_spec(run_request(args), "results")
+    assert spec.profile.task_options["knn"] == {"index": "auto", "nprobe": 16}
+    assert spec.profile.task_options["retrieval"] == {"index": "hnsw"}
+    assert spec.command["task_options"] == ["knn.index=auto", "knn.nprobe=16",
+                                            "retrieval.index=hnsw"]
+    for bad, message in (("knn.index=annoy", "choose from"), ("index=ivf", "TASK.KEY=VALUE")):
+        args = build_parser().parse_args(["run", "--task-option", bad])
+        with pytest.raises(SpecError, match=message):
+            run_spec(run_request(args), "results")

@@ -110,3 +110,42 @@ def test_two_rank_sharded_search_finds_the_neighbours_of_one(world_size):
     single = faiss_index.knn(vectors, 5, queries=queries)
     np.testing.assert_array_equal(merged, single)
     assert not (merged == queries[:, None]).any()  # each query's own row is excluded
+
+
+def knn_task_rank(rank: int, world_size: int, port: int, out: str) -> None:
+    """One rank of the knn task inside a joined process group (gloo, loopback)."""
+    import torch.distributed as dist
+
+    from bench.tasks import TaskContext, get_task
+    from tests.test_whitening import dataset_with_roles
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        dataset = dataset_with_roles()
+        vectors = np.random.default_rng(4).normal(size=(100, 5)).astype(np.float32)
+        rows = get_task("knn").evaluate(Embeddings(dataset.ids, vectors), dataset,
+                                        TaskContext(options={"k": 5}))
+        if rank == 0:
+            np.save(out, np.array([[r["value"] for r in rows]]))
+            np.save(out.replace(".npy", "-evidence.npy"), rows[0]["evidence"].values)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_knn_task_over_two_ranks_scores_what_one_process_scores(tmp_path):
+    import torch.multiprocessing as mp
+
+    from bench.perf.scale import free_port
+    from bench.tasks import TaskContext, get_task
+    from tests.test_whitening import dataset_with_roles
+
+    out = str(tmp_path / "rows.npy")
+    mp.spawn(knn_task_rank, args=(2, free_port(), out), nprocs=2, join=True)
+    dataset = dataset_with_roles()
+    vectors = np.random.default_rng(4).normal(size=(100, 5)).astype(np.float32)
+    rows = get_task("knn").evaluate(Embeddings(dataset.ids, vectors), dataset,
+                                    TaskContext(options={"k": 5}))
+    np.testing.assert_array_equal(np.load(out)[0], [r["value"] for r in rows])
+    np.testing.assert_array_equal(np.load(out.replace(".npy", "-evidence.npy")),
+                                  rows[0]["evidence"].values)
