@@ -140,7 +140,7 @@ def knn_figure(args: argparse.Namespace) -> None:
     print(f"knn: {args.n:,} x {args.dim} synthetic vectors, {args.queries:,} test queries, "
           f"k=10; index=auto chose {kind} {params}")
     print(f"  flat (exact)        {seconds['flat']:8.2f} s")
-    print(f"  auto ({kind})       {seconds['auto']:8.2f} s  (build, search, recall check on "
+    print(f"  {'auto (' + kind + ')':19s} {seconds['auto']:8.2f} s  (build, search, recall check on "
           f"{min(args.queries, faiss_index.RECALL_QUERIES)} queries)")
     print(f"  ratio flat / auto   {seconds['flat'] / seconds['auto']:8.2f}  (target >= 3)")
     for metric in ("style_consistency", "scene_consistency"):
