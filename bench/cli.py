@@ -29,6 +29,8 @@ LAZY_COMMANDS = {
     "ams": ("bench.tasks.ctr.ams_cli", "run the AMS parameter-server path on 127.0.0.1"),
     "export": ("bench.export", "write the homestead world as a folder dataset (JPEGs, "
                                "manifest.csv, impressions.parquet)"),
+    "embed": ("bench.embed_cli", "embed a dataset into the cache bench run reads; under "
+                                 "torchrun every rank takes its share of the shards"),
     "export-vectors": ("bench.export_vectors", "write a run's vectors for other tools "
                                                "(FuxiCTR pretrained_emb, .npy plus ids)"),
 }
@@ -75,6 +77,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "'none (ids only)' for ctr, 'random' elsewhere)")
     parser.add_argument("--whiten-k", help="whitening dimension k of the w variant: auto "
                         "(chosen on train rows, the default), full, or a number")
+    parser.add_argument("--task-option", action="append", default=None,
+                        metavar="TASK.KEY=VALUE",
+                        help="a task option over the profile's, e.g. knn.index=auto or "
+                             "retrieval.nprobe=16 (repeatable; docs/scale.md)")
     parser.add_argument("--ctr-backend", choices=("local", "ams"),
                         help="train the ctr task in this process (local) or on the AMS "
                              "parameter-server path (ams, docs/ams.md)")
@@ -92,7 +98,7 @@ def run_request(args: argparse.Namespace) -> dict[str, Any]:
              "tasks": None if args.tasks is None else list(_csv(args.tasks)),
              "seeds": args.seeds, "plugin": args.plugin, "ctr_backend": args.ctr_backend,
              "no_report": args.no_report, "reference": args.reference,
-             "whiten_k": args.whiten_k}
+             "whiten_k": args.whiten_k, "task_options": args.task_option}
     stored: dict[str, Any] = {}
     if args.resume:
         if args.run_id and args.run_id != args.resume:
@@ -123,6 +129,14 @@ def run_spec(request: dict[str, Any], out: str) -> RunSpec:
         profile.task_options.setdefault("ctr", {})["backend"] = request["ctr_backend"]
     if request.get("whiten_k"):
         profile.whitening["k"] = request["whiten_k"]
+    for task, key, value in map(task_option, request.get("task_options") or ()):
+        if key == "index":
+            from bench.index import KINDS
+
+            if value not in (*KINDS, "auto"):
+                raise SpecError(f"--task-option {task}.index={value}: choose from "
+                                f"{', '.join((*KINDS, 'auto'))}")
+        profile.task_options.setdefault(task, {})[key] = value
     dataset = request.get("dataset") or "homestead"
     dataset_name, dataset_args = registry.parse_spec(dataset)
     options = profile.dataset_options(dataset_name)
@@ -136,12 +150,36 @@ def run_spec(request: dict[str, Any], out: str) -> RunSpec:
                "tasks": list(tasks), "seeds": seeds, "plugin": list(request.get("plugin") or []),
                "ctr_backend": request.get("ctr_backend"),
                "no_report": bool(request.get("no_report")),
-               "reference": request.get("reference"), "whiten_k": request.get("whiten_k")}
+               "reference": request.get("reference"), "whiten_k": request.get("whiten_k"),
+               "task_options": list(request.get("task_options") or [])}
     return RunSpec(profile=profile, dataset=dataset, dataset_options=options,
                    extractors=extractors, tasks=tasks, seeds=seeds, out_root=Path(out),
                    run_id=request.get("run_id"), plugins=tuple(request.get("plugin") or ()),
                    report=not request.get("no_report"), command=command,
                    reference=request.get("reference"))
+
+
+def task_option(text: str) -> tuple[str, str, Any]:
+    """``TASK.KEY=VALUE`` -> (task, key, value); the value as an int, a float, true/false or
+    none when it reads as one, else text."""
+    target, sep, raw = text.partition("=")
+    task, dot, key = target.partition(".")
+    if not sep or not dot or not task or not key:
+        raise SpecError(f"--task-option {text!r}: expected TASK.KEY=VALUE, e.g. knn.index=auto")
+    value: Any = raw
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        value = lowered == "true"
+    elif lowered == "none":
+        value = None
+    else:
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+    return task.strip(), key.strip(), value
 
 
 def command_run(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ covers is an error of the task, recorded in run.json.
 - ``direction``: ``higher`` or ``lower`` is better, or ``none`` (never ranked).
 - ``kind``: ``score`` (what extractors are compared on), ``chance`` (the level a random
   embedding reaches, shown beside the score), ``cost`` (time, bytes: lower is better) or
-  ``count`` (bookkeeping such as steps).
+  ``count`` (bookkeeping such as steps) or ``check`` (a property of the harness, such as an
+  approximate index's recall of the exact neighbours: no interval, no verdict, never ranked).
 - ``unit``: what the bootstrap resamples for the metric's interval (``query``, ``item``,
   ``user``), None where the metric carries no per-unit evidence.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DIRECTIONS = ("higher", "lower", "none")
-KINDS = ("score", "chance", "cost", "count")
+KINDS = ("score", "chance", "cost", "count", "check")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ def count(pattern: str) -> MetricInfo:
     return MetricInfo(pattern, "none", "count")
 
 
+def check(pattern: str) -> MetricInfo:
+    return MetricInfo(pattern, "none", "check")
+
+
 class UndeclaredMetric(ValueError):
     """A task emitted a metric its ``metrics`` list does not cover."""
 
@@ -85,6 +90,8 @@ def legacy_record(name: str) -> dict[str, Any]:
     lowered = name.lower()
     if name == "chance" or name.endswith("_chance"):
         return {"direction": "none", "kind": "chance", "unit": None}
+    if name.startswith("index_"):
+        return {"direction": "none", "kind": "check", "unit": None}
     if _LEGACY_COUNT.search(lowered):
         return {"direction": "none", "kind": "count", "unit": None}
     if _LEGACY_LOWER.search(lowered):
@@ -111,6 +118,9 @@ class MetricBook:
 
     def is_chance(self, name: str) -> bool:
         return self.get(name)["kind"] == "chance"
+
+    def is_check(self, name: str) -> bool:
+        return self.get(name)["kind"] == "check"
 
     def is_ranked(self, name: str) -> bool:
         """Scores and costs are ranked; chance levels and counts are shown, never ranked."""

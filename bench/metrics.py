@@ -107,8 +107,17 @@ def knn_agreement(
     pos = _index.query_positions(queries, x.shape[0])
     nbrs = _index.knn(x, k, metric=metric, exclude_self=True, queries=pos, kind=kind,
                       **index_params)
+    return neighbour_agreement(nbrs, y, pos)
+
+
+def neighbour_agreement(neighbours: np.ndarray, labels: Any, queries: Any = None) -> np.ndarray:
+    """Per query, the share of its neighbours (row positions [nq, k], -1 for a missing slot,
+    which counts as a disagreement) carrying the query's label: :func:`knn_agreement` for
+    neighbours found elsewhere (an approximate or a sharded search)."""
+    y = _labels_1d(labels, "labels")
+    pos = _index.query_positions(queries, y.shape[0])
     query_labels = y if pos is None else y[pos]
-    same = (y[nbrs] == query_labels[:, None]) & (nbrs >= 0)
+    same = (y[neighbours] == query_labels[:, None]) & (neighbours >= 0)
     return same.mean(axis=1)
 
 
@@ -199,9 +208,12 @@ def recall_hits(
     ns: tuple[int, ...] | list[int] = (1, 5, 10, 15, 20),
     metric: str = "l2",
     skip_missing: bool = False,
+    index: Any = None,
 ) -> np.ndarray:
     """bool [n_queries, len(ns)]: whether each query finds its identity in its top n, the terms
-    whose means are :func:`recall_at_n` (queries left out by ``skip_missing`` are not rows)."""
+    whose means are :func:`recall_at_n` (queries left out by ``skip_missing`` are not rows).
+    ``index``: a FAISS index over the gallery vectors, in order, to search instead of an exact
+    one built here (an approximate index's missing slots never match)."""
     ns_list = [int(n) for n in ns]
     if not ns_list or min(ns_list) < 1:
         raise ValueError(f"ns: expected positive integers, got {ns!r}")
@@ -209,8 +221,8 @@ def recall_hits(
         query_vectors, query_ids, gallery_vectors, gallery_ids, skip_missing
     )
     k = min(max(ns_list), g.shape[0])
-    _, idx = _index.search(g, q, k, metric=metric)
-    match = gid[idx] == qid[:, None]
+    _, idx = _index.search(g if index is None else index, q, k, metric=metric)
+    match = (gid[idx] == qid[:, None]) & (idx >= 0)
     first = np.where(match.any(axis=1), match.argmax(axis=1), np.iinfo(np.int64).max)
     return first[:, None] < np.asarray(ns_list)[None, :]
 
@@ -245,15 +257,18 @@ def average_precision_at_r(
     gallery_ids: Any,
     metric: str = "l2",
     skip_missing: bool = False,
+    index: Any = None,
 ) -> np.ndarray:
-    """AP@R of each query (float64 [n_queries]), the terms whose mean is :func:`map_at_r`."""
+    """AP@R of each query (float64 [n_queries]), the terms whose mean is :func:`map_at_r`;
+    ``index`` as in :func:`recall_hits`."""
     q, qid, g, gid = _retrieval_inputs(
         query_vectors, query_ids, gallery_vectors, gallery_ids, skip_missing
     )
     uniq, g_counts = np.unique(gid, return_counts=True)
     r = g_counts[np.searchsorted(uniq, qid)]
-    _, idx = _index.search(g, q, int(r.max()), metric=metric)
-    rel = (gid[idx] == qid[:, None]) & (np.arange(idx.shape[1]) < r[:, None])
+    _, idx = _index.search(g if index is None else index, q, int(r.max()), metric=metric)
+    rel = ((gid[idx] == qid[:, None]) & (idx >= 0)
+           & (np.arange(idx.shape[1]) < r[:, None]))
     precision = np.cumsum(rel, axis=1) / np.arange(1, idx.shape[1] + 1)
     return (precision * rel).sum(axis=1) / r
 

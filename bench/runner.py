@@ -118,6 +118,14 @@ def embeddings_path(extractor: Any, dataset: Dataset, cache: Cache) -> Path:
     return cache.path("embeddings", f"{dataset.name.replace(':', '_')}-{key}", ".npz")
 
 
+def embeddings_meta(extractor: Any, dataset: Dataset, key: str | None) -> dict[str, Any]:
+    """What cached embeddings record; ``key`` None for those of a cut training (tasks then
+    cache nothing made from them)."""
+    return {"extractor": extractor.name, "config": extractor.config(), "fingerprint": key,
+            "dataset": dataset.name, "created": dt.datetime.now().isoformat(timespec="seconds"),
+            "source": extractor.name}
+
+
 def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) -> tuple[Embeddings, dict[str, float]]:
     """Fit (the extractor caches its own weights) and embed every dataset row, cached. A
     training its time cap cut short (``fit_cut``) is never cached as if it had finished."""
@@ -143,14 +151,12 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
     timings["fit_s"] = time.perf_counter() - start
     start = time.perf_counter()
     cut = getattr(extractor, "fit_cut", None)
-    meta = {"extractor": extractor.name, "config": extractor.config(),
-            "fingerprint": None if cut else key,  # None: tasks cache nothing made from them
-            "dataset": dataset.name, "created": dt.datetime.now().isoformat(timespec="seconds")}
+    meta = embeddings_meta(extractor, dataset, None if cut else key)
     if cut:  # embedded in one go, never stored
         embeddings = Embeddings(dataset.ids, extractor.embed(dataset, np.arange(len(dataset))),
-                                meta | {"source": extractor.name})
+                                meta)
     else:  # shard by shard beside ``path``: a stopped run resumes at the next unfinished shard
-        embeddings = embed_resumable(extractor, dataset, path, meta | {"source": extractor.name})
+        embeddings = embed_resumable(extractor, dataset, path, meta)
     timings["embed_s"] = time.perf_counter() - start
     if embeddings.dim != extractor.dim:
         log(f"{extractor.name}: declared dim {extractor.dim} but produced {embeddings.dim}")

@@ -15,6 +15,7 @@ FIGURES = {
     "ctr": "bench.perf.ctr",
     "ams": "bench.perf.ams",
     "stream": "bench.perf.stream",
+    "scale": "bench.perf.scale",
 }
 
 

@@ -224,7 +224,9 @@ def whitening_sweep(ctx: PlotContext) -> Figure:
 
 def recall_curves(ctx: PlotContext) -> Figure:
     pattern = re.compile(r"^(.*?)[_ /]?recall@(\d+)$")
-    found = ctx.stats[ctx.stats["metric"].str.match(pattern)]
+    found = ctx.stats[ctx.stats["metric"].str.match(pattern)
+                      & ~ctx.stats["metric"].map(MetricBook.from_run_info(ctx.run_info).is_check)
+                      .astype(bool)]
     if found.empty:
         raise NotRun("no recall@N metrics in results.csv (task 'retrieval' not run)")
     found = found.assign(prefix=[pattern.match(m).group(1) for m in found["metric"]],

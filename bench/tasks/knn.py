@@ -7,6 +7,14 @@ label column the dataset has (style and scene on homestead, category on digits o
 task reports the mean share of a query's neighbours carrying its label, with each query's share
 as evidence for the interval, and the chance level beside it. ``neighbours=test`` searches among
 the test items only (the protocol before it was aligned with the reference study).
+
+Large catalogues: ``index=flat|ivf|ivfpq|hnsw|auto`` (with ``nlist``, ``nprobe``, ``m``,
+``auto_threshold``; ``bench.index.choose``) searches with an approximate FAISS index instead;
+``auto`` stays exact below ``bench.index.AUTO_THRESHOLD`` items. An approximate search also
+reports ``index_recall@k``: its neighbours' recall against exact search on a sample of
+``recall_queries`` queries (a property of the index, not of the embedding: no interval, never
+ranked). Inside a joined process group (torchrun) each rank indexes its shard of the items and
+rank 0 merges the top-k lists (``bench.index.sharded_knn``).
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from bench import distributed
+from bench import index as faiss_index
 from bench.data import Dataset
 from bench.embeddings import Embeddings
-from bench.metric_info import MetricInfo, chance
-from bench.metrics import knn_agreement, knn_chance
+from bench.metric_info import MetricInfo, chance, check
+from bench.metrics import knn_chance, neighbour_agreement
 from bench.stats import mean_evidence
 from bench.tasks import TaskContext, task
 
@@ -35,7 +45,8 @@ def population(dataset: Dataset) -> np.ndarray:
 class KnnConsistency:
     name = "knn"
     main_score = "style_consistency"
-    metrics = (MetricInfo("*_consistency", unit="query"), chance("*_chance"))
+    metrics = (MetricInfo("*_consistency", unit="query"), chance("*_chance"),
+               check("index_recall@*"))
     needs = ("vectors", "one of: style, scene, category")
     seeded = False
     variants = ("raw", "w")
@@ -68,20 +79,46 @@ class KnnConsistency:
         is_test = dataset.table["split"].iloc[items].to_numpy() == "test"
         database = items if neighbours == "all" else items[is_test]
         out: list[dict[str, Any]] = []
+        searched: dict[bytes, np.ndarray] = {}  # database rows -> each query's neighbours
+        world = distributed.current()
         for column in self.labels(dataset, items[is_test]):
             labelled = database[dataset.table[column].iloc[database].notna().to_numpy()]
             labels = dataset.table[column].iloc[labelled].astype(str).to_numpy()
             queries = np.flatnonzero(dataset.table["split"].iloc[labelled].to_numpy() == "test")
             if len(queries) == 0 or len(labelled) < 2:
                 continue
-            agreement = knn_agreement(embeddings.take(labelled), labels,
-                                      k=min(k, len(labelled) - 1), queries=queries)
+            key = labelled.tobytes()  # label columns labelled alike share one search
+            if key not in searched:
+                kind, params = faiss_index.task_choice(ctx.options, len(labelled))
+                searched[key] = self.neighbours(embeddings.take(labelled), queries,
+                                                min(k, len(labelled) - 1), kind, params,
+                                                world, ctx, out)
+            agreement = neighbour_agreement(searched[key], labels, queries)
             out.append({"metric": f"{column}_consistency", "value": float(agreement.mean()),
                         "evidence": mean_evidence("query", dataset.ids[labelled[queries]],
                                                   agreement)})
             out.append({"metric": f"{column}_chance",
                         "value": knn_chance(labels, queries=queries)})
         return out
+
+    def neighbours(self, vectors: np.ndarray, queries: np.ndarray, k: int, kind: str,
+                   params: dict[str, Any], world: distributed.World, ctx: TaskContext,
+                   out: list[dict[str, Any]]) -> np.ndarray:
+        """Each query's k neighbours (self excluded; exact search unless an index is chosen,
+        as ``bench.metrics.knn_agreement`` searches), over the ranks of a joined process group
+        when there is one; an approximate index adds its recall against exact search to
+        ``out`` (once per task: the first database searched)."""
+        if world.distributed:
+            found = faiss_index.sharded_knn(vectors, k, world, queries=queries, kind=kind,
+                                            **params)
+        else:
+            found = faiss_index.knn(vectors, k, queries=queries, kind=kind, **params)
+        if kind != "flat" and not any(row["metric"].startswith("index_recall@") for row in out):
+            sample = int(ctx.options.get("recall_queries", faiss_index.RECALL_QUERIES))
+            recall, _ = faiss_index.recall_against_exact(vectors, vectors[queries], found, k,
+                                                         self_ids=queries, sample=sample)
+            out.append({"metric": f"index_recall@{k}", "value": recall})
+        return found
 
 
 @task("knn")

@@ -5,6 +5,12 @@ Test-split scene-crop queries (role ``query``) search the product-shot gallery (
 item with the query's ``identity``. Reports Identity Recall@1/5/10/15/20 and MAP@R.
 Datasets without roles use test items as queries against the other labelled items.
 
+Large galleries: ``index=flat|ivf|ivfpq|hnsw|auto`` (with ``nlist``, ``nprobe``, ``m``,
+``auto_threshold``; ``bench.index.choose``) searches the gallery with an approximate FAISS index
+(the frozen raw and w metrics; fine-tuned features are searched exactly), and reports
+``index_recall@10``, the index's recall of the exact top 10 on a sample of ``recall_queries``
+queries (no interval, never ranked).
+
 Fine-tune mode (extractors exposing ``backbone()``, once per seed on the ``raw`` pass): metric
 learning on train-split identity pairs (a scene-crop query and a product shot of the same
 identity; two items of one identity on datasets without roles) with lightly's NTXentLoss
@@ -27,10 +33,11 @@ import torch
 from torch import nn
 
 from bench import finetune as ft
+from bench import index as faiss_index
 from bench.backbones import pick_device
 from bench.data import Dataset
 from bench.embeddings import Embeddings
-from bench.metric_info import MetricInfo, cost, count
+from bench.metric_info import MetricInfo, check, cost, count
 from bench.metrics import average_precision_at_r, recall_hits
 from bench.stats import Evidence, mean_evidence
 from bench.tasks import TaskContext, task
@@ -98,13 +105,16 @@ class PairSampler:
 
 def retrieval_metrics(query_vectors: np.ndarray, query_ids: np.ndarray,
                       gallery_vectors: np.ndarray, gallery_ids: np.ndarray,
-                      query_item_ids: np.ndarray) -> tuple[dict[str, float], dict[str, Evidence]]:
+                      query_item_ids: np.ndarray, index: Any = None
+                      ) -> tuple[dict[str, float], dict[str, Evidence]]:
     """Recall@N (N up to the gallery size) and MAP@R, with each query's hit and AP as evidence
-    (``query_item_ids``: the queries' own item ids, the resampling units)."""
+    (``query_item_ids``: the queries' own item ids, the resampling units). ``index``: a FAISS
+    index over the gallery vectors to search (default: exact search)."""
     args = (query_vectors, query_ids, gallery_vectors, gallery_ids)
     ns = tuple(n for n in RECALL_NS if n <= len(gallery_ids))
-    per_query = {f"recall@{n}": hits for n, hits in zip(ns, recall_hits(*args, ns=ns).T)}
-    per_query["map@r"] = average_precision_at_r(*args)
+    per_query = {f"recall@{n}": hits
+                 for n, hits in zip(ns, recall_hits(*args, ns=ns, index=index).T)}
+    per_query["map@r"] = average_precision_at_r(*args, index=index)
     metrics = {name: float(np.mean(values)) for name, values in per_query.items()}
     evidence = {name: mean_evidence("query", query_item_ids, values)
                 for name, values in per_query.items()}
@@ -139,7 +149,8 @@ def finetune_scores(backbone: nn.Module, dataset: Dataset, groups: list, budget:
 class IdentityRetrieval:
     name = "retrieval"
     main_score = "recall@1"
-    metrics = (MetricInfo("recall@*", unit="query"), MetricInfo("map@r", unit="query"),
+    metrics = (check("index_recall@*"), MetricInfo("recall@*", unit="query"),
+               MetricInfo("map@r", unit="query"),
                MetricInfo("finetune_recall@*", unit="query"),
                MetricInfo("finetune_map@r", unit="query"), cost("finetune_s"),
                count("finetune_steps"))
@@ -180,11 +191,22 @@ class IdentityRetrieval:
         if ctx.seed == 0:
             queries, gallery = query_and_gallery(dataset)
             identity = dataset.table["identity"].astype(str).to_numpy()
-            scores, evidence = retrieval_metrics(embeddings.take(queries), identity[queries],
-                                                 embeddings.take(gallery), identity[gallery],
-                                                 dataset.ids[queries])
+            query_vectors, gallery_vectors = embeddings.take(queries), embeddings.take(gallery)
+            kind, params = faiss_index.task_choice(ctx.options, len(gallery))
+            index = None if kind == "flat" else faiss_index.build_index(
+                gallery_vectors, kind=kind, **params)
+            scores, evidence = retrieval_metrics(query_vectors, identity[queries],
+                                                 gallery_vectors, identity[gallery],
+                                                 dataset.ids[queries], index=index)
             out += [{"metric": name, "value": value, "evidence": evidence[name]}
                     for name, value in scores.items()]
+            if index is not None:
+                k = min(10, len(gallery))
+                _, found = faiss_index.search(index, query_vectors, k)
+                sample = int(ctx.options.get("recall_queries", faiss_index.RECALL_QUERIES))
+                recall, _ = faiss_index.recall_against_exact(gallery_vectors, query_vectors,
+                                                             found, k, sample=sample)
+                out.append({"metric": f"index_recall@{k}", "value": recall})
         backbone_of = getattr(ctx.extractor, "backbone", None)
         if ctx.variant == "raw" and ctx.options.get("finetune", True) and callable(backbone_of):
             out += self.finetune_rows(embeddings, dataset, ctx)
