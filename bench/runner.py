@@ -532,7 +532,7 @@ def task_variants(run: Run, extractor: Any, embeddings: Embeddings,
     leaves ``raw`` alone."""
     try:
         by_variant, fitted = variants.for_task(embeddings, run.dataset, task,
-                                               run.spec.profile.whitening)
+                                               run.spec.profile.whitening, run.prepared.cache)
     except Exception as error:  # noqa: BLE001
         run.error(f"whitening for task {task.name} on {extractor.name}", error)
         return {"raw": embeddings}
@@ -585,7 +585,8 @@ def write_verdicts(run: Run) -> None:
         run.info["main_scores"] = {name: registry.find_task(name).main_score
                                    for name in references}
         verdicts.compute(run.dir, references,
-                         MetricBook(run.info.get("metrics")).lower_is_better)
+                         MetricBook(run.info.get("metrics")).lower_is_better,
+                         cache=run.prepared.cache)
     except Exception as error:  # noqa: BLE001
         run.error("verdicts", error)
     run.timings.setdefault("verdicts", {})["compute_s"] = time.perf_counter() - start

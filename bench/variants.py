@@ -10,13 +10,16 @@ neighbours on the task's own labels, ``task.whitening_labels``, see
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
 
+from bench.cache import Cache, read_cached, write_json
 from bench.data import LABEL_COLUMNS, Dataset
 from bench.embeddings import Embeddings
-from bench.whitening import Whitening, choose_k, fit_whitening, k_grid
+from bench.whitening import SELECTION_NEIGHBOURS, Whitening, choose_k, fit_whitening, k_grid
 
 DEFAULTS = {"k": "auto", "shrinkage": 0.0}
 
@@ -33,7 +36,8 @@ def train_rows(task: Any, dataset: Dataset) -> np.ndarray:
 
 
 def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
-                 options: dict[str, Any] | None = None) -> Whitening | None:
+                 options: dict[str, Any] | None = None,
+                 cache: Cache | None = None) -> Whitening | None:
     """The task's whitening, or None when its population has fewer than 2 train rows."""
     options = {**DEFAULTS, **(options or {})}
     rows = train_rows(task, dataset)
@@ -44,7 +48,8 @@ def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
     scores: dict[int, float] = {}
     if str(options["k"]) == "auto":
         columns = getattr(task, "whitening_labels", LABEL_COLUMNS)
-        k, scores = choose_k(vectors, train_labels(dataset, rows, columns), shrinkage)
+        k, scores = cached_choice(cache, vectors, train_labels(dataset, rows, columns),
+                                  shrinkage)
     else:
         k = None if str(options["k"]) in ("full", "none", "0") else int(options["k"])
     whitening = fit_whitening(vectors, k, shrinkage)
@@ -52,6 +57,26 @@ def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
                              f"the {getattr(task, 'name', 'task')} population",
                              "selection_scores": {str(k_): v for k_, v in scores.items()}})
     return whitening
+
+
+def cached_choice(cache: Cache | None, vectors: np.ndarray, labels: dict[str, np.ndarray],
+                  shrinkage: float) -> tuple[int, dict[int, float]]:
+    """``choose_k``, cached under a hash of the vectors, labels and settings: a re-run with
+    warm caches does not redo the leave-one-out searches."""
+    if cache is None:
+        return choose_k(vectors, labels, shrinkage)
+    digest = hashlib.sha256(json.dumps([shrinkage, SELECTION_NEIGHBOURS,
+                                        k_grid(vectors.shape[1]), sorted(labels)]).encode())
+    digest.update(np.ascontiguousarray(vectors, dtype=np.float64).tobytes())
+    for column in sorted(labels):
+        digest.update(np.asarray(labels[column], dtype=str).tobytes())
+    path = cache.path("whitening_k", digest.hexdigest()[:24], ".json")
+    found = read_cached(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if isinstance(found, dict) and "k" in found:
+        return int(found["k"]), {int(k): float(v) for k, v in found["scores"].items()}
+    k, scores = choose_k(vectors, labels, shrinkage)
+    write_json(path, {"k": k, "scores": {str(k_): v for k_, v in scores.items()}})
+    return k, scores
 
 
 def train_labels(dataset: Dataset, rows: np.ndarray,
@@ -64,14 +89,14 @@ def train_labels(dataset: Dataset, rows: np.ndarray,
 
 
 def for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
-             options: dict[str, Any] | None = None
+             options: dict[str, Any] | None = None, cache: Cache | None = None
              ) -> tuple[dict[str, Embeddings], dict[str, Any] | None]:
     """({"raw": ..., "w": ...}, what the whitening fitted); ``w`` is left out when the task has
     no ``w`` variant or too few train rows."""
     out = {"raw": embeddings}
     if "w" not in getattr(task, "variants", ()):
         return out, None
-    whitening = fit_for_task(embeddings, dataset, task, options)
+    whitening = fit_for_task(embeddings, dataset, task, options, cache)
     if whitening is None:
         return out, None
     out["w"] = embeddings.with_vectors(whitening.apply(embeddings.vectors),

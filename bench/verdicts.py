@@ -17,6 +17,7 @@ comparison. It writes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.cache import atomic_path, load_npz, save_npz
+from bench.cache import Cache, atomic_path, load_npz, read_cached, save_npz
 
 VERDICT_COLUMNS = ["task", "extractor", "variant", "metric", "value", "se", "ci_low",
                    "ci_high", "n_seeds", "unit", "n_units", "reference", "diff", "diff_low",
@@ -97,14 +98,40 @@ def reference_for(task: str, extractor: str, variant: str, cells: dict[tuple[str
     return key
 
 
+def cached_resample(cells: list[stats.Cell], n_resamples: int,
+                    cache: Cache | None = None) -> np.ndarray:
+    """``stats.resample``, cached under a hash of every cell's key and evidence: a re-run whose
+    tasks left the same evidence (warm caches) reuses the bootstrap draws."""
+    if cache is None:
+        return stats.resample(cells, n_resamples)
+    digest = hashlib.sha256(f"{n_resamples}|{stats.BOOTSTRAP_SEED}".encode())
+    for cell in cells:
+        digest.update(json.dumps(list(cell.key)).encode())
+        for i, evidence in enumerate(cell.seeds):
+            for name, array in sorted(evidence.to_arrays(f"s{i}").items()):
+                array = np.ascontiguousarray(array)
+                digest.update(f"{name}{array.dtype}{array.shape}".encode())
+                digest.update(array.astype(str).tobytes() if array.dtype.kind in "OU"
+                              else array.tobytes())
+    path = cache.path("bootstrap", digest.hexdigest()[:24], ".npz")
+    found = read_cached(path, load_npz)
+    if found is not None and "draws" in found:
+        return found["draws"]
+    draws = stats.resample(cells, n_resamples)
+    save_npz(path, draws=draws)
+    return draws
+
+
 def compute(run_dir: Path, references: dict[str, str] | None = None,
             lower_is_better: Callable[[str], bool] = lambda metric: False,
-            n_resamples: int = stats.N_RESAMPLES) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``verdicts.csv`` and ``validity.csv`` of a run folder (written, and returned)."""
+            n_resamples: int = stats.N_RESAMPLES,
+            cache: Cache | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``verdicts.csv`` and ``validity.csv`` of a run folder (written, and returned); with a
+    ``cache`` the bootstrap draws of unchanged evidence are reused."""
     references = references or {}
     rows, validity = [], []
     for (task, metric), cells in load_cells(run_dir).items():
-        draws = stats.resample(cells, n_resamples)
+        draws = cached_resample(cells, n_resamples, cache)
         by_key = {c.key: (c, d) for c, d in zip(cells, draws)}
         lower = lower_is_better(metric)
         for cell, cell_draws in zip(cells, draws):

@@ -92,3 +92,18 @@ def test_report_shows_intervals_marks_and_the_validity_table(tmp_path: Path) -> 
     assert "▲" not in line and "▼" not in line
     table = pd.read_csv(tmp_path / "tables" / "knn.csv")
     assert {"style_consistency raw low", "style_consistency raw high"} <= set(table.columns)
+
+
+def test_bootstrap_draws_are_cached_by_the_evidence(tmp_path, monkeypatch):
+    from bench.cache import Cache
+
+    ids = np.array([f"q{i}" for i in range(300)])
+    cells = [stats.Cell((name, "raw"), [stats.mean_evidence("query", ids, hits(rate, 0))])
+             for name, rate in (("a", 0.3), ("random", 0.1))]
+    first = verdicts.cached_resample(cells, 50, Cache(tmp_path))
+    assert np.array_equal(first, stats.resample(cells, 50))
+    monkeypatch.setattr(stats, "resample", lambda *a, **k: pytest.fail("resampled again"))
+    assert np.array_equal(verdicts.cached_resample(cells, 50, Cache(tmp_path)), first)
+    other = [stats.Cell(("a", "raw"), [stats.mean_evidence("query", ids, hits(0.5, 1))])]
+    with pytest.raises(pytest.fail.Exception):  # other evidence: a miss
+        verdicts.cached_resample(other, 50, Cache(tmp_path))

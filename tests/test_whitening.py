@@ -122,3 +122,18 @@ def test_knn_task_queries_test_items_against_every_item_of_the_role():
         d[q - 40] = np.inf
         test_only.append((labels[40:60][np.argsort(d, kind="stable")[:5]] == labels[q]).mean())
     assert old[0]["value"] == pytest.approx(np.mean(test_only))
+
+
+def test_the_choice_of_k_is_cached_by_its_inputs(tmp_path, monkeypatch):
+    from bench import variants
+    from bench.cache import Cache
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 8))
+    labels = {"style": np.array(["a", "b", "c"] * 20, dtype=object)}
+    first = variants.cached_choice(Cache(tmp_path), vectors, labels, 0.0)
+    assert first == choose_k(vectors, labels, 0.0)
+    monkeypatch.setattr(variants, "choose_k", lambda *a, **k: pytest.fail("chosen again"))
+    assert variants.cached_choice(Cache(tmp_path), vectors, labels, 0.0) == first
+    with pytest.raises(pytest.fail.Exception):  # other vectors: a miss
+        variants.cached_choice(Cache(tmp_path), vectors * 2, labels, 0.0)
