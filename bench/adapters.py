@@ -87,13 +87,6 @@ def parse_mode(options: dict[str, str], spec: str) -> str:
     return mode
 
 
-def check_options(options: dict[str, str], known: tuple[str, ...], spec: str) -> None:
-    """Refuse unknown ``key=value`` options so a typo never silently loads the default."""
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise AdapterError(f"{spec}: unknown option(s) {unknown}; known: {', '.join(known)}")
-
-
 def unit(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
 
@@ -228,12 +221,16 @@ def device_option(options: dict[str, str]) -> str | None:
     return options.get("device") or None
 
 
-def batch_size(options: dict[str, str], spec: str, default: int = 64) -> int:
+def positive_int(options: dict[str, str], key: str, spec: str, default: int) -> int:
+    """Option ``key`` as an integer >= 1 (``default`` when absent)."""
     try:
-        value = int(options.get("batch_size", default))
+        value = int(options.get(key, default))
     except ValueError:
-        raise AdapterError(f"{spec}: batch_size={options['batch_size']!r} is not an integer"
-                           ) from None
+        raise AdapterError(f"{spec}: {key}={options[key]!r} is not an integer") from None
     if value < 1:
-        raise AdapterError(f"{spec}: batch_size must be >= 1")
+        raise AdapterError(f"{spec}: {key} must be >= 1")
     return value
+
+
+def batch_size(options: dict[str, str], spec: str, default: int = 64) -> int:
+    return positive_int(options, "batch_size", spec, default)

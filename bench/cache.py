@@ -40,6 +40,21 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def array_digest(*parts: Any) -> str:
+    """A hash of arrays by content (dtype, shape, bytes; text arrays as text) and of JSON-able
+    parts: a cache key for a computation on the data itself, so changed inputs never hit an old
+    entry."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            array = np.ascontiguousarray(part.astype(str) if part.dtype.kind in "OU" else part)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:24]
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it over ``path`` atomically."""

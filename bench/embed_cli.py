@@ -69,7 +69,7 @@ def embed_over_ranks(extractor: Any, dataset: Dataset, cache: Cache, world: Worl
         raise EmbeddingError(f"{extractor.name}: the ranks build different extractors or "
                              f"datasets (embeddings keys {keys}); give every rank the same "
                              "command, code and files")
-    path = embeddings_path(extractor, dataset, cache)
+    path = embeddings_path(extractor, dataset, cache, key)
     cached = read_cached(path, Embeddings.load) if world.is_main else None
     hit = world.broadcast(cached is not None)
     summary: dict[str, Any] = {"extractor": extractor.name, "path": str(path), "cached": hit,

@@ -30,8 +30,9 @@ import numpy as np
 from bench.cache import save_npz
 from bench.data import Dataset
 from bench.embeddings import Embeddings
-from bench.report.artifacts import GRID_FILE, SAMPLE_FILE
 
+SAMPLE_FILE = "embeddings_sample.npz"
+GRID_FILE = "knn_grid.npz"
 LABEL_COLUMNS = ("style", "scene", "category")
 MAX_SAMPLE = 2000
 N_COMPONENTS = 50

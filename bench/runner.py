@@ -113,8 +113,11 @@ def embeddings_key(extractor: Any, dataset: Dataset) -> str:
                        code_digest(extractor))
 
 
-def embeddings_path(extractor: Any, dataset: Dataset, cache: Cache) -> Path:
-    key = embeddings_key(extractor, dataset)
+def embeddings_path(extractor: Any, dataset: Dataset, cache: Cache,
+                    key: str | None = None) -> Path:
+    """Where the cached embeddings live (``key``: ``embeddings_key``, when already computed:
+    it hashes the plugin's source files)."""
+    key = key or embeddings_key(extractor, dataset)
     return cache.path("embeddings", f"{dataset.name.replace(':', '_')}-{key}", ".npz")
 
 
@@ -131,7 +134,7 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
     training its time cap cut short (``fit_cut``) is never cached as if it had finished."""
     timings: dict[str, float] = {}
     key = embeddings_key(extractor, dataset)
-    path = embeddings_path(extractor, dataset, cache)
+    path = embeddings_path(extractor, dataset, cache, key)
     ctx = FitContext(cache=cache, seed=0, log_dir=log_dir)
     cached = read_cached(path, Embeddings.load)  # a damaged file is moved aside, recomputed
     if cached is not None:

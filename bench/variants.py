@@ -10,13 +10,12 @@ neighbours on the task's own labels, ``task.whitening_labels``, see
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 import numpy as np
 
-from bench.cache import Cache, read_cached, write_json
+from bench.cache import Cache, array_digest, read_cached, write_json
 from bench.data import LABEL_COLUMNS, Dataset
 from bench.embeddings import Embeddings
 from bench.whitening import SELECTION_NEIGHBOURS, Whitening, choose_k, fit_whitening, k_grid
@@ -65,12 +64,10 @@ def cached_choice(cache: Cache | None, vectors: np.ndarray, labels: dict[str, np
     warm caches does not redo the leave-one-out searches."""
     if cache is None:
         return choose_k(vectors, labels, shrinkage)
-    digest = hashlib.sha256(json.dumps([shrinkage, SELECTION_NEIGHBOURS,
-                                        k_grid(vectors.shape[1]), sorted(labels)]).encode())
-    digest.update(np.ascontiguousarray(vectors, dtype=np.float64).tobytes())
-    for column in sorted(labels):
-        digest.update(np.asarray(labels[column], dtype=str).tobytes())
-    path = cache.path("whitening_k", digest.hexdigest()[:24], ".json")
+    key = array_digest(shrinkage, SELECTION_NEIGHBOURS, k_grid(vectors.shape[1]),
+                       np.asarray(vectors, dtype=np.float64),
+                       *[np.asarray(labels[c], dtype=str) for c in sorted(labels)], sorted(labels))
+    path = cache.path("whitening_k", key, ".json")
     found = read_cached(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
     if isinstance(found, dict) and "k" in found:
         return int(found["k"]), {int(k): float(v) for k, v in found["scores"].items()}

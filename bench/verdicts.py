@@ -17,7 +17,6 @@ comparison. It writes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.cache import Cache, atomic_path, load_npz, read_cached, save_npz
+from bench.cache import Cache, array_digest, atomic_path, load_npz, read_cached, save_npz
 
 VERDICT_COLUMNS = ["task", "extractor", "variant", "metric", "value", "se", "ci_low",
                    "ci_high", "n_seeds", "unit", "n_units", "reference", "diff", "diff_low",
@@ -104,16 +103,13 @@ def cached_resample(cells: list[stats.Cell], n_resamples: int,
     tasks left the same evidence (warm caches) reuses the bootstrap draws."""
     if cache is None:
         return stats.resample(cells, n_resamples)
-    digest = hashlib.sha256(f"{n_resamples}|{stats.BOOTSTRAP_SEED}".encode())
+    parts: list[Any] = [n_resamples, stats.BOOTSTRAP_SEED]
     for cell in cells:
-        digest.update(json.dumps(list(cell.key)).encode())
+        parts.append(list(cell.key))
         for i, evidence in enumerate(cell.seeds):
             for name, array in sorted(evidence.to_arrays(f"s{i}").items()):
-                array = np.ascontiguousarray(array)
-                digest.update(f"{name}{array.dtype}{array.shape}".encode())
-                digest.update(array.astype(str).tobytes() if array.dtype.kind in "OU"
-                              else array.tobytes())
-    path = cache.path("bootstrap", digest.hexdigest()[:24], ".npz")
+                parts += [name, np.asarray(array)]
+    path = cache.path("bootstrap", array_digest(*parts), ".npz")
     found = read_cached(path, load_npz)
     if found is not None and "draws" in found:
         return found["draws"]

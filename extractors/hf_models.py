@@ -29,7 +29,6 @@ from bench.adapters import (
     AdapterError,
     TrainableModel,
     batch_size,
-    check_options,
     device_option,
     display_name,
     eval_module,
@@ -39,7 +38,7 @@ from bench.adapters import (
     require,
 )
 from bench.backbones import IMAGENET_MEAN, IMAGENET_STD
-from bench.registry import extractor
+from bench.registry import check_options, extractor
 
 OPTIONS = ("arg", "mode", "batch_size", "name", "device")
 WEIGHT_FILES = ("*.safetensors", "*.bin")
@@ -113,7 +112,7 @@ def processor_geometry(processor: Any) -> tuple[int, tuple, tuple]:
 @extractor("hf")
 def make_hf(options: dict[str, str], profile: Any) -> TrainableModel:
     spec = "hf:" + options.get("arg", "")
-    check_options(options, OPTIONS, spec)
+    check_options(spec, options, OPTIONS)
     if not options.get("arg"):
         raise AdapterError("hf needs a model folder or hub id: --extractors hf:PATH_OR_ID")
     transformers = require("transformers", spec)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from bench.data import Dataset, DatasetError
 from bench.extractor import FitContext
-from bench.registry import extractor
+from bench.registry import SpecError, check_options, extractor
 
 CODE_DIM = 16
 OPTIONS = ("noise", "dim", "seed")
@@ -103,10 +103,10 @@ def latent_vectors(latents: pd.DataFrame, rng: np.random.Generator) -> np.ndarra
 def make_ladder(options: dict[str, str], profile: Any) -> LadderExtractor:
     options = dict(options)
     rung = options.pop("arg", None)
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown or rung not in (None, "clean", "random"):
-        raise ValueError(f"ladder: unknown option(s) {unknown or [rung]}; use ladder:clean, "
-                         f"ladder:random or ladder:noise=S[,dim=D,seed=N]")
+    check_options("ladder", options, OPTIONS)
+    if rung not in (None, "clean", "random"):
+        raise SpecError(f"ladder: unknown rung {rung!r}; use ladder:clean, ladder:random or "
+                        "ladder:noise=S[,dim=D,seed=N]")
     if rung == "random":
         noise = None
     elif rung == "clean" or "noise" not in options:

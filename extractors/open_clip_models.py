@@ -20,7 +20,6 @@ from bench.adapters import (
     AdapterError,
     TrainableModel,
     batch_size,
-    check_options,
     device_option,
     display_name,
     eval_module,
@@ -29,7 +28,7 @@ from bench.adapters import (
     require,
     sha256_file,
 )
-from bench.registry import extractor
+from bench.registry import check_options, extractor
 
 OPTIONS = ("arg", "arg2", "mode", "batch_size", "name", "device")
 
@@ -62,7 +61,7 @@ def architecture(open_clip: Any, arch: str, spec: str) -> str:
 @extractor("open_clip")
 def make_open_clip(options: dict[str, str], profile: Any) -> TrainableModel:
     spec = "open_clip:" + ":".join(options.get(k, "") for k in ("arg", "arg2"))
-    check_options(options, OPTIONS, spec)
+    check_options(spec, options, OPTIONS)
     if not options.get("arg") or not options.get("arg2"):
         raise AdapterError("open_clip needs an architecture and weights: --extractors "
                            "open_clip:ViT-B-32:/path/to/open_clip_pytorch_model.bin")

@@ -24,7 +24,6 @@ from bench.adapters import (
     AdapterError,
     TrainableModel,
     batch_size,
-    check_options,
     device_option,
     display_name,
     eval_module,
@@ -32,7 +31,7 @@ from bench.adapters import (
     sha256_file,
     weights_file,
 )
-from bench.registry import extractor
+from bench.registry import check_options, extractor
 
 OPTIONS = ("arg", "weights", "seed", "batch_size", "name", "device")
 
@@ -74,7 +73,7 @@ def hub_record(model: torch.nn.Module) -> dict[str, Any]:
 @extractor("timm")
 def make_timm(options: dict[str, str], profile: Any) -> TrainableModel:
     spec = "timm:" + options.get("arg", "")
-    check_options(options, OPTIONS, spec)
+    check_options(spec, options, OPTIONS)
     name = options.get("arg")
     if not name:
         raise AdapterError("timm needs a model name: --extractors timm:resnet50 "

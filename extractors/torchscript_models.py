@@ -20,14 +20,14 @@ from bench.adapters import (
     AdapterError,
     StreamedModel,
     batch_size,
-    check_options,
     device_option,
     display_name,
+    positive_int,
     sha256_file,
     weights_file,
 )
 from bench.backbones import IMAGENET_MEAN, IMAGENET_STD
-from bench.registry import extractor
+from bench.registry import check_options, extractor
 
 OPTIONS = ("arg", "image_size", "resize", "norm", "batch_size", "name", "device")
 NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
@@ -35,20 +35,10 @@ NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
          "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 
 
-def _int(options: dict[str, str], key: str, default: int, spec: str) -> int:
-    try:
-        value = int(options.get(key, default))
-    except ValueError:
-        raise AdapterError(f"{spec}: {key}={options[key]!r} is not an integer") from None
-    if value < 1:
-        raise AdapterError(f"{spec}: {key} must be >= 1")
-    return value
-
-
 @extractor("torchscript")
 def make_torchscript(options: dict[str, str], profile: Any) -> StreamedModel:
     spec = "torchscript:" + options.get("arg", "")
-    check_options(options, OPTIONS, spec)
+    check_options(spec, options, OPTIONS)
     if not options.get("arg"):
         raise AdapterError("torchscript needs a file: --extractors torchscript:model.pt")
     path = weights_file(options["arg"], spec, "a module saved with torch.jit.save")
@@ -59,8 +49,8 @@ def make_torchscript(options: dict[str, str], profile: Any) -> StreamedModel:
         raise AdapterError(f"{spec}: {path} is not a TorchScript file saved with torch.jit.save "
                            f"({type(error).__name__}: {first})") from None
     module.eval()
-    size = _int(options, "image_size", 224, spec)
-    resize = _int(options, "resize", round(size / 0.875), spec)
+    size = positive_int(options, "image_size", spec, 224)
+    resize = positive_int(options, "resize", spec, round(size / 0.875))
     norm = options.get("norm", "imagenet")
     if norm not in NORMS:
         raise AdapterError(f"{spec}: norm={norm!r}; choose from {', '.join(NORMS)}")

@@ -27,6 +27,18 @@ def isolated_cache(tmp_path_factory, monkeypatch_session=None):
 
 
 @pytest.fixture()
+def one_thread():
+    """Tiny tensors gain nothing from threads, and a busy machine makes threads wait (modules
+    that train use it: ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
 def cache(tmp_path) -> Cache:
     return Cache(tmp_path / "cache")
 

@@ -19,16 +19,7 @@ from bench.cli import main
 from bench.config import get_profile
 from bench.resume import ROW_KEY, config_changes, load_previous, merge_rows, run_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and a busy machine makes threads wait."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAPPER = textwrap.dedent('''
     """A slow extractor (mean colours on a 4 x 4 grid, after sleeping ``nap`` seconds in

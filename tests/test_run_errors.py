@@ -22,15 +22,7 @@ from tests.conftest import tiny_dataset
 TINY_MOCO = "moco_v2:arch=resnet18,width=8,image_size=16,batch_size=8,epochs=2"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and a busy machine makes threads wait."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -22,13 +22,7 @@ TINY = "arch=resnet18,width=8,image_size=16,batch_size=8,epochs=1,max_seconds=0"
 NAMES = ("pretrained", "moco_v2", "swav")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and a busy machine makes threads wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

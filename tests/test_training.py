@@ -32,14 +32,7 @@ from bench.training import (
     train,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and a busy machine makes threads wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 IDENTITY = dict(min_scale=1.0, max_scale=1.0, ratio=(1.0, 1.0), hflip=0.0, cj_prob=0.0,

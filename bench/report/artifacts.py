@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cache import load_npz
-
-SAMPLE_FILE = "embeddings_sample.npz"
-GRID_FILE = "knn_grid.npz"
+from bench.pictures import GRID_FILE, SAMPLE_FILE  # the writer names its files
 
 
 def load_sample(run_dir: str | Path) -> dict[str, np.ndarray] | None:

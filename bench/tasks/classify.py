@@ -19,7 +19,6 @@ trained on split ``train``, scored on split ``test`` (test classes unseen in tra
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import nn
 
 from bench import finetune as ft
 from bench.backbones import pick_device
-from bench.cache import Cache, fingerprint, load_npz, read_cached, save_npz
+from bench.cache import Cache, array_digest, load_npz, read_cached, save_npz
 from bench.data import Dataset
 from bench.embeddings import Embeddings
 from bench.metric_info import MetricInfo, cost, count
@@ -139,13 +138,9 @@ def cached_probe(cache: Cache | None, train_x: np.ndarray, train_y: np.ndarray,
     """``linear_probe``'s test scores, cached under a hash of every input (the vectors
     themselves, so a whitened variant or new embeddings never hit an old entry): a re-run
     with warm caches does not refit the probes."""
-    digest = hashlib.sha256()
-    for array in (train_x, train_y, test_x, fit, val):
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    key = fingerprint("probe", PROBE_VERSION, digest.hexdigest(), n_classes,
-                      sorted(float(w) for w in weight_decays), max_iter)
+    key = array_digest("probe", PROBE_VERSION, *map(np.asarray, (train_x, train_y, test_x, fit,
+                                                                 val)),
+                       n_classes, sorted(float(w) for w in weight_decays), max_iter)
     path = cache.path("probes", key, ".npz") if cache is not None else None
     found = read_cached(path, load_npz) if path is not None else None
     if found is not None and "scores" in found:
