@@ -244,3 +244,14 @@ def test_all_equal_column_is_not_bolded() -> None:
     results.loc[results["metric"] == "style_consistency", "value"] = 0.5
     table = all_tables(results)["knn"]
     assert all(table.cell(r, "style_consistency raw").rank == 0 for r in table.rows)
+
+
+def test_ladder_rows_are_shown_but_never_ranked() -> None:
+    rows = [("ladder:clean", 0.95), ("ladder:noise=0.3", 0.5), ("swav", 0.7), ("pixels", 0.6),
+            ("random", 0.3)]
+    results = pd.DataFrame([{"run": "r", "dataset": "homestead", "extractor": e, "variant": "raw",
+                             "task": "knn", "metric": "style_consistency", "seed": 0, "value": v}
+                            for e, v in rows])
+    table = all_tables(results)["knn"]
+    ranks = {row: table.cell(row, "style_consistency raw").rank for row, _ in rows}
+    assert ranks == {"ladder:clean": 0, "ladder:noise=0.3": 0, "swav": 1, "pixels": 2, "random": 0}

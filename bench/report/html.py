@@ -137,14 +137,17 @@ def table_html(table: TaskTable, columns: list[Any]) -> str:
             "</table></div>")
 
 
-def headlines_html(tables: dict[str, TaskTable]) -> str:
-    """Per task, who leads on its first metric (the task's main score), raw and +w."""
+def headlines_html(tables: dict[str, TaskTable], main_scores: dict[str, str] | None = None
+                   ) -> str:
+    """Per task, who leads on its main score (run.json ``main_scores``; the first ranked
+    metric for a run that does not name it), raw and +w, with the leader's interval."""
     items = []
     for task, table in tables.items():
         ranked = [c for _, columns in table.parts() for c in columns if c.ranked]
         if not ranked:
             continue
-        metric = ranked[0].metric
+        declared = (main_scores or {}).get(task)
+        metric = declared if any(c.metric == declared for c in ranked) else ranked[0].metric
         parts = []
         for column in (c for c in ranked if c.metric == metric):
             best = [r for r in table.rows if (cell := table.cell(r, column.key)) and cell.rank == 1]
@@ -322,7 +325,7 @@ def render(run_dir: Path, run_info: dict[str, Any], tables: dict[str, TaskTable]
     run_id = escape(str(run_info.get("run", run_dir.name)))
     problems, n_problems = _problems_html(run_info, plots)
     sections = [
-        ("glance", "At a glance", headlines_html(tables)),
+        ("glance", "At a glance", headlines_html(tables, run_info.get("main_scores"))),
         ("validity", "Validity: the known-answer ladder", validity_html(validity, run_info)),
         ("tables", "Tables", _tables_section(tables, tasks, run_info, verdicts)),
         ("plots", "Plots", "".join(_plot_html(p) for p in plots)),

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.metric_info import MetricBook
+from bench.verdicts import ladder_level
 
 VARIANT_LABELS = {"raw": "raw", "w": "+w", "ft": "fine-tuned"}
 # Variants that are columns of an extractor's row (``ft``: the metric name already says
@@ -217,11 +218,14 @@ def _ranked_value(cell: Cell) -> float:
 
 def _rank(table: TaskTable) -> None:
     """Bold the best and underline the second distinct value of each ranked column; a column
-    needs two filled cells for a best and three for a second."""
+    needs two filled cells for a best and three for a second. The known-answer ladder's rows
+    are references built from ground truth, never ranked (the clean rung would lead every
+    column)."""
+    contenders = [r for r in table.rows if ladder_level(r.split(": ")[-1].split(" ")[0]) is None]
     for column in table.columns:
         if not column.ranked:
             continue
-        cells = [c for r in table.rows if (c := table.cell(r, column.key)) is not None]
+        cells = [c for r in contenders if (c := table.cell(r, column.key)) is not None]
         values = sorted({v for c in cells if math.isfinite(v := _ranked_value(c))},
                         reverse=not column.lower_is_better)
         filled = sum(math.isfinite(_ranked_value(c)) for c in cells)
