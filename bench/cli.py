@@ -77,6 +77,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "'none (ids only)' for ctr, 'random' elsewhere)")
     parser.add_argument("--whiten-k", help="whitening dimension k of the w variant: auto "
                         "(chosen on train rows, the default), full, or a number")
+    parser.add_argument("--whiten-shrinkage", help="whitening shrinkage of the w variant: auto "
+                        "(chosen with k on train rows, the default) or a number >= 0")
     parser.add_argument("--task-option", action="append", default=None,
                         metavar="TASK.KEY=VALUE",
                         help="a task option over the profile's, e.g. knn.index=auto or "
@@ -98,7 +100,8 @@ def run_request(args: argparse.Namespace) -> dict[str, Any]:
              "tasks": None if args.tasks is None else list(_csv(args.tasks)),
              "seeds": args.seeds, "plugin": args.plugin, "ctr_backend": args.ctr_backend,
              "no_report": args.no_report, "reference": args.reference,
-             "whiten_k": args.whiten_k, "task_options": args.task_option}
+             "whiten_k": args.whiten_k, "whiten_shrinkage": args.whiten_shrinkage,
+             "task_options": args.task_option}
     stored: dict[str, Any] = {}
     if args.resume:
         if args.run_id and args.run_id != args.resume:
@@ -121,6 +124,21 @@ def run_request(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
+def whitening_choice(flag: str, value: str, cast: type, words: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``words`` or a number >= 0 (>= 1 for k), else a SpecError."""
+    text = str(value)
+    if text in words:
+        return text
+    try:
+        number = cast(text)
+    except ValueError:
+        number = None
+    if number is None or number < (1 if cast is int else 0):
+        raise SpecError(f"{flag} {text}: choose {', '.join(words)} or a number "
+                        f"{'>= 1' if cast is int else '>= 0'}")
+    return text
+
+
 def run_spec(request: dict[str, Any], out: str) -> RunSpec:
     from bench.runner import RunSpec
 
@@ -128,7 +146,11 @@ def run_spec(request: dict[str, Any], out: str) -> RunSpec:
     if request.get("ctr_backend"):
         profile.task_options.setdefault("ctr", {})["backend"] = request["ctr_backend"]
     if request.get("whiten_k"):
-        profile.whitening["k"] = request["whiten_k"]
+        profile.whitening["k"] = whitening_choice("--whiten-k", request["whiten_k"], int,
+                                                  ("auto", "full"))
+    if request.get("whiten_shrinkage"):
+        profile.whitening["shrinkage"] = whitening_choice(
+            "--whiten-shrinkage", request["whiten_shrinkage"], float, ("auto",))
     for task, key, value in map(task_option, request.get("task_options") or ()):
         if key == "index":
             from bench.index import KINDS
@@ -151,6 +173,7 @@ def run_spec(request: dict[str, Any], out: str) -> RunSpec:
                "ctr_backend": request.get("ctr_backend"),
                "no_report": bool(request.get("no_report")),
                "reference": request.get("reference"), "whiten_k": request.get("whiten_k"),
+               "whiten_shrinkage": request.get("whiten_shrinkage"),
                "task_options": list(request.get("task_options") or [])}
     return RunSpec(profile=profile, dataset=dataset, dataset_options=options,
                    extractors=extractors, tasks=tasks, seeds=seeds, out_root=Path(out),

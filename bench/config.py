@@ -22,9 +22,11 @@ class Profile:
     train: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     embed_batch_size: int = 256
-    # the ``w`` variant: BERT-whitening's dimension k ("auto": chosen on train rows, "full")
-    # and shrinkage, fitted per task on its population's train split (bench/variants.py)
-    whitening: dict[str, Any] = field(default_factory=lambda: {"k": "auto", "shrinkage": 0.0})
+    # the ``w`` variant: BERT-whitening's dimension k ("auto": chosen on train rows, "full", a
+    # number) and shrinkage ("auto": chosen with k, or a number), fitted per task on its
+    # population's train split (bench/variants.py)
+    whitening: dict[str, Any] = field(default_factory=lambda: {"k": "auto",
+                                                               "shrinkage": "auto"})
 
     def budget(self, extractor: str, defaults: dict[str, dict[str, Any]] | None = None
                ) -> dict[str, Any]:

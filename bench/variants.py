@@ -3,24 +3,34 @@
 Whitening is fitted per task on the train-split rows of the population the task evaluates (the
 content covers for knn, the product shots for classify, ...: ``task.population(dataset)``), so a
 task's test items never inform it and the transform suits the items it compares. Its dimension
-``k`` is an option (``auto`` by default: chosen on those train rows by the agreement of their
-neighbours on the task's own labels, ``task.whitening_labels``, see
-:func:`bench.whitening.choose_k`); what was fitted is returned for run.json.
+``k`` and shrinkage are options (``auto`` by default: chosen together on those train rows by the
+agreement of their neighbours on the task's own labels, ``task.whitening_labels``, see
+:func:`bench.whitening.choose`); what was fitted is returned for run.json.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench import index, metrics
 from bench.cache import Cache, array_digest, read_cached, write_json
 from bench.data import LABEL_COLUMNS, Dataset
 from bench.embeddings import Embeddings
-from bench.whitening import SELECTION_NEIGHBOURS, Whitening, choose_k, fit_whitening, k_grid
+from bench.extractor import files_digest, source_files
+from bench.whitening import (
+    SELECTION_NEIGHBOURS,
+    SHRINKAGE_GRID,
+    Whitening,
+    choose,
+    fit_whitening,
+    k_grid,
+)
 
-DEFAULTS = {"k": "auto", "shrinkage": 0.0}
+DEFAULTS = {"k": "auto", "shrinkage": "auto"}
 
 
 def population(task: Any, dataset: Dataset) -> np.ndarray:
@@ -34,6 +44,16 @@ def train_rows(task: Any, dataset: Dataset) -> np.ndarray:
     return rows[dataset.table["split"].iloc[rows].to_numpy() == "train"]
 
 
+def candidates(options: dict[str, Any], dim: int) -> tuple[list[int], tuple[float, ...]]:
+    """The k and shrinkage values the options leave open: ``auto`` is the grid, ``full`` (or
+    ``none``, ``0``) every direction, a number itself."""
+    k = str(options["k"])
+    ks = k_grid(dim) if k == "auto" else [dim if k in ("full", "none", "0") else int(k)]
+    shrink = str(options["shrinkage"])
+    shrinkages = SHRINKAGE_GRID if shrink == "auto" else (float(shrink),)
+    return ks, shrinkages
+
+
 def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
                  options: dict[str, Any] | None = None,
                  cache: Cache | None = None) -> Whitening | None:
@@ -43,37 +63,41 @@ def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
     if len(rows) < 2:
         return None
     vectors = embeddings.take(rows)
-    shrinkage = float(options["shrinkage"])
-    scores: dict[int, float] = {}
-    if str(options["k"]) == "auto":
+    ks, shrinkages = candidates(options, vectors.shape[1])
+    scores: dict[str, float] = {}
+    if len(ks) * len(shrinkages) > 1:
         columns = getattr(task, "whitening_labels", LABEL_COLUMNS)
-        k, scores = cached_choice(cache, vectors, train_labels(dataset, rows, columns),
-                                  shrinkage)
+        (k, shrinkage), scores = cached_choice(cache, vectors, train_labels(dataset, rows,
+                                                                            columns),
+                                               ks, shrinkages)
     else:
-        k = None if str(options["k"]) in ("full", "none", "0") else int(options["k"])
+        k, shrinkage = ks[0], shrinkages[0]
     whitening = fit_whitening(vectors, k, shrinkage)
-    whitening.record.update({"k_option": str(options["k"]), "fit_rows": "train split of "
+    whitening.record.update({"k_option": str(options["k"]),
+                             "shrinkage_option": str(options["shrinkage"]),
+                             "fit_rows": "train split of "
                              f"the {getattr(task, 'name', 'task')} population",
-                             "selection_scores": {str(k_): v for k_, v in scores.items()}})
+                             "selection_scores": scores})
     return whitening
 
 
 def cached_choice(cache: Cache | None, vectors: np.ndarray, labels: dict[str, np.ndarray],
-                  shrinkage: float) -> tuple[int, dict[int, float]]:
-    """``choose_k``, cached under a hash of the vectors, labels and settings: a re-run with
+                  ks: list[int], shrinkages: tuple[float, ...]
+                  ) -> tuple[tuple[int, float], dict[str, float]]:
+    """``choose``, cached under a hash of the vectors, labels and candidates: a re-run with
     warm caches does not redo the leave-one-out searches."""
     if cache is None:
-        return choose_k(vectors, labels, shrinkage)
-    key = array_digest(shrinkage, SELECTION_NEIGHBOURS, k_grid(vectors.shape[1]),
+        return choose(vectors, labels, shrinkages, ks)
+    key = array_digest(list(shrinkages), SELECTION_NEIGHBOURS, ks,
                        np.asarray(vectors, dtype=np.float64),
                        *[np.asarray(labels[c], dtype=str) for c in sorted(labels)], sorted(labels))
-    path = cache.path("whitening_k", key, ".json")
+    path = cache.path("whitening_choice", key, ".json")
     found = read_cached(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
-    if isinstance(found, dict) and "k" in found:
-        return int(found["k"]), {int(k): float(v) for k, v in found["scores"].items()}
-    k, scores = choose_k(vectors, labels, shrinkage)
-    write_json(path, {"k": k, "scores": {str(k_): v for k_, v in scores.items()}})
-    return k, scores
+    if isinstance(found, dict) and "k" in found and "shrinkage" in found:
+        return (int(found["k"]), float(found["shrinkage"])), dict(found["scores"])
+    (k, shrinkage), scores = choose(vectors, labels, shrinkages, ks)
+    write_json(path, {"k": k, "shrinkage": shrinkage, "scores": scores})
+    return (k, shrinkage), scores
 
 
 def train_labels(dataset: Dataset, rows: np.ndarray,
@@ -103,18 +127,31 @@ def for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
 
 def sweep(embeddings: Embeddings, dataset: Dataset, task: Any, ctx: Any,
           options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The task's scores with whitening of every k of the grid (a report plot, never used to
-    choose k): rows with k, metric, value."""
+    """The task's scores with whitening of every k of the grid at the shrinkage the ``w``
+    variant uses (a report plot, never used to choose): rows with k, shrinkage, metric, value.
+    Cached by the vectors, the dataset and the settings, so a warm re-run does not redo it."""
     options = {**DEFAULTS, **(options or {})}
-    rows = train_rows(task, dataset)
-    if len(rows) < 2:
+    fitted = fit_for_task(embeddings, dataset, task, options, ctx.cache)
+    if fitted is None:
         return []
+    shrinkage = float(fitted.record["shrinkage"])
+    rows = train_rows(task, dataset)
+    code = files_digest([*source_files(type(task)), *(Path(m.__file__) for m in (metrics, index))])
+    key = array_digest(embeddings.vectors, dataset.fingerprint, getattr(task, "name", "task"),
+                       ctx.options, shrinkage, k_grid(embeddings.dim), code)
+    path = None if ctx.cache is None else ctx.cache.path("whitening_sweep", key, ".json")
+    found = None if path is None else read_cached(
+        path, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if isinstance(found, list):
+        return found
     out = []
     for k in k_grid(embeddings.dim):
-        whitening = fit_whitening(embeddings.take(rows), k, float(options["shrinkage"]))
+        whitening = fit_whitening(embeddings.take(rows), k, shrinkage)
         whitened = embeddings.with_vectors(whitening.apply(embeddings.vectors))
         for row in task.evaluate(whitened, dataset, ctx):
             if "evidence" in row:  # scores, not chance levels
-                out.append({"k": k, "k_kept": whitening.k, "metric": row["metric"],
-                            "value": float(row["value"])})
+                out.append({"k": k, "k_kept": whitening.k, "shrinkage": shrinkage,
+                            "metric": row["metric"], "value": float(row["value"])})
+    if path is not None:
+        write_json(path, out)
     return out

@@ -163,11 +163,14 @@ def ladder_validity(task: str, metric: str, by_key: dict[tuple[str, str], tuple]
             continue
         values = [by_key[key][0].seed_values().mean() for _, key in rungs]
         sign = -1 if lower else 1  # rungs go from best (clean) to worst (random)
-        in_order = all(sign * (a - b) > 0 for a, b in zip(values, values[1:]))
-        separated = 0
+        # in order: no rung beats the one above it at 95% (two rungs within each other's noise
+        # are tied, whichever mean happens to be higher); resolves: every pair separated too
+        separated = reversed_pairs = 0
         for (_, better), (_, worse) in zip(rungs, rungs[1:]):
             test = stats.compare(*by_key[better], *by_key[worse], lower_is_better=lower)
             separated += test.verdict == "better"
+            reversed_pairs += test.verdict == "worse"
+        in_order = reversed_pairs == 0
         span = stats.compare(*by_key[rungs[0][1]], *by_key[rungs[-1][1]], lower_is_better=lower)
         gap_se = span.diff / span.se if span.se > 0 else math.inf
         pairs = len(rungs) - 1

@@ -78,6 +78,19 @@ def test_ladder_out_of_order_is_reported(tmp_path: Path) -> None:
     assert validity.iloc[0]["verdict"] == "out of order" and not validity.iloc[0]["in_order"]
 
 
+def test_ladder_rungs_within_noise_are_tied_not_out_of_order(tmp_path: Path) -> None:
+    """A lower rung whose mean is a hair above the one above it, within noise, is a tie: the
+    ladder is in order with one pair not separated; a reversal beyond noise is out of order."""
+    for name, rate, seed in (("ladder:clean", 0.60, 21), ("ladder:noise=0.15", 0.60, 22),
+                             ("ladder:noise=0.3", 0.35, 3), ("ladder:random", 0.1, 4)):
+        verdicts.save_evidence(tmp_path, "knn", name, "raw", 0, {"m": stats.mean_evidence(
+            "query", QUERIES, hits(rate, seed))})  # seeds 21, 22: means 0.593 < 0.602
+    _, validity = verdicts.compute(tmp_path, {}, n_resamples=200)
+    row = validity.iloc[0]
+    assert row["in_order"] and row["verdict"] == "in order"
+    assert row["adjacent_separated"] == 2 and row["adjacent_pairs"] == 3
+
+
 def test_report_shows_intervals_marks_and_the_validity_table(tmp_path: Path) -> None:
     write_run(tmp_path)
     verdicts.compute(tmp_path, {"knn": "random"}, MetricBook().lower_is_better, n_resamples=300)

@@ -9,7 +9,7 @@ import pytest
 from bench.data import Dataset, array_image_source
 from bench.embeddings import Embeddings
 from bench.variants import for_task, train_rows
-from bench.whitening import choose_k, fit_whitening, k_grid
+from bench.whitening import SHRINKAGE_GRID, candidate_name, choose, fit_whitening, k_grid
 
 
 def test_whitening_with_k_keeps_the_top_k_train_covariance_directions():
@@ -50,10 +50,52 @@ def test_choose_k_keeps_the_signal_directions_of_noise_padded_vectors():
     labels = rng.integers(0, 4, 1200)
     signal = np.eye(4)[labels] * 2.0 + rng.normal(0, 0.3, (1200, 4))
     vectors = np.concatenate([signal, rng.normal(0, 0.7, (1200, 60))], axis=1)
-    k, scores = choose_k(vectors, {"label": labels.astype(object)})
-    assert list(scores) == k_grid(64) and k <= 8
-    assert scores[k] > scores[64] + 0.2
-    assert choose_k(vectors, {})[0] == 32  # no labels: the documented default
+    (k, shrinkage), scores = choose(vectors, {"label": labels.astype(object)}, (0.0,))
+    assert list(scores) == [candidate_name(k_, 0.0) for k_ in k_grid(64)] and k <= 8
+    assert scores[candidate_name(k, 0.0)] > scores[candidate_name(64, 0.0)] + 0.2
+    assert choose(vectors, {})[0] == (32, 0.0)  # no labels: the documented default
+
+
+def test_choose_scores_match_an_independent_leave_one_out_computation():
+    """Each candidate's score is the mean over label columns of leave-one-out KNN agreement of
+    the whitened train rows, checked with scikit-learn's exact neighbours."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 300)
+    vectors = np.concatenate([np.eye(3)[labels] + rng.normal(0, 0.8, (300, 3)),
+                              rng.normal(0, 2.0, (300, 5))], axis=1)
+    other = np.where(rng.random(300) < 0.7, labels, rng.integers(0, 3, 300)).astype(object)
+    other[:20] = None  # a column with missing labels is scored on its own rows
+    columns = {"a": labels.astype(object), "b": other}
+    chosen, scores = choose(vectors, columns, (0.0, 3.0), [2, 8])
+    assert set(scores) == {candidate_name(k, s) for k in (2, 8) for s in (0.0, 3.0)}
+    for k in (2, 8):
+        for s in (0.0, 3.0):
+            w = fit_whitening(vectors, k, s).apply(vectors)
+            parts = []
+            for values in columns.values():
+                rows = np.array([v is not None for v in values])
+                x, y = w[rows], values[rows].astype(str)
+                idx = NearestNeighbors(n_neighbors=11).fit(x).kneighbors(x)[1][:, 1:]
+                parts.append(np.mean(y[idx] == y[:, None]))
+            assert scores[candidate_name(k, s)] == pytest.approx(np.mean(parts), abs=1e-9)
+    best = max(scores.values())
+    assert scores[candidate_name(*chosen)] == best
+
+
+def test_shrinkage_chosen_on_train_rows_rescues_whitening_of_anisotropic_signal():
+    """The labels live in the 2 largest directions; 30 weak directions hold noise. Plain
+    whitening at k = dim blows the noise up; the choice over shrinkage (k fixed at dim) picks a
+    shrinkage > 0 and keeps most of raw's agreement."""
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 4, 800)
+    signal = np.stack([np.cos(labels * np.pi / 2), np.sin(labels * np.pi / 2)], 1) * 3.0
+    vectors = np.concatenate([signal + rng.normal(0, 0.5, (800, 2)),
+                              rng.normal(0, 0.3, (800, 30))], axis=1)
+    (k, shrinkage), scores = choose(vectors, {"y": labels.astype(object)}, SHRINKAGE_GRID, [32])
+    assert k == 32 and shrinkage > 0
+    assert scores[candidate_name(32, shrinkage)] > scores[candidate_name(32, 0.0)] + 0.2
 
 
 def dataset_with_roles() -> Dataset:
@@ -80,14 +122,18 @@ def test_whitening_is_fitted_on_the_train_split_of_the_task_population():
     embeddings = Embeddings(dataset.ids, vectors)
     task = ContentTask()
     assert train_rows(task, dataset).tolist() == list(range(40))
-    out, record = for_task(embeddings, dataset, task, {"k": "full"})
+    out, record = for_task(embeddings, dataset, task, {"k": "full", "shrinkage": 0})
     expected = fit_whitening(vectors[:40])
     assert np.allclose(out["w"].vectors, expected.apply(vectors), atol=1e-5)
     assert record["n_fit"] == 40 and record["k"] == 6 and record["k_option"] == "full"
     out, record = for_task(embeddings, dataset, task, {"k": 2})
     assert out["w"].dim == 2 and record["k"] == 2
     auto = for_task(embeddings, dataset, task)[1]
-    assert auto["k_option"] == "auto" and set(auto["selection_scores"]) == {"4", "6"}
+    assert auto["k_option"] == auto["shrinkage_option"] == "auto"
+    assert set(auto["selection_scores"]) == {candidate_name(k, s) for k in (4, 6)
+                                             for s in SHRINKAGE_GRID}
+    fixed = for_task(embeddings, dataset, task, {"k": "auto", "shrinkage": 0.0})[1]
+    assert set(fixed["selection_scores"]) == {candidate_name(k, 0.0) for k in (4, 6)}
 
 
 def test_knn_task_queries_test_items_against_every_item_of_the_role():
@@ -131,9 +177,38 @@ def test_the_choice_of_k_is_cached_by_its_inputs(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(60, 8))
     labels = {"style": np.array(["a", "b", "c"] * 20, dtype=object)}
-    first = variants.cached_choice(Cache(tmp_path), vectors, labels, 0.0)
-    assert first == choose_k(vectors, labels, 0.0)
-    monkeypatch.setattr(variants, "choose_k", lambda *a, **k: pytest.fail("chosen again"))
-    assert variants.cached_choice(Cache(tmp_path), vectors, labels, 0.0) == first
+    ks = k_grid(8)
+    first = variants.cached_choice(Cache(tmp_path), vectors, labels, ks, SHRINKAGE_GRID)
+    assert first == choose(vectors, labels, SHRINKAGE_GRID, ks)
+    monkeypatch.setattr(variants, "choose", lambda *a, **k: pytest.fail("chosen again"))
+    assert variants.cached_choice(Cache(tmp_path), vectors, labels, ks, SHRINKAGE_GRID) == first
     with pytest.raises(pytest.fail.Exception):  # other vectors: a miss
-        variants.cached_choice(Cache(tmp_path), vectors * 2, labels, 0.0)
+        variants.cached_choice(Cache(tmp_path), vectors * 2, labels, ks, SHRINKAGE_GRID)
+    with pytest.raises(pytest.fail.Exception):  # other candidates: a miss
+        variants.cached_choice(Cache(tmp_path), vectors, labels, ks, (0.0,))
+
+
+def test_the_sweep_uses_the_chosen_shrinkage_and_is_cached(tmp_path):
+    from bench import variants
+    from bench.cache import Cache
+    from bench.tasks import TaskContext, get_task
+
+    dataset = dataset_with_roles()
+    rng = np.random.default_rng(7)
+    embeddings = Embeddings(dataset.ids, rng.normal(size=(100, 6)).astype(np.float32))
+    task = get_task("knn")
+    ctx = TaskContext(options={"k": 5}, cache=Cache(tmp_path))
+    rows = variants.sweep(embeddings, dataset, task, ctx)
+    chosen = variants.fit_for_task(embeddings, dataset, task, None, ctx.cache).record
+    assert [r["k"] for r in rows if r["metric"] == "style_consistency"] == k_grid(6)
+    assert {r["shrinkage"] for r in rows} == {chosen["shrinkage"]}
+
+    class Refuses:
+        name, variants, population = "knn", ("raw", "w"), task.population
+        whitening_labels = task.whitening_labels
+
+        def evaluate(self, *args):
+            raise AssertionError("the sweep was computed again")
+
+    Refuses.__module__ = type(task).__module__  # the same source files: the same cache key
+    assert variants.sweep(embeddings, dataset, Refuses(), ctx) == rows

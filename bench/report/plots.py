@@ -187,8 +187,9 @@ def knn_consistency(ctx: PlotContext) -> Figure:
 
 
 def whitening_sweep(ctx: PlotContext) -> Figure:
-    """Score against the whitening dimension k, one line per extractor, the k the run chose
-    (on train rows) circled; raw as a dashed line of the same colour."""
+    """Score against the whitening dimension k (at the shrinkage the run chose), one line per
+    extractor, the k the run chose (on train rows) circled; raw as a dashed line of the same
+    colour."""
     path = ctx.run_dir / "whitening_sweep.csv"
     if not path.is_file():
         raise NotRun("the run has no whitening_sweep.csv (task option whitening_sweep)")
@@ -217,8 +218,8 @@ def whitening_sweep(ctx: PlotContext) -> Figure:
         ax.set_title(f"{task}: {metric}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("+w against its dimension k (circle: the k chosen on train rows; dashed: raw)",
-                 fontsize=11)
+    fig.suptitle("+w against its dimension k at the chosen shrinkage (circle: the k chosen on "
+                 "train rows; dashed: raw)", fontsize=11)
     return fig
 
 
