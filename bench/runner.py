@@ -369,6 +369,13 @@ class Run:
                 log(f"skipping task {name}: {reason}")
             else:
                 self.active.append((name, task))
+        for _, extractor in prepared.extractors:  # tasks an extractor cannot serve, and why
+            for name, task in self.active:
+                gap = protocol_gap(task, extractor)
+                if gap:
+                    self.skipped.append({"task": name, "extractor": extractor.name,
+                                         "reason": gap})
+                    log(f"skipping task {name} for {extractor.name}: {gap}")
 
     # -- cells --
 
@@ -538,11 +545,8 @@ def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddi
     whose ``extractor_protocol`` the extractor does not satisfy is skipped with that reason."""
     fit_cut = getattr(extractor, "fit_cut", None)
     for name, task in run.active:
-        gap = protocol_gap(task, extractor)
-        if gap:
-            run.skipped.append({"task": name, "extractor": extractor.name, "reason": gap})
-            log(f"skipping task {name} for {extractor.name}: {gap}")
-            continue
+        if protocol_gap(task, extractor):
+            continue  # said once, when the run began (Run.__init__)
         cells = [Cell(spec_text, variant, name, seed) for variant in task.variants
                  for seed in run.seeds_of(task)]
         for cell in cells:

@@ -41,7 +41,8 @@ def world(plugins):
         registry.EXTRACTORS.pop(name, None)
 
 
-def run(tmp_path, dataset: str, extractors: tuple[str, ...], run_id: str) -> pd.DataFrame:
+def run(tmp_path, dataset: str, extractors: tuple[str, ...], run_id: str,
+        computed: int | None = None) -> pd.DataFrame:
     profile = get_profile("quick")
     profile.task_options["ctr"] = {"feature_sets": ["ad"], "aggregators": ["sum"],
                                    "history_length": 6}
@@ -52,6 +53,7 @@ def run(tmp_path, dataset: str, extractors: tuple[str, ...], run_id: str) -> pd.
                    run_id=run_id, report=False)
     result = run_benchmark(spec, Cache(tmp_path / f"cache-{run_id}"))  # nothing shared
     assert not result.errors, result.errors
+    assert computed is None or result.computed == computed
     artifacts = result.dir / "artifacts"
     assert not [p for p in artifacts.rglob("*") if p.suffix in (".done", ".txt")
                 or p.name.startswith("scratch-")]  # no marker files
@@ -68,6 +70,9 @@ def test_reversed_extractor_order_gives_the_same_rows_and_values(tmp_path, world
     forward = run(tmp_path, world, EXTRACTORS, "forward")
     backward = run(tmp_path, world, tuple(reversed(EXTRACTORS)), "backward")
     pd.testing.assert_frame_equal(forward, backward)
+    # a second session of a finished run computes nothing, references included
+    pd.testing.assert_frame_equal(run(tmp_path, world, EXTRACTORS, "forward", computed=0),
+                                  forward)
     by_task = {task: set(part["extractor"]) for task, part in forward.groupby("task")}
     # ablations of the first extractor in the profile's list (pixels), whatever the order
     assert by_task["ctr"] == {*EXTRACTORS, BASELINE, "pixels [ad]", "pixels [dicm, sum]"}
