@@ -62,7 +62,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="homestead (default) | digits | folder:PATH | a plugin dataset")
     parser.add_argument("--extractors", help="comma-separated specs, e.g. pixels,random,"
                         "precomputed:vecs.npz (default: the profile's)")
-    parser.add_argument("--tasks", help="comma-separated: knn,retrieval,classify,ctr")
+    parser.add_argument("--tasks", help="comma-separated: knn,retrieval,classify,"
+                        "finetune_classify,finetune_retrieval,ctr")
     parser.add_argument("--seeds", type=int, help="number of seeds for seeded tasks (>= 1)")
     parser.add_argument("--out", default="results", help="folder for run outputs")
     parser.add_argument("--run-id", help="name of the run folder (default: time-profile-dataset); "

@@ -63,7 +63,7 @@ _QUICK = Profile(
     },
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only"),
-    tasks=("knn", "retrieval", "classify", "ctr"),
+    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
     seeds=1,
     train={"*": dict(epochs=1, batch_size=64, max_seconds=10, image_size=32, width=16)},
 )
@@ -79,7 +79,7 @@ _DEFAULT = Profile(
     },
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only", *LADDER),
-    tasks=("knn", "retrieval", "classify", "ctr"),
+    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
     seeds=2,  # with bootstrap intervals over units; 3 seeds did not fit 15 minutes (docs/metrics.md)
     train={"*": dict(epochs=10, batch_size=128, max_seconds=180, image_size=32, width=32)},
 )
@@ -94,7 +94,7 @@ _FULL = Profile(
     },
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only", *LADDER),
-    tasks=("knn", "retrieval", "classify", "ctr"),
+    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
     seeds=3,
     train={"*": dict(epochs=50, batch_size=256, max_seconds=1800, image_size=64, width=64,
                      arch="resnet18")},

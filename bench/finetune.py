@@ -1,6 +1,7 @@
-"""Fine-tuning shared by ``classify`` and ``retrieval``: copies of an extractor's backbone (as
-trained, or re-initialised from scratch), tensor augmentations, one SGD loop with a budget, and
-small JSON caches so a scratch baseline is trained once per (data, architecture, budget, seed).
+"""Fine-tuning shared by the ``finetune_classify`` and ``finetune_retrieval`` tasks
+(bench/tasks/finetune.py): copies of an extractor's backbone (as trained, or re-initialised
+from scratch), tensor augmentations, one SGD loop with a budget, and small JSON caches so a
+scratch baseline is trained once per (data, architecture, budget, seed).
 
 Why here and not in the tasks: the pretrained-vs-scratch comparison is only fair when both runs
 share every line of the training code; keeping the loop in one place guarantees that.
@@ -17,7 +18,6 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -350,40 +350,11 @@ def cached_result(cache: Cache | None, kind: str, key: str | None,
     return result
 
 
-def first_in_run(artifacts_dir: Path | None, task: str, key: str, record: dict[str, Any]
-                 ) -> bool:
-    """True the first time a (task, key) is seen in this run (a marker file under the run's
-    artifacts), so a scratch baseline shared by several extractors is reported once."""
-    if artifacts_dir is None:
-        return True
-    path = Path(artifacts_dir) / task / f"scratch-{key}.json"
-    if path.exists():
-        return False
-    write_json(path, record)
-    return True
-
-
-@dataclass
-class Comparison:
-    """A fine-tuned extractor's result and its scratch baseline's (``None`` when this run has
-    already reported that baseline for another extractor of the same architecture)."""
-
-    own: dict[str, Any]
-    scratch: dict[str, Any] | None
-    scratch_name: str
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Task rows (variant ``ft``): the extractor's, then its scratch baseline's if new.
-        Rows of a training its time cap cut short carry ``cut`` (the runner marks them)."""
-        out = _result_rows(self.own)
-        if self.scratch is not None:
-            out += _result_rows(self.scratch, extractor=self.scratch_name)
-        return out
-
-
-def _result_rows(result: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
+def result_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A fine-tune result as task rows (the cell's variant, ``ft``, and extractor label are
+    the runner's); rows of a training its time cap cut short carry ``cut``."""
     evidence = result.get("evidence", {})
-    return [{"metric": m, "value": float(v), "variant": "ft", **extra, **cut_note(result),
+    return [{"metric": m, "value": float(v), **cut_note(result),
              **({"evidence": Evidence.from_json(evidence[m])} if m in evidence else {})}
             for m, v in result["metrics"].items()]
 
@@ -398,27 +369,35 @@ def cut_note(result: dict[str, Any]) -> dict[str, str]:
                    f"of {result.get('planned_steps')} steps"}
 
 
-def compare_with_scratch(task: str, extractor: Any, embeddings_key: str | None,
-                         data_key: tuple, seed: int, cache: Cache | None,
-                         artifacts_dir: Path | None, image_size: int | None,
-                         train_and_score: Callable[[nn.Module, ToTensor], dict[str, Any]]
-                         ) -> Comparison:
-    """Run ``train_and_score`` on a copy of the extractor's backbone (with its preprocessing)
-    and on a re-initialised copy (with the standard preprocessing at the same image size).
-
-    Both results are cached: the extractor's by its embeddings fingerprint (which keys its
-    weights), the scratch one by architecture, image size and ``data_key`` (dataset, budget,
-    seed), so every extractor with the same architecture shares one scratch baseline."""
-    backbone = extractor.backbone()
-    own = cached_result(
+def own_result(task: str, extractor: Any, embeddings_key: str | None, data_key: tuple,
+               seed: int, cache: Cache | None,
+               train_and_score: Callable[[nn.Module, ToTensor], dict[str, Any]]
+               ) -> dict[str, Any]:
+    """``train_and_score`` on a copy of the extractor's backbone with its preprocessing,
+    cached by its embeddings fingerprint (which keys its weights; None: not cached)."""
+    return cached_result(
         cache, "finetune", embeddings_key and result_key(task, embeddings_key, *data_key, seed),
-        lambda: train_and_score(finetune_copy(backbone), image_transform(extractor)))
-    label = architecture_label(extractor, backbone)
+        lambda: train_and_score(finetune_copy(extractor.backbone()), image_transform(extractor)))
+
+
+def scratch_architecture(extractor: Any, image_size: int | None) -> tuple[str, str]:
+    """(key, label) of the scratch baseline an extractor's backbone stands for: backbones of
+    one architecture and input size share it, e.g. label ``resnet18-w32-strided``."""
+    backbone = extractor.backbone()
+    return (f"{architecture_key(backbone)}-{image_size}",
+            architecture_label(extractor, backbone))
+
+
+def scratch_result(task: str, extractor: Any, image_size: int | None, data_key: tuple,
+                   seed: int, cache: Cache | None,
+                   train_and_score: Callable[[nn.Module, ToTensor], dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """``train_and_score`` on a re-initialised copy of the extractor's backbone (with the
+    standard preprocessing at ``image_size``): the same loop and budget as ``own_result``.
+    Cached by architecture, image size and ``data_key`` (dataset, budget) and seed, so the
+    result does not depend on which extractor of that architecture lends its backbone."""
+    backbone = extractor.backbone()
     key = result_key(f"{task}-scratch", architecture_key(backbone), image_size, *data_key, seed)
-    scratch = cached_result(
+    return cached_result(
         cache, "finetune", key,
         lambda: train_and_score(scratch_copy(backbone, seed), standard_transform(image_size)))
-    record = {"task": task, "architecture": label, "image_size": image_size, "seed": seed,
-              "first_extractor": getattr(extractor, "name", "?"), **scratch}
-    first = first_in_run(artifacts_dir, task, key, record)
-    return Comparison(own, scratch if first else None, f"scratch:{label}")

@@ -7,10 +7,9 @@ cap, ``failed``, ``pending``); ``results.csv`` holds the rows. Re-running a run 
 refuses settings that would make old and new rows incomparable (another profile, dataset or
 dataset option). Rows are deduplicated on ``ROW_KEY``, the newest kept.
 
-Marker files some tasks leave under ``artifacts/`` (the ctr task's baseline and ablation claims,
-fine-tuning's ``first_in_run`` records) are never trusted after an earlier session: they are
-deleted and the ones the kept rows prove are written again (``reset_markers``). Everything here
-is plain data; the runner decides what to run.
+Reference rows (ctr's ID-only ranker and ablations, fine-tuning's scratch backbones) are cells
+like any other, under their declared label, so they resume the same way. Everything here is
+plain data; the runner decides what to run.
 """
 
 from __future__ import annotations
@@ -145,29 +144,3 @@ def merge_rows(previous: pd.DataFrame, new: list[dict[str, Any]],
     rows = rows.drop_duplicates(subset=ROW_KEY, keep="last").reset_index(drop=True)
     order = [c for c in first_columns if c in rows.columns]
     return rows[order + [c for c in rows.columns if c not in order]]
-
-
-def reset_markers(run_dir: Path, rows: pd.DataFrame) -> None:
-    """Delete the marker files an earlier session left under ``artifacts/`` and write back
-    only those the kept rows prove (the ctr task's ID-only baseline per seed and variant, and
-    its ablation extractor). A marker written just before an interruption therefore never
-    stops a row from being computed, and a resumed run reports the same rows as an
-    uninterrupted one; fine-tuning's scratch rows are simply reported again and deduplicated.
-    (Issue #17 replaces these markers by explicitly scheduled reference rows.)"""
-    artifacts = run_dir / "artifacts"
-    for pattern in ("ctr/*.done", "ctr/ablation-extractor.txt", "*/scratch-*.json"):
-        for path in artifacts.glob(pattern):
-            path.unlink()
-    if rows.empty:
-        return
-    from bench.cache import write_text
-    from bench.tasks.ctr import BASELINE
-
-    ctr = rows[rows["task"] == "ctr"]
-    for seed, variant in set(zip(ctr.loc[ctr["extractor"] == BASELINE, "seed"],
-                                 ctr.loc[ctr["extractor"] == BASELINE, "variant"])):
-        write_text(artifacts / "ctr" / f"baseline-{int(seed)}-{variant}.done", "1")
-    ablated = sorted({label.split(" [", 1)[0] for label in ctr["extractor"]
-                      if " [" in label and label.endswith("]")})
-    if len(ablated) == 1:
-        write_text(artifacts / "ctr" / "ablation-extractor.txt", ablated[0])

@@ -42,7 +42,7 @@ from bench.config import Profile
 from bench.data import Dataset
 from bench.embed_store import embed_resumable
 from bench.embeddings import Embeddings
-from bench.extractor import FitContext, code_digest
+from bench.extractor import BackboneExtractor, FitContext, code_digest
 from bench.metric_info import MetricBook, UndeclaredMetric, describe, legacy_record
 from bench.pictures import RunArtifacts
 from bench.resume import (
@@ -54,12 +54,12 @@ from bench.resume import (
     Previous,
     load_previous,
     merge_rows,
-    reset_markers,
     run_config,
 )
-from bench.tasks import TaskContext
+from bench.tasks import Reference, TaskContext
 
 RESULT_COLUMNS = ["run", "dataset", "extractor", "variant", "task", "metric", "seed", "value"]
+ROW_OWNER = {"extractor", "variant", "seed"}  # the cell's, never a task row's
 PACKAGES = ("torch", "torchvision", "lightly", "faiss-cpu", "numpy", "pandas", "scikit-learn",
             "matplotlib")
 
@@ -140,7 +140,7 @@ def embed_cached(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path) 
     if cached is not None:
         log(f"{extractor.name}: embeddings from cache {path.name}")
         timings["cached"] = 1.0
-        if callable(getattr(extractor, "backbone", None)):
+        if isinstance(extractor, BackboneExtractor):
             # tasks may fine-tune backbone(): load its trained weights (a checkpoint cache hit)
             start = time.perf_counter()
             extractor.fit(dataset, ctx)
@@ -357,6 +357,10 @@ class Run:
                                      "plugins": list(spec.plugins),
                                      **{key: old[key] for key in CARRIED_INFO if old.get(key)}}
         self.environment = environment()  # once: save() runs after every cell
+        self.device = run_device(spec.profile)  # what tasks train on (ctx.device)
+        # extractors ready for reference rows: (extractor, embeddings or their cache file)
+        self.sources: dict[str, tuple[Any, Embeddings | Path]] = {}
+        self.fitted: set[str] = set()  # specs fitted in this session
         self.active: list[tuple[str, Any]] = []  # tasks the dataset can serve
         for name, task in prepared.tasks:
             reason = task.skip_reason(self.dataset)
@@ -365,18 +369,32 @@ class Run:
                 log(f"skipping task {name}: {reason}")
             else:
                 self.active.append((name, task))
+        for _, extractor in prepared.extractors:  # tasks an extractor cannot serve, and why
+            for name, task in self.active:
+                gap = protocol_gap(task, extractor)
+                if gap:
+                    self.skipped.append({"task": name, "extractor": extractor.name,
+                                         "reason": gap})
+                    log(f"skipping task {name} for {extractor.name}: {gap}")
 
     # -- cells --
 
     def seeds_of(self, task: Any) -> range:
         return range(self.spec.seeds) if task.seeded else range(1)
 
-    def extractor_done(self, spec_text: str) -> bool:
+    def tasks_for(self, extractor: Any) -> list[tuple[str, Any]]:
+        """The active tasks this extractor can serve: a task that declares an
+        ``extractor_protocol`` (fine-tuning needs ``BackboneExtractor``) skips the others."""
+        return [(name, task) for name, task in self.active
+                if protocol_gap(task, extractor) is None]
+
+    def extractor_done(self, spec_text: str, extractor: Any) -> bool:
         """True when an earlier session finished every cell this session asks of the
         extractor (so it is neither fitted nor embedded again)."""
         if self.previous is None:
             return False
-        wanted = {(name, seed) for name, task in self.active for seed in self.seeds_of(task)}
+        wanted = {(name, seed) for name, task in self.tasks_for(extractor)
+                  for seed in self.seeds_of(task)}
         known = [cell for cell in self.cells if cell.extractor == spec_text]
         have = {(cell.task, cell.seed) for cell in known}
         return wanted <= have and all(self.cells[cell]["state"] == DONE for cell in known
@@ -395,19 +413,17 @@ class Run:
 
     def add_cell(self, cell: Cell, name: str, dataset: str, task_rows: list[dict[str, Any]],
                  fit_cut: str | None = None) -> None:
-        """A finished cell's rows. A row its time cap cut short (the task's ``cut``, or every
-        row made from the embeddings of a cut ``fit``) marks the cell ``cut``: kept, shown
-        with a mark, and computed again by the next session."""
+        """A finished cell's rows, all under the cell's ``name`` (the extractor's, or a
+        reference's label), variant and seed. A row its time cap cut short (the task's
+        ``cut``, or every row made from the embeddings of a cut ``fit``) marks the cell
+        ``cut``: kept, shown with a mark, and computed again by the next session."""
         self.add_rows(dataset, name, cell.variant, cell.task, cell.seed, task_rows)
         self.declare_metrics(cell.task, task_rows)
         cuts: list[dict[str, Any]] = []
         for row in task_rows:
-            label = str(row.get("extractor", name))
-            variant, seed = str(row.get("variant", cell.variant)), int(row.get("seed", cell.seed))
-            own = label == name or label.startswith(f"{name} [")
-            reason = row.get("cut") or (fit_cut if own else None)
-            note = {"extractor": label, "variant": variant, "task": cell.task, "seed": seed,
-                    "reason": reason}
+            reason = row.get("cut") or fit_cut
+            note = {"extractor": name, "variant": cell.variant, "task": cell.task,
+                    "seed": cell.seed, "reason": reason}
             if reason and note not in cuts:
                 cuts.append(note)
         self.cells[cell] = {**vars(cell), "name": name, "state": CUT if cuts else DONE,
@@ -424,18 +440,17 @@ class Run:
 
     def add_rows(self, dataset: str, extractor: str, variant: str, task: str, seed: int,
                  task_rows: list[dict[str, Any]]) -> None:
-        """Append the task's rows; their evidence (for intervals) goes to ``evidence/``."""
-        evidence: dict[tuple[str, str, int], dict[str, Any]] = {}
+        """Append the task's rows under the cell's extractor, variant and seed; their evidence
+        (for intervals) goes to ``evidence/``."""
+        evidence: dict[str, Any] = {}
         for row in task_rows:
-            cell = (row.get("extractor", extractor), row.get("variant", variant),
-                    int(row.get("seed", seed)))
-            self.rows.append({"run": self.run_id, "dataset": dataset, "extractor": cell[0],
-                              "variant": cell[1], "task": task, "metric": row["metric"],
-                              "seed": cell[2], "value": float(row["value"])})
+            self.rows.append({"run": self.run_id, "dataset": dataset, "extractor": extractor,
+                              "variant": variant, "task": task, "metric": row["metric"],
+                              "seed": seed, "value": float(row["value"])})
             if row.get("evidence") is not None:
-                evidence.setdefault(cell, {})[row["metric"]] = row["evidence"]
-        for (row_extractor, row_variant, row_seed), items in evidence.items():
-            verdicts.save_evidence(self.dir, task, row_extractor, row_variant, row_seed, items)
+                evidence[row["metric"]] = row["evidence"]
+        if evidence:
+            verdicts.save_evidence(self.dir, task, extractor, variant, seed, evidence)
 
     def declare_metrics(self, task_name: str, task_rows: list[dict[str, Any]]) -> None:
         """run.json ``metrics``: what each emitted metric means, from its task's ``metrics``
@@ -492,12 +507,46 @@ class Run:
             "environment": self.environment, **self.info})
 
 
+def cell_rows(task_name: str, task_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The task's rows, checked: a row belongs to its cell and never names its own extractor,
+    variant or seed (rows of no extractor are the task's declared ``references``)."""
+    for row in task_rows:
+        claimed = sorted(ROW_OWNER & set(row))
+        if claimed:
+            raise ValueError(f"task {task_name!r} returned a row naming its own "
+                             f"{', '.join(claimed)}; a row belongs to its cell (declare "
+                             "reference rows with the task's references())")
+    return task_rows
+
+
+def protocol_gap(task: Any, extractor: Any) -> str | None:
+    """Why the extractor cannot serve the task (None when it can): the task's declared
+    ``extractor_protocol``, checked at run time (``isinstance`` on a runtime-checkable
+    protocol such as ``bench.extractor.BackboneExtractor``)."""
+    protocol = getattr(task, "extractor_protocol", None)
+    if protocol is None or isinstance(extractor, protocol):
+        return None
+    return (f"task {task.name} needs an extractor that satisfies {protocol.__name__} (see "
+            f"bench/extractor.py); {extractor.name} does not")
+
+
+def run_device(profile: Profile) -> str:
+    """The device tasks train on: the profile's ``device`` (train section ``*``) when set, else
+    CUDA when present (``pick_device``, as the extractors choose)."""
+    from bench.backbones import pick_device
+
+    return str(pick_device(profile.train.get("*", {}).get("device") or None))
+
+
 def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddings,
                    cache: Cache) -> None:
     """Every cell of this extractor that is not done yet: (variant, task, seed). Each task sees
-    its own variants (whitening fitted on the train rows of the task's population)."""
+    its own variants (whitening fitted on the train rows of the task's population); a task
+    whose ``extractor_protocol`` the extractor does not satisfy is skipped with that reason."""
     fit_cut = getattr(extractor, "fit_cut", None)
     for name, task in run.active:
+        if protocol_gap(task, extractor):
+            continue  # said once, when the run began (Run.__init__)
         cells = [Cell(spec_text, variant, name, seed) for variant in task.variants
                  for seed in run.seeds_of(task)]
         for cell in cells:
@@ -514,9 +563,10 @@ def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddi
                 continue
             ctx = TaskContext(seed=cell.seed, variant=cell.variant, options=options,
                               extractor=extractor, profile=run.spec.profile, cache=cache,
-                              artifacts_dir=run.dir / "artifacts")
+                              device=run.device)
             try:
-                result = task.evaluate(by_variant[cell.variant], run.dataset, ctx)
+                result = cell_rows(name, task.evaluate(by_variant[cell.variant], run.dataset,
+                                                       ctx))
             except Exception as error:  # noqa: BLE001
                 run.error(f"task {name} on {extractor.name}/{cell.variant} seed {cell.seed}",
                           error)
@@ -549,7 +599,7 @@ def add_sweep(run: Run, extractor: Any, embeddings: Embeddings, task: Any,
     """The task's scores over whitening dimensions k, for the report's sweep plot
     (``whitening_sweep.csv``; an earlier session's rows of other extractors are kept)."""
     ctx = TaskContext(seed=0, variant="w", options=options, extractor=extractor,
-                      profile=run.spec.profile, cache=cache)
+                      profile=run.spec.profile, cache=cache, device=run.device)
     try:
         rows = variants.sweep(embeddings, run.dataset, task, ctx, run.spec.profile.whitening)
     except Exception as error:  # noqa: BLE001
@@ -564,6 +614,105 @@ def add_sweep(run: Run, extractor: Any, embeddings: Embeddings, task: Any,
         frame = pd.concat([old[keep], frame], ignore_index=True)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def reference_order(extractors: list[tuple[str, Any]], profile: Profile
+                    ) -> list[tuple[str, Any]]:
+    """The order reference rows draw their sources from: the profile's ``extractors`` list
+    first (matched by spec or name), then the rest by name; never the order the extractors
+    were given or ran in, so a reordered run declares the same references."""
+    listed = list(profile.extractors)
+
+    def rank(item: tuple[str, Any]) -> tuple[int, str, str]:
+        spec, extractor = item
+        name = str(getattr(extractor, "name", spec))
+        position = next((i for i, text in enumerate(listed) if text in (spec, name)),
+                        len(listed))
+        return position, name, spec
+
+    return sorted(extractors, key=rank)
+
+
+def reference_sources(run: Run, task: Any, cache: Cache) -> list[tuple[str, Any]]:
+    """The extractors a task's ``references`` may draw on, in reference order: every one this
+    run embedded; with an ``extractor_protocol``, only those satisfying it, fitted (one an
+    earlier session finished is fitted here from its caches: the task may read its model)."""
+    protocol = getattr(task, "extractor_protocol", None)
+    out = []
+    for spec, (extractor, _) in run.sources.items():
+        if protocol is None:
+            out.append((spec, extractor))
+        elif isinstance(extractor, protocol):
+            if spec not in run.fitted:
+                start = time.perf_counter()
+                extractor.fit(run.dataset, FitContext(cache=cache, seed=0,
+                                                      log_dir=run.dir / "artifacts" /
+                                                      extractor.name))
+                run.fitted.add(spec)
+                spent = run.timings.setdefault(extractor.name, {})
+                spent["fit_s"] = spent.get("fit_s", 0.0) + time.perf_counter() - start
+            out.append((spec, extractor))
+    return reference_order(out, run.spec.profile)
+
+
+def evaluate_references(run: Run, cache: Cache) -> None:
+    """Every task's declared reference rows (ctr's ID-only ranker and ablations, the
+    fine-tuning tasks' scratch backbones), after every extractor's own cells: each reference
+    once per variant and seed, under its label, its cells not done yet."""
+    for name, task in run.active:
+        declare = getattr(task, "references", None)
+        if not callable(declare):
+            continue
+        options = run.spec.profile.options(name, getattr(task, "defaults", None))
+        try:
+            references = declare(reference_sources(run, task, cache), run.dataset, options)
+        except Exception as error:  # noqa: BLE001
+            run.error(f"references of task {name}", error)
+            continue
+        for reference in references:
+            start = time.perf_counter()
+            evaluate_reference(run, name, task, reference, options, cache)
+            spent = run.timings.setdefault(reference.label, {})
+            spent[f"{name}_s"] = spent.get(f"{name}_s", 0.0) + time.perf_counter() - start
+        run.save()
+
+
+def evaluate_reference(run: Run, name: str, task: Any, reference: Reference,
+                       options: dict[str, Any], cache: Cache) -> None:
+    """The cells of one reference (its variants x the task's seeds) not done yet. A reference
+    made from its source's vectors sees the source's variants, and its rows are cut when the
+    source's training was."""
+    allowed = variants.available(task, run.dataset)
+    cells = [Cell(reference.label, variant, name, seed) for variant in reference.variants
+             if variant in allowed for seed in run.seeds_of(task)]
+    for cell in cells:
+        run.plan(cell, reference.label)
+    todo = [cell for cell in cells if not run.is_done(cell)]
+    if not todo:
+        return
+    extractor, by_variant, fit_cut = None, {}, None
+    if reference.source is not None:
+        extractor, held = run.sources[reference.source]
+        if reference.uses_vectors:
+            embeddings = Embeddings.load(held) if isinstance(held, Path) else held
+            by_variant = task_variants(run, extractor, embeddings, task)
+            fit_cut = getattr(extractor, "fit_cut", None)
+    for cell in todo:
+        if reference.uses_vectors and cell.variant not in by_variant:
+            run.cells.pop(cell, None)  # e.g. no ``w`` when there are too few train rows
+            continue
+        ctx = TaskContext(seed=cell.seed, variant=cell.variant, options=options,
+                          extractor=extractor, profile=run.spec.profile, cache=cache,
+                          device=run.device)
+        try:
+            rows = cell_rows(name, task.evaluate_reference(
+                reference, by_variant.get(cell.variant), run.dataset, ctx))
+        except Exception as error:  # noqa: BLE001
+            run.error(f"task {name} reference {reference.label}/{cell.variant} seed "
+                      f"{cell.seed}", error)
+            run.cell_failed(cell, reference.label)
+            continue
+        run.add_cell(cell, reference.label, run.dataset.name, rows, fit_cut)
 
 
 def task_references(tasks: list[str], reference: str | None) -> dict[str, str]:
@@ -618,11 +767,11 @@ def execute_run(prepared: Prepared) -> Run:
     log(f"run {run.run_id}: profile {spec.profile.name}, dataset {spec.dataset}, "
         f"extractors {','.join(spec.extractors)}, tasks {','.join(spec.tasks)}{resumed}")
     try:
-        reset_markers(run.dir, run.results())  # an earlier session's markers prove nothing
         run.save()
         pictures = RunArtifacts(run.dataset)  # embedding-map sample and KNN grid for the report
         for spec_text, extractor in prepared.extractors:
             run_extractor(run, spec_text, extractor, pictures, prepared.cache)
+        evaluate_references(run, prepared.cache)
         pictures.save(run.dir)
         run.errors += pictures.errors
         write_verdicts(run)
@@ -647,12 +796,14 @@ def run_extractor(run: Run, spec_text: str, extractor: Any, pictures: RunArtifac
         run.info["validity_note"] = reason
         log(f"skipping extractor {extractor.name}: {reason}")
         return
-    if run.extractor_done(spec_text):
+    if run.extractor_done(spec_text, extractor):
         run.not_started.remove(spec_text)
         log(f"{extractor.name}: every cell done in an earlier session")
-        cached = read_cached(embeddings_path(extractor, run.dataset, cache), Embeddings.load)
+        path = embeddings_path(extractor, run.dataset, cache)
+        cached = read_cached(path, Embeddings.load)
         if cached is not None:
             pictures.add(extractor.name, cached)
+            run.sources[spec_text] = (extractor, path)  # fitted only if a reference needs it
         return
     try:
         embeddings, timings = embed_cached(extractor, run.dataset, cache,
@@ -671,6 +822,9 @@ def run_extractor(run: Run, spec_text: str, extractor: Any, pictures: RunArtifac
     run.not_started.remove(spec_text)
     evaluate_tasks(run, spec_text, extractor, embeddings, cache)
     pictures.add(extractor.name, embeddings)
+    cache_file = embeddings.meta.get("cache_file")  # read back for references, not kept
+    run.sources[spec_text] = (extractor, Path(cache_file) if cache_file else embeddings)
+    run.fitted.add(spec_text)
     run.save()
 
 

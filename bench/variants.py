@@ -31,6 +31,7 @@ from bench.whitening import (
 )
 
 DEFAULTS = {"k": "auto", "shrinkage": "auto"}
+VECTOR_VARIANTS = ("raw", "w")  # what this module makes; other variants are the task's own
 
 
 def population(task: Any, dataset: Dataset) -> np.ndarray:
@@ -52,6 +53,14 @@ def candidates(options: dict[str, Any], dim: int) -> tuple[list[int], tuple[floa
     shrink = str(options["shrinkage"])
     shrinkages = SHRINKAGE_GRID if shrink == "auto" else (float(shrink),)
     return ks, shrinkages
+
+
+def available(task: Any, dataset: Dataset) -> tuple[str, ...]:
+    """The task's declared variants this dataset allows: ``w`` needs at least two train rows
+    in the task's population (what ``for_task`` fits on); a reference row that reads no
+    vectors (ctr's ID-only ranker) is reported for these."""
+    declared = tuple(getattr(task, "variants", ("raw",)))
+    return tuple(v for v in declared if v != "w" or len(train_rows(task, dataset)) >= 2)
 
 
 def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
@@ -113,8 +122,12 @@ def for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
              options: dict[str, Any] | None = None, cache: Cache | None = None
              ) -> tuple[dict[str, Embeddings], dict[str, Any] | None]:
     """({"raw": ..., "w": ...}, what the whitening fitted); ``w`` is left out when the task has
-    no ``w`` variant or too few train rows."""
+    no ``w`` variant or too few train rows. A declared variant that is no transform of the
+    vectors (``ft``: the fine-tuning tasks train the backbone and read only the vectors'
+    fingerprint) gets them unchanged."""
     out = {"raw": embeddings}
+    out.update((name, embeddings) for name in getattr(task, "variants", ())
+               if name not in VECTOR_VARIANTS)
     if "w" not in getattr(task, "variants", ()):
         return out, None
     whitening = fit_for_task(embeddings, dataset, task, options, cache)

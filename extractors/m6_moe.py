@@ -555,8 +555,9 @@ def training_rows(dataset) -> np.ndarray:
     return rows[titled] if len(rows) else rows
 
 
-class M6MoEExtractor:
-    """Fits (or loads) the shared model, then embeds image + title (or the image alone)."""
+class M6MoEEmbedder:
+    """Fits (or loads) the shared model, then embeds image + title (or the image alone). It
+    has no ``backbone()``: ``M6MoEExtractor`` adds it; the image-only variant does not."""
 
     def __init__(self, options: dict[str, Any], image_only: bool = False, name: str = NAME,
                  batch_size: int = 256):
@@ -645,6 +646,10 @@ class M6MoEExtractor:
                 out[start:start + len(batch)] = self.model.embed(x, ids).float().cpu().numpy()
         return out
 
+
+class M6MoEExtractor(M6MoEEmbedder):
+    """The fused extractor, and a ``BackboneExtractor``: its image tower can be fine-tuned."""
+
     def backbone(self) -> nn.Module:
         """The image tower's ResNet only (images -> pooled features), for fine-tuning tasks;
         the text tower and the MoE blocks are not part of it. Trained after ``fit``."""
@@ -657,14 +662,13 @@ class M6MoEExtractor:
         return images_to_tensor(images, self.image_size, self.device)
 
 
-class M6MoEImageOnly(M6MoEExtractor):
-    """The same trained model embedding the image alone. It offers no ``backbone()``: its image
-    tower is ``m6_moe``'s, so the fine-tuning tasks report it once, under ``m6_moe``."""
+class M6MoEImageOnly(M6MoEEmbedder):
+    """The same trained model embedding the image alone. It offers no ``backbone()`` (so it is
+    no ``BackboneExtractor``): its image tower is ``m6_moe``'s, so the fine-tuning tasks report
+    it once, under ``m6_moe``."""
 
-    backbone = None  # type: ignore[assignment]
 
-
-def _make(options: dict[str, str], profile, image_only: bool) -> M6MoEExtractor:
+def _make(options: dict[str, str], profile, image_only: bool) -> M6MoEEmbedder:
     resolved = resolve_options(NAME, DEFAULTS, profile, options, extra=("image_only",))
     flag = str(resolved.pop("image_only", "0")).lower()
     if flag not in ("0", "1", "true", "false", "yes", "no"):
@@ -685,6 +689,6 @@ def make_m6_moe(options: dict[str, str], profile) -> M6MoEExtractor:
 
 
 @extractor(f"{NAME}_image_only")
-def make_m6_moe_image_only(options: dict[str, str], profile) -> M6MoEExtractor:
+def make_m6_moe_image_only(options: dict[str, str], profile) -> M6MoEEmbedder:
     """The same trained model (shared checkpoint) embedding the image alone."""
     return _make(options, profile, image_only=True)

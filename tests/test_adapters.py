@@ -25,7 +25,8 @@ def test_every_adapter_runs_knn_and_retrieval_on_an_exported_folder(
     specs = ",".join(tiny_specs.values())
     assert len(_specs(specs)) == len(tiny_specs)  # the comma-joined list keeps each spec whole
     status = main(["run", "--profile", "quick", "--dataset", f"folder:{exported_folder}",
-                   "--extractors", specs, "--tasks", "knn,retrieval", "--out", str(tmp_path),
+                   "--extractors", specs, "--tasks", "knn,retrieval,finetune_retrieval",
+                   "--out", str(tmp_path),
                    "--run-id", "models", "--no-report", "--cache", str(tmp_path / "cache")])
     assert status == 0
     info = json.loads((tmp_path / "models" / "run.json").read_text())
@@ -37,9 +38,11 @@ def test_every_adapter_runs_knn_and_retrieval_on_an_exported_folder(
         rows = results[(results["task"] == task) & (results["metric"] == metric)
                        & (results["variant"] == "raw")]
         assert names <= set(rows["extractor"]), (task, set(rows["extractor"]))
-    # fine-tuned rows for the adapters that expose backbone(); none for torchscript
+    # fine-tuned rows for the adapters that expose backbone(); torchscript is skipped, saying so
     tuned = set(results.query("variant == 'ft'")["extractor"])
     assert "timm:test_vit:test_vit" in tuned and "torchscript:tiny" not in tuned
+    assert {(s["task"], s["extractor"]) for s in info["skipped"]} >= {
+        ("finetune_retrieval", "torchscript:tiny")}
     configs = info["extractor_configs"]
     weights = Path(tiny_specs["timm"].split("weights=")[1])
     assert configs["timm:test_vit:test_vit"]["weights_sha256"] == hashlib.sha256(

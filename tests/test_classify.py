@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +9,6 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import top_k_accuracy_score
 
-from bench import finetune as ft
 from bench.data import Dataset, array_image_source
 from bench.embeddings import Embeddings
 from bench.tasks import TaskContext, get_task
@@ -157,56 +154,45 @@ OPTIONS = dict(epochs=2, batch_size=16, lr=0.05, max_seconds=0, val_fraction=0.2
                probe_max_iter=50)
 
 
-def test_task_probe_finetune_and_scratch_rows(cache, tmp_path):
+def test_probe_finetune_and_scratch_rows(cache):
     data = product_dataset()
-    task = get_task("classify")
+    task, tune = get_task("classify"), get_task("finetune_classify")
     extractor = TinyExtractor("tiny")
     before = state(extractor.model)
     emb = embeddings_of(data, extractor, "tiny-fp")
-    ctx = TaskContext(seed=0, variant="raw", options=OPTIONS, extractor=extractor, cache=cache,
-                      artifacts_dir=tmp_path)
-    out = task.evaluate(emb, data, ctx)
-    by = {(r.get("extractor", "tiny"), r.get("variant", "raw"), r["metric"]): r["value"]
-          for r in out}
-    assert {m for (e, v, m) in by if v == "raw"} == {"probe_top1"}  # 4 classes: no top-5
-    own = {m for (e, v, m) in by if v == "ft" and e == "tiny"}
-    scratch = {m for (e, v, m) in by if e == "scratch:resnet18-w8-small"}
-    assert own == scratch == {"finetune_top1", "finetune_s", "finetune_steps"}
-    assert by[("tiny", "ft", "finetune_steps")] == by[("scratch:resnet18-w8-small", "ft",
-                                                       "finetune_steps")] == 6  # same budget
-    assert by[("tiny", "raw", "probe_top1")] > 0.9  # colour classes are easy
-    assert same_state(before, state(extractor.model))  # neither probe nor fine-tune touched it
-    records = list((tmp_path / "classify").glob("scratch-*.json"))
-    assert len(records) == 1
-    record = json.loads(records[0].read_text())
-    assert record["architecture"] == "resnet18-w8-small" and record["first_extractor"] == "tiny"
-    assert record["budget"] == ft.Budget.from_options(OPTIONS).as_dict()  # the same budget
-    assert record["planned_steps"] == 6 and not record["capped"]
-
-    # the whitened variant: probe only; a second extractor of the same architecture reuses
-    # the scratch result and does not report it again in this run
-    w = task.evaluate(emb, data, TaskContext(seed=0, variant="w", options=OPTIONS,
-                                             extractor=extractor, cache=cache,
-                                             artifacts_dir=tmp_path))
-    assert {r["metric"] for r in w} == {"probe_top1"} and all("variant" not in r for r in w)
+    ctx = TaskContext(seed=0, variant="raw", options=OPTIONS, extractor=extractor, cache=cache)
+    probe = {r["metric"]: r["value"] for r in task.evaluate(emb, data, ctx)}
+    assert set(probe) == {"probe_top1"}  # 4 classes: no top-5
+    assert probe["probe_top1"] > 0.9  # colour classes are easy
+    ft_ctx = TaskContext(seed=0, variant="ft", options=OPTIONS, extractor=extractor, cache=cache)
+    own = {r["metric"]: r["value"] for r in tune.evaluate(emb, data, ft_ctx)}
     twin = TinyExtractor("twin", seed=4)
-    again = task.evaluate(embeddings_of(data, twin, "twin-fp"), data,
-                          TaskContext(seed=0, variant="raw", options=OPTIONS, extractor=twin,
-                                      cache=cache, artifacts_dir=tmp_path))
-    assert not any(r.get("extractor", "").startswith("scratch") for r in again)
-    assert any(r["metric"] == "finetune_top1" and r.get("variant") == "ft" for r in again)
+    # one scratch reference per architecture, drawn from the first extractor of it
+    [reference] = tune.references([("tiny", extractor), ("twin", twin), ("none", object())],
+                                  data, OPTIONS)
+    assert (reference.label, reference.source, reference.variants) == (
+        "scratch:resnet18-w8-small", "tiny", ("ft",))
+    scratch = {r["metric"]: r["value"]
+               for r in tune.evaluate_reference(reference, None, data, ft_ctx)}
+    assert set(own) == set(scratch) == {"finetune_top1", "finetune_s", "finetune_steps"}
+    assert own["finetune_steps"] == scratch["finetune_steps"] == 6  # the same budget
+    assert same_state(before, state(extractor.model))  # neither probe nor fine-tune touched it
+    # the twin lends the same architecture: the same (cached) scratch result
+    twin_ctx = TaskContext(seed=0, variant="ft", options=OPTIONS, extractor=twin, cache=cache)
+    assert {r["metric"]: r["value"] for r in tune.evaluate_reference(reference, None, data,
+                                                                      twin_ctx)} == scratch
 
 
-def test_task_without_backbone_or_finetune_reports_the_probe_only(cache):
+def test_frozen_probe_ignores_the_extractor(cache):
     data = product_dataset()
     extractor = TinyExtractor()
     emb = embeddings_of(data, extractor, "fp")
     task = get_task("classify")
-    no_ft = task.evaluate(emb, data, TaskContext(options=OPTIONS | {"finetune": False},
-                                                 extractor=extractor, cache=cache))
-    assert {r["metric"] for r in no_ft} == {"probe_top1"}
+    with_backbone = task.evaluate(emb, data, TaskContext(options=OPTIONS, extractor=extractor,
+                                                         cache=cache))
     plain = task.evaluate(emb, data, TaskContext(options=OPTIONS, extractor=object(), cache=cache))
-    assert {r["metric"] for r in plain} == {"probe_top1"}
+    assert [r["metric"] for r in with_backbone] == [r["metric"] for r in plain] == ["probe_top1"]
+    assert with_backbone[0]["value"] == plain[0]["value"]
 
 
 def test_probe_scores_are_cached_by_their_inputs(tmp_path, monkeypatch):

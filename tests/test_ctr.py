@@ -287,31 +287,34 @@ def test_training_is_deterministic_per_seed(small):
 # ------------------------------------------------------------------ the task's rows
 
 
-def test_task_rows_baseline_once_per_run_and_ablation_labels(small, tmp_path, cache):
+def test_task_rows_and_declared_references(small, cache):
     dataset, embeddings, _ = small
     task = get_task("ctr")
     options = {**CtrTask.defaults["quick"], "history_length": 6, "feature_sets": ["ad"],
                "aggregators": ["sum"], "ablation_extractor": "auto"}
-
-    def run(name, variant="raw", seed=0):
-        extractor = type("E", (), {"name": name})()
-        ctx = TaskContext(seed=seed, variant=variant, options=options, extractor=extractor,
-                          cache=cache, artifacts_dir=tmp_path / "artifacts")
-        return task.evaluate(embeddings, dataset, ctx)
-
-    first = run("alpha")
-    labels = {r.get("extractor") for r in first}
-    assert labels == {None, BASELINE, "alpha [ad]", "alpha [dicm, sum]"}
-    metrics = {r["metric"] for r in first if "extractor" not in r}
+    alpha, beta = (type("E", (), {"name": n})() for n in ("alpha", "beta"))
+    ctx = TaskContext(seed=0, variant="raw", options=options, extractor=alpha, cache=cache)
+    own = task.evaluate(embeddings, dataset, ctx)
+    assert not any(set(r) & {"extractor", "variant", "seed"} for r in own)  # the cell's
+    main = {r["metric"]: r["value"] for r in own}
     assert {"ctr_auc", "ctr_gauc", "ctcvr_auc", "detail_auc", "ctr_logloss",
-            "cold_ctr_auc"} <= metrics
-    second = run("beta")  # a later extractor: neither the baseline again nor the ablation
-    assert {r.get("extractor") for r in second} == {None}
-    assert {r.get("extractor") for r in run("beta", seed=1)} == {None, BASELINE}
-    again = run("alpha")  # same run folder, cached metrics, no duplicate baseline
-    main = {r["metric"]: r["value"] for r in first if "extractor" not in r}
-    assert {r["metric"]: r["value"] for r in again if "extractor" not in r} == main
-    assert BASELINE not in {r.get("extractor") for r in again}
+            "cold_ctr_auc"} <= set(main)
+    # declared once for the run: the ID-only ranker, and the first extractor's ablations
+    refs = task.references([("a", alpha), ("b", beta)], dataset, options)
+    assert [(r.label, r.source, r.variants) for r in refs] == [
+        (BASELINE, None, ("raw", "w")), ("alpha [ad]", "a", ("raw",)),
+        ("alpha [dicm, sum]", "a", ("raw",))]
+    assert [r.label for r in task.references([("b", beta), ("a", alpha)], dataset,
+                                             {**options, "ablation_extractor": "alpha"})] == [
+        BASELINE, "alpha [ad]", "alpha [dicm, sum]"]
+    assert [r.label for r in task.references([("a", alpha)], dataset,
+                                             {**options, "baseline": False,
+                                              "feature_sets": [], "aggregators": []})] == []
+    baseline = task.evaluate_reference(refs[0], None, dataset, ctx)
+    assert {r["metric"] for r in baseline} == set(main)
+    ablated = task.evaluate_reference(refs[1], embeddings, dataset, ctx)
+    assert {r["metric"]: r["value"] for r in ablated} != main  # the ad feature set only
+    assert {r["metric"]: r["value"] for r in task.evaluate(embeddings, dataset, ctx)} == main
 
 
 def test_ablation_function_covers_feature_sets_and_aggregators(small, cache):

@@ -28,9 +28,23 @@ def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 class TinyExtractor:
     """A backbone extractor without ``preprocess`` (the task falls back to the standard one)."""
 
+    modalities = ("image",)
+
     def __init__(self, name: str = "tiny", stem: str = "small", seed: int = 0):
         self.name, self.arch, self.width, self.image_size = name, "resnet18", 8, 16
         self.model = tiny_backbone(stem, seed)
+        self.dim = self.model.feature_dim
+
+    def fit(self, dataset, ctx) -> None:
+        """Random weights: nothing to learn."""
+
+    def embed(self, dataset, rows: np.ndarray) -> np.ndarray:
+        from bench.backbones import embed_images
+
+        return embed_images(self.model, iter([dataset.images(rows)]), self.image_size)
+
+    def config(self) -> dict:
+        return {"arch": self.arch, "width": self.width, "name": self.name}
 
     def backbone(self) -> nn.Module:
         return self.model
@@ -228,14 +242,9 @@ def test_capped_results_are_not_cached(cache):
     assert ft.Budget(max_seconds=5).key() == ft.Budget(max_seconds=50).key()
 
 
-def test_first_in_run(tmp_path):
-    assert ft.first_in_run(tmp_path, "classify", "k", {"a": 1})
-    assert not ft.first_in_run(tmp_path, "classify", "k", {"a": 1})
-    assert ft.first_in_run(tmp_path, "retrieval", "k", {"a": 1})
-    assert ft.first_in_run(None, "classify", "k", {}) and ft.first_in_run(None, "classify", "k", {})
+def test_own_and_scratch_results_are_copies_and_the_scratch_depends_on_architecture(cache):
+    from bench.extractor import BackboneExtractor
 
-
-def test_compare_with_scratch_shares_the_baseline_between_same_architectures(cache, tmp_path):
     trained = []
 
     def train_and_score(model, to_tensor):
@@ -243,16 +252,19 @@ def test_compare_with_scratch_shares_the_baseline_between_same_architectures(cac
         return {"metrics": {"acc": float(len(trained))}, "budget": {"epochs": 1}}
 
     a, b = TinyExtractor("a"), TinyExtractor("b", seed=3)
-    first = ft.compare_with_scratch("classify", a, "fa", ("data",), 0, cache, tmp_path, 16,
-                                    train_and_score)
-    assert first.scratch is not None and first.scratch_name == "scratch:resnet18-w8-small"
+    assert isinstance(a, BackboneExtractor)
+    own = ft.own_result("classify", a, "fa", ("data",), 0, cache, train_and_score)
+    scratch = ft.scratch_result("classify", a, 16, ("data",), 0, cache, train_and_score)
+    assert own["metrics"]["acc"] == 1.0 and scratch["metrics"]["acc"] == 2.0
     assert trained[0] is not a.model and trained[1] is not a.model  # copies, never the original
-    second = ft.compare_with_scratch("classify", b, "fb", ("data",), 0, cache, tmp_path, 16,
-                                     train_and_score)
-    assert second.scratch is None and len(trained) == 3  # b trained; scratch reused, not re-run
-    third = ft.compare_with_scratch("classify", b, "fb", ("data",), 1, cache, tmp_path, 16,
-                                    train_and_score)
-    assert third.scratch is not None and len(trained) == 5  # another seed: its own baseline
-    strided = ft.compare_with_scratch("classify", TinyExtractor("c", stem="strided"), "fc",
-                                      ("data",), 0, cache, tmp_path, 16, train_and_score)
-    assert strided.scratch is not None and strided.scratch_name.endswith("strided")
+    # b has the same architecture: the same scratch result (cached), whoever lends it
+    assert ft.scratch_result("classify", b, 16, ("data",), 0, cache, train_and_score) == scratch
+    assert len(trained) == 2
+    ft.scratch_result("classify", b, 16, ("data",), 1, cache, train_and_score)
+    assert len(trained) == 3  # another seed: its own baseline
+    key_a, label_a = ft.scratch_architecture(a, 16)
+    assert (key_a, label_a) == ft.scratch_architecture(b, 16)
+    assert label_a == "resnet18-w8-small"
+    key_c, label_c = ft.scratch_architecture(TinyExtractor("c", stem="strided"), 16)
+    assert key_c != key_a and label_c.endswith("strided")
+    assert ft.scratch_architecture(a, 32)[0] != key_a  # another input size

@@ -88,7 +88,6 @@ def test_ladder_comes_out_in_order_on_every_task_at_the_quick_size(
         world: tuple[Dataset, Cache], tmp_path: Path) -> None:
     _, cache = world
     profile = get_profile("quick")
-    profile.task_options["retrieval"] = {"finetune": False}
     spec = RunSpec(profile=profile, dataset="homestead",
                    dataset_options=profile.dataset_options("homestead"), extractors=LADDER,
                    tasks=("knn", "retrieval", "classify", "ctr"), seeds=1, out_root=tmp_path,

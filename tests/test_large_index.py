@@ -92,7 +92,7 @@ def test_retrieval_task_with_hnsw_reports_its_recall():
     table.loc[table["split"] == "train", "split"] = np.where(
         np.arange((table["split"] == "train").sum()) % 2, "train", "pretrain")
     task = get_task("retrieval")
-    ctx = TaskContext(options={"finetune": False})
+    ctx = TaskContext()
     flat = {r["metric"]: r["value"] for r in task.evaluate(embeddings, dataset, ctx)}
     ctx.options["index"] = "hnsw"
     hnsw = {r["metric"]: r["value"] for r in task.evaluate(embeddings, dataset, ctx)}

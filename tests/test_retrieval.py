@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench import finetune as ft
 from bench.backbones import embed_images
@@ -12,7 +13,8 @@ from bench.data import Dataset, array_image_source
 from bench.embeddings import Embeddings
 from bench.metrics import map_at_r, recall_at_n
 from bench.tasks import TaskContext, get_task
-from bench.tasks.retrieval import PairSampler, finetune_scores, query_and_gallery, training_groups
+from bench.tasks.finetune import PairSampler, retrieval_scores, training_groups
+from bench.tasks.retrieval import query_and_gallery
 from tests.test_finetune import TinyExtractor, same_state, state
 
 METRICS = {"recall@1", "recall@5", "recall@10", "recall@15", "recall@20", "map@r"}
@@ -47,13 +49,13 @@ def embeddings_of(data: Dataset, extractor: TinyExtractor, fingerprint: str) -> 
     return Embeddings(data.ids, vectors, {"fingerprint": fingerprint})
 
 
-def test_frozen_metrics_unchanged_and_reported_for_seed_zero_only():
+def test_frozen_metrics_match_the_references_and_the_task_is_seedless():
     data = search_dataset()
     rng = np.random.default_rng(0)
     emb = Embeddings(data.ids, rng.normal(size=(len(data), 8)).astype(np.float32))
     task = get_task("retrieval")
-    off = {"finetune": False}
-    out = task.evaluate(emb, data, TaskContext(seed=0, options=off))
+    assert not task.seeded  # fixed vectors, exact search: nothing to repeat
+    out = task.evaluate(emb, data, TaskContext(seed=0))
     got = {r["metric"]: r["value"] for r in out}
     queries, gallery = query_and_gallery(data)
     ids = data.table["identity"].to_numpy()
@@ -63,7 +65,8 @@ def test_frozen_metrics_unchanged_and_reported_for_seed_zero_only():
         assert got[f"recall@{n}"] == pytest.approx(value)
     assert got["map@r"] == pytest.approx(map_at_r(emb.take(queries), ids[queries],
                                                   emb.take(gallery), ids[gallery]))
-    assert task.evaluate(emb, data, TaskContext(seed=1, options=off)) == []
+    again = task.evaluate(emb, data, TaskContext(seed=0, extractor=object()))  # vectors only
+    assert {r["metric"]: r["value"] for r in again} == got
 
 
 def test_training_groups_pair_train_queries_with_train_products():
@@ -103,40 +106,29 @@ def test_training_groups_without_roles_need_two_items():
 OPTIONS = dict(epochs=16, batch_size=8, lr=0.05, temperature=0.1, max_seconds=0, crop_padding=0)
 
 
-def test_finetune_mode_reports_all_metrics_improves_and_keeps_backbone(cache, tmp_path):
+def test_finetune_retrieval_reports_all_metrics_improves_and_keeps_backbone(cache):
     data = search_dataset()
     extractor = TinyExtractor("tiny")
     before = state(extractor.model)
     emb = embeddings_of(data, extractor, "tiny-fp")
-    task = get_task("retrieval")
-    out = task.evaluate(emb, data, TaskContext(seed=0, variant="raw", options=OPTIONS,
-                                               extractor=extractor, cache=cache,
-                                               artifacts_dir=tmp_path))
-    table: dict[tuple[str, str], dict[str, float]] = {}
-    for r in out:
-        key = (r.get("extractor", "tiny"), r.get("variant", "raw"))
-        table.setdefault(key, {})[r["metric"]] = r["value"]
-    scratch = ("scratch:resnet18-w8-small", "ft")
-    assert set(table) == {("tiny", "raw"), ("tiny", "ft"), scratch}
-    assert set(table[("tiny", "raw")]) == METRICS
-    assert set(table[("tiny", "ft")]) == set(table[scratch]) == FT_METRICS
-    assert table[("tiny", "ft")]["finetune_steps"] == table[scratch]["finetune_steps"] == 48
+    task, frozen = get_task("finetune_retrieval"), get_task("retrieval")
+    assert task.variants == ("ft",) and task.seeded
+    ctx = TaskContext(seed=0, variant="ft", options=OPTIONS, extractor=extractor, cache=cache)
+    raw = {r["metric"]: r["value"] for r in frozen.evaluate(emb, data, ctx)}
+    tuned = {r["metric"]: r["value"] for r in task.evaluate(emb, data, ctx)}
+    [reference] = task.references([("tiny", extractor)], data, OPTIONS)
+    assert (reference.label, reference.source) == ("scratch:resnet18-w8-small", "tiny")
+    scratch = {r["metric"]: r["value"]
+               for r in task.evaluate_reference(reference, None, data, ctx)}
+    assert set(raw) == METRICS
+    assert set(tuned) == set(scratch) == FT_METRICS
+    assert tuned["finetune_steps"] == scratch["finetune_steps"] == 48
     assert same_state(before, state(extractor.model))
     # the same run with lr = 0 only adapts BatchNorm statistics: the gain is the metric learning
-    still = finetune_scores(ft.finetune_copy(extractor.model), data, training_groups(data),
-                            ft.Budget.from_options(OPTIONS | {"lr": 0.0}), 0,
-                            ft.standard_transform(16), 0.1, 256)["metrics"]
-    tuned = table[("tiny", "ft")]
+    still = retrieval_scores(ft.finetune_copy(extractor.model), data, training_groups(data),
+                             ft.Budget.from_options(OPTIONS | {"lr": 0.0}), 0,
+                             ft.standard_transform(16), 0.1, 256,
+                             torch.device("cpu"))["metrics"]
     assert tuned["finetune_map@r"] > still["finetune_map@r"] + 0.15
-    assert tuned["finetune_map@r"] > table[("tiny", "raw")]["map@r"] + 0.1
-    assert tuned["finetune_recall@5"] > table[("tiny", "raw")]["recall@5"]
-
-    # whitened pass: frozen metrics only; another seed: fine-tune rows only
-    w = task.evaluate(emb, data, TaskContext(seed=0, variant="w", options=OPTIONS,
-                                             extractor=extractor, cache=cache,
-                                             artifacts_dir=tmp_path))
-    assert {r["metric"] for r in w} == METRICS and all("variant" not in r for r in w)
-    seed1 = task.evaluate(emb, data, TaskContext(seed=1, variant="raw", options=OPTIONS,
-                                                 extractor=extractor, cache=cache,
-                                                 artifacts_dir=tmp_path))
-    assert {r.get("variant") for r in seed1} == {"ft"}
+    assert tuned["finetune_map@r"] > raw["map@r"] + 0.1
+    assert tuned["finetune_recall@5"] > raw["recall@5"]

@@ -53,7 +53,7 @@ def run_info(out: Path, run_id: str) -> dict:
 def test_a_cut_training_is_marked_never_cached_and_the_next_run_finishes_it(tmp_path, capsys,
                                                                           tiny):
     args = ("--dataset", tiny, "--extractors", f"{TINY_MOCO},max_seconds=1e-9",
-            "--tasks", "knn,classify", "--run-id", "cut")
+            "--tasks", "knn,classify,finetune_classify", "--run-id", "cut")
     status, out, err = bench_run(capsys, tmp_path, *args)
     assert status == 0
     assert any("moco_v2: training stopped by its max_seconds=1e-09 safety stop after 1 of 2 "
@@ -62,8 +62,9 @@ def test_a_cut_training_is_marked_never_cached_and_the_next_run_finishes_it(tmp_
     info = run_info(tmp_path, "cut")
     assert {(c["extractor"], c["task"], c["variant"]) for c in info["time_capped"]} == {
         ("moco_v2", "knn", "raw"), ("moco_v2", "knn", "w"), ("moco_v2", "classify", "raw"),
-        ("moco_v2", "classify", "w"), ("moco_v2", "classify", "ft")}
-    assert {c["state"] for c in info["cells"]} == {"cut"}
+        ("moco_v2", "classify", "w"), ("moco_v2", "finetune_classify", "ft")}
+    states = {(c["name"], c["state"]) for c in info["cells"]}
+    assert states == {("moco_v2", "cut"), ("scratch:resnet18-w8-strided", "done")}
     summary = (tmp_path / "cut" / "summary.md").read_text()
     assert "| moco_v2 \u2020 |" in summary and "## Cut by a time cap" in summary
     assert "| scratch:resnet18-w8-strided |" in summary  # not made from the cut training
@@ -80,15 +81,14 @@ def test_a_cut_training_is_marked_never_cached_and_the_next_run_finishes_it(tmp_
 
 
 def test_capped_fine_tuning_rows_carry_the_reason():
-    from bench.finetune import Comparison
+    from bench.finetune import result_rows
 
     capped = {"metrics": {"finetune_top1": 0.5, "finetune_steps": 3.0}, "capped": True,
               "planned_steps": 10, "budget": {"max_seconds": 5.0}}
-    rows = Comparison(capped, None, "scratch:x").rows()
+    rows = result_rows(capped)
     assert {row["cut"] for row in rows} == {
         "fine-tuning stopped by its max_seconds=5.0 safety stop after 3 of 10 steps"}
-    assert all("cut" not in row for row in Comparison({**capped, "capped": False}, None,
-                                                      "scratch:x").rows())
+    assert all("cut" not in row for row in result_rows({**capped, "capped": False}))
 
 
 # ---------------------------------------------------------------- 2. reusing a run id
@@ -109,11 +109,14 @@ def test_reusing_a_run_id_keeps_earlier_rows_and_computes_the_baseline(tmp_path,
 
     base = ("--dataset", ctr_world, "--tasks", "ctr", "--run-id", "X")
     assert bench_run(capsys, tmp_path, *base, "--extractors", "pixels")[0] == 0
-    # an interrupted session that claimed the baseline but never saved its rows
+    # an interrupted session that never saved the baseline's rows (nor its cell)
     results = pd.read_csv(tmp_path / "X" / "results.csv")
     results[results["extractor"] != BASELINE].to_csv(tmp_path / "X" / "results.csv",
                                                      index=False)
-    assert (tmp_path / "X" / "artifacts" / "ctr" / "baseline-0-raw.done").exists()
+    info = run_info(tmp_path, "X")
+    info["cells"] = [c for c in info["cells"] if c["extractor"] != BASELINE]
+    (tmp_path / "X" / "run.json").write_text(json.dumps(info))
+    assert not list((tmp_path / "X" / "artifacts").rglob("*.done"))  # no marker files
     status, _, err = bench_run(capsys, tmp_path, *base, "--extractors", "random")
     assert status == 0
     results = pd.read_csv(tmp_path / "X" / "results.csv")
@@ -147,8 +150,8 @@ def test_other_settings_under_the_same_run_id_are_refused(tmp_path, capsys, ctr_
      "error: dataset folder: unknown option 'colour'; known: "),
     (("--extractors", "pixels:sise=4"), "error: pixels: unknown option 'sise'; known: size"),
     (("--extractors", "pixels,nope"), "error: unknown extractor 'nope'; known: "),
-    (("--tasks", "knn,nope"), "error: unknown task 'nope'; known: classify, ctr, knn, "
-                              "retrieval"),
+    (("--tasks", "knn,nope"), "error: unknown task 'nope'; known: classify, ctr, "
+                              "finetune_classify, finetune_retrieval, knn, retrieval"),
 ])
 def test_wrong_arguments_are_refused_with_status_2(tmp_path, capsys, tiny, args, message):
     status, out, err = bench_run(capsys, tmp_path, "--run-id", "bad", *args)

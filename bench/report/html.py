@@ -35,8 +35,13 @@ TASK_NOTES = {
            "label frequencies alone.",
     "retrieval": "Image search: does a scene-crop query find the same product among the product "
                  "shots? Identity Recall@N and MAP@R.",
-    "classify": "Leaf-category classification: linear probe on frozen embeddings and "
-                "fine-tuned backbones against the same architecture trained from scratch.",
+    "classify": "Leaf-category classification: linear probe on frozen embeddings.",
+    "finetune_classify": "Leaf-category classification by the whole backbone fine-tuned with a "
+                         "linear head, against the same architecture trained from scratch "
+                         "with the same budget (scratch:*).",
+    "finetune_retrieval": "Image search with the backbone metric-learned on train identity "
+                          "pairs, against the same architecture trained from scratch with the "
+                          "same budget (scratch:*).",
     "ctr": "Ranking model (DICM harness) with each extractor's image features: AUC, GAUC and "
            "logloss on the last day; cold_* on items first published that day.",
     "ams": "Distributed CTR training with image features held by parameter servers: bytes and "

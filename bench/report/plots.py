@@ -229,7 +229,8 @@ def recall_curves(ctx: PlotContext) -> Figure:
                       & ~ctx.stats["metric"].map(MetricBook.from_run_info(ctx.run_info).is_check)
                       .astype(bool)]
     if found.empty:
-        raise NotRun("no recall@N metrics in results.csv (task 'retrieval' not run)")
+        raise NotRun("no recall@N metrics in results.csv (tasks 'retrieval' and "
+                     "'finetune_retrieval' not run)")
     found = found.assign(prefix=[pattern.match(m).group(1) for m in found["metric"]],
                          N=[int(pattern.match(m).group(2)) for m in found["metric"]])
     groups = list(dict.fromkeys(zip(found["task"], found["prefix"])))
@@ -259,7 +260,8 @@ def recall_curves(ctx: PlotContext) -> Figure:
 def classification_topk(ctx: PlotContext) -> Figure:
     found = ctx.stats[ctx.stats["metric"].str.contains(r"top-?\d+", regex=True)]
     if found.empty:
-        raise NotRun("no top-1/top-5 metrics in results.csv (task 'classify' not run)")
+        raise NotRun("no top-1/top-5 metrics in results.csv (tasks 'classify' and "
+                     "'finetune_classify' not run)")
     panels = list(dict.fromkeys(zip(found["task"], found["metric"])))
     fig, axes = _grid(len(panels), ncols=2, width=5.0, height=3.6)
     percent = float(found["mean"].max()) > 1.0
@@ -533,7 +535,8 @@ PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
 
 
 # Tasks the plots above draw; every other task gets ``task_scores`` (no report edit needed).
-DRAWN_TASKS = ("knn", "retrieval", "classify", "ctr", "ams")
+DRAWN_TASKS = ("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
+               "ams")
 
 
 def task_scores(ctx: PlotContext, task: str) -> Figure:

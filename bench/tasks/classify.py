@@ -9,12 +9,9 @@ trained on split ``train``, scored on split ``test`` (test classes unseen in tra
   chosen from a small grid on a stratified validation part of ``train`` (as CLIP_benchmark and
   dinov2 do), then the head is refitted on all of ``train``. Metrics ``probe_top1``,
   ``probe_top5``.
-- Fine-tune (extractors exposing ``backbone()``, once per seed, on the ``raw`` pass): the whole
-  network plus a linear head trained with cross-entropy (bench.finetune), reported as variant
-  ``ft``: ``finetune_top1``, ``finetune_top5``, ``finetune_s`` (training wall time),
-  ``finetune_steps``. The same loop and budget train a re-initialised copy of the same
-  architecture, reported once per run as extractor ``scratch:<arch>`` (cached per dataset,
-  architecture, budget and seed, so extractors sharing an architecture share it).
+
+The task sees vectors only; fine-tuning the backbone on the same split is its own task,
+``finetune_classify`` (bench/tasks/finetune.py).
 """
 
 from __future__ import annotations
@@ -27,12 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import finetune as ft
-from bench.backbones import pick_device
 from bench.cache import Cache, array_digest, load_npz, read_cached, save_npz
 from bench.data import Dataset
 from bench.embeddings import Embeddings
-from bench.metric_info import MetricInfo, cost, count
+from bench.metric_info import MetricInfo
 from bench.metrics import topk_accuracy, topk_hits
 from bench.stats import Evidence, mean_evidence
 from bench.tasks import TaskContext, task
@@ -134,7 +129,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n
 
 def cached_probe(cache: Cache | None, train_x: np.ndarray, train_y: np.ndarray,
                  test_x: np.ndarray, n_classes: int, fit: np.ndarray, val: np.ndarray,
-                 weight_decays: Any, max_iter: int) -> np.ndarray:
+                 weight_decays: Any, max_iter: int, device: str = "cpu") -> np.ndarray:
     """``linear_probe``'s test scores, cached under a hash of every input (the vectors
     themselves, so a whitened variant or new embeddings never hit an old entry): a re-run
     with warm caches does not refit the probes."""
@@ -146,7 +141,7 @@ def cached_probe(cache: Cache | None, train_x: np.ndarray, train_y: np.ndarray,
     if found is not None and "scores" in found:
         return found["scores"]
     scores, best = linear_probe(train_x, train_y, test_x, n_classes, fit, val, weight_decays,
-                                max_iter, pick_device())
+                                max_iter, device)
     if path is not None:
         save_npz(path, scores=scores, weight_decay=np.float64(best))
     return scores
@@ -167,38 +162,19 @@ def scored_rows(metrics: dict[str, float], evidence: dict[str, Evidence]) -> lis
     return [{"metric": m, "value": v, "evidence": evidence.get(m)} for m, v in metrics.items()]
 
 
-# --------------------------------------------------------------------------- fine-tuning
-
-
-def finetune_scores(backbone: nn.Module, dataset: Dataset, split: Split, budget: ft.Budget,
-                    seed: int, to_tensor: ft.ToTensor, eval_batch_size: int) -> dict[str, Any]:
-    """Fine-tune ``backbone`` (a copy) on train, score on test: metrics plus the training log."""
-    device = pick_device()
-    model, log_ = ft.finetune_classifier(backbone, dataset.images(split.train), split.train_y,
-                                         len(split.classes), budget, seed, to_tensor, device)
-    logits = ft.predict(model, dataset.images(split.test), to_tensor, device, eval_batch_size)
-    metrics, evidence = accuracy_metrics(logits, split.test_y, "finetune",
-                                         dataset.ids[split.test])
-    return log_.result(metrics, budget, evidence)
-
 
 class Classify:
     name = "classify"
     main_score = "probe_top1"
-    metrics = (MetricInfo("probe_top*", unit="item"), MetricInfo("finetune_top*", unit="item"),
-               cost("finetune_s"), count("finetune_steps"))
+    metrics = (MetricInfo("probe_top*", unit="item"),)
     needs = ("vectors", "category on train and test product shots")
     seeded = True
     variants = ("raw", "w")
     whitening_labels = ("category",)  # what k=auto agrees with (bench/variants.py)
     defaults = {
-        "quick": dict(val_fraction=0.2, probe_max_iter=100, finetune=True, epochs=1,
-                      max_steps=4, batch_size=32, lr=0.05, max_seconds=0, eval_batch_size=256),
-        "default": dict(val_fraction=0.2, probe_max_iter=200, finetune=True, epochs=8,
-                        max_steps=24, batch_size=64, lr=0.05, max_seconds=60,
-                        eval_batch_size=256),
-        "full": dict(val_fraction=0.2, probe_max_iter=500, finetune=True, epochs=40,
-                     batch_size=256, lr=0.1, max_seconds=900, eval_batch_size=1024),
+        "quick": dict(val_fraction=0.2, probe_max_iter=100),
+        "default": dict(val_fraction=0.2, probe_max_iter=200),
+        "full": dict(val_fraction=0.2, probe_max_iter=500),
     }
 
     def population(self, dataset: Dataset) -> np.ndarray:
@@ -224,28 +200,9 @@ class Classify:
         scores = cached_probe(ctx.cache, embeddings.take(split.train), split.train_y,
                               embeddings.take(split.test), len(split.classes), split.fit,
                               split.val, options.get("weight_decays", WEIGHT_DECAYS),
-                              int(options.get("probe_max_iter", 200)))
-        out = scored_rows(*accuracy_metrics(scores, split.test_y, "probe",
-                                            dataset.ids[split.test]))
-        backbone_of = getattr(ctx.extractor, "backbone", None)
-        if ctx.variant == "raw" and options.get("finetune", True) and callable(backbone_of):
-            out += self.finetune_rows(embeddings, dataset, split, ctx)
-        return out
-
-    def finetune_rows(self, embeddings: Embeddings, dataset: Dataset, split: Split,
-                      ctx: TaskContext) -> list[dict[str, Any]]:
-        """Variant ``ft`` rows for the extractor, and once per run the scratch baseline's."""
-        budget = ft.Budget.from_options(ctx.options)
-        batch = int(ctx.options.get("eval_batch_size", 256))
-        image_size = getattr(ctx.extractor, "image_size", dataset.image_size)
-        data_key = (dataset.fingerprint, split.classes.tolist(), len(split.train),
-                    budget.key())
-        result = ft.compare_with_scratch(
-            self.name, ctx.extractor, embeddings.meta.get("fingerprint"), data_key, ctx.seed,
-            ctx.cache, ctx.artifacts_dir, image_size,
-            lambda model, to_tensor: finetune_scores(model, dataset, split, budget, ctx.seed,
-                                                     to_tensor, batch))
-        return result.rows()
+                              int(options.get("probe_max_iter", 200)), ctx.device)
+        return scored_rows(*accuracy_metrics(scores, split.test_y, "probe",
+                                             dataset.ids[split.test]))
 
 
 @task("classify")

@@ -6,11 +6,14 @@ whitened), trained on every day of the impressions log but the last and scored o
 (AUC, GAUC, logloss for ctr, detail and ESMM ctcvr; the same on cold-start items as ``cold_*``).
 
 Rows per extractor, variant and seed: the main configuration (``feature_set`` ``dicm`` with the
-``mqap`` aggregator by default). Once per seed and variant in a run, the ID-only baseline as
-extractor ``none (ids only)``. For one extractor (``ablation_extractor``; ``auto`` = the first
-one the run evaluates), the feature-set and aggregator ablations as extractors such as
-``pixels [ad]`` or ``pixels [dicm, sum]``. Every trained model's metrics are cached under
-``ctx.cache`` (keyed by the log, the vectors, the settings and the seed). See docs/ctr.md.
+``mqap`` aggregator by default). The task declares its reference rows (``references``; the
+runner evaluates each once per variant and seed, after the extractors): the ID-only baseline as
+extractor ``none (ids only)`` (option ``baseline``), and for one extractor
+(``ablation_extractor``: a name, or ``auto`` = the first of the run's extractors in reference
+order, i.e. the profile's list, then by name) the feature-set and aggregator ablations as
+extractors such as ``pixels [ad]`` or ``pixels [dicm, sum]`` (variants ``ablation_variants``).
+Every trained model's metrics are cached under ``ctx.cache`` (keyed by the log, the vectors,
+the settings and the seed). See docs/ctr.md.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,7 @@ from bench.cache import Cache, atomic_path, fingerprint, load_npz, save_npz
 from bench.data import Dataset
 from bench.embeddings import Embeddings
 from bench.metric_info import MetricInfo
-from bench.tasks import TaskContext, task
+from bench.tasks import Reference, TaskContext, task
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import AGGREGATORS, FEATURE_SETS
 from bench.tasks.ctr.train import TrainConfig, evidence, prepare, scored, train_and_predict
@@ -76,88 +78,67 @@ class CtrTask:
 
     def evaluate(self, embeddings: Embeddings, dataset: Dataset,
                  ctx: TaskContext) -> list[dict[str, Any]]:
+        """The extractor's rows: the main configuration with its vectors."""
+        options = {**_COMMON, **ctx.options}
+        return self.score(embeddings, dataset, ctx, options["feature_set"],
+                          options["aggregator"])
+
+    def score(self, embeddings: Embeddings | None, dataset: Dataset, ctx: TaskContext,
+              feature_set: str, aggregator: str) -> list[dict[str, Any]]:
         options = {**_COMMON, **ctx.options}
         data = load(dataset, options)
-        vectors = embeddings.take(data.item_rows)
-        extractor = _extractor_name(embeddings, ctx)
-        out: list[dict[str, Any]] = []
-        for label, feature_set, aggregator in self.configurations(extractor, ctx, options):
-            use = None if feature_set == "none" else vectors
-            result, predictions = cached_score(data, use, dataset, options, feature_set,
-                                               aggregator, ctx.seed, ctx.cache, ctx.device)
-            if label == BASELINE:  # claimed once computed, so a failure leaves it to the next
-                _claim(ctx, _baseline_key(ctx))
-            extra = {} if label is None else {"extractor": label}
-            out += scored_rows(data, result, predictions, **extra)
+        vectors = None if feature_set == "none" or embeddings is None else embeddings.take(
+            data.item_rows)
+        result, predictions = cached_score(data, vectors, dataset, options, feature_set,
+                                           aggregator, ctx.seed, ctx.cache, ctx.device)
+        return scored_rows(data, result, predictions)
+
+    def references(self, extractors: list[tuple[str, Any]], dataset: Dataset,
+                   options: dict[str, Any]) -> list[Reference]:
+        """The ID-only ranker (every variant), and the ablations of one extractor (the one
+        ``ablation_extractor`` names, or with ``auto`` the first of ``extractors``, which the
+        runner passes in reference order) in the ``ablation_variants``."""
+        options = {**_COMMON, **options}
+        main_set, main_agg = options["feature_set"], options["aggregator"]
+        out = []
+        if options.get("baseline", True):
+            out.append(Reference(BASELINE, None, self.variants,
+                                 settings=(("feature_set", "none"), ("aggregator", main_agg))))
+        variants = tuple(v for v in self.variants if v in options.get("ablation_variants",
+                                                                       ["raw"]))
+        for spec, name in ablation_sources(extractors, options):
+            configs = [(f"{name} [{_label(f, main_agg)}]", f, main_agg)
+                       for f in options.get("feature_sets", []) if f not in ("none", main_set)]
+            configs += [(f"{name} [{main_set}, {a}]", main_set, a)
+                        for a in options.get("aggregators", []) if a != main_agg]
+            out += [Reference(label, spec, variants, uses_vectors=True,
+                              settings=(("feature_set", f), ("aggregator", a)))
+                    for label, f, a in configs]
         return out
 
-    def configurations(self, extractor: str, ctx: TaskContext, options: dict[str, Any]
-                       ) -> list[tuple[str | None, str, str]]:
-        """(row label or None for this extractor's own rows, feature set, aggregator)."""
-        main_set, main_agg = options["feature_set"], options["aggregator"]
-        configs: list[tuple[str | None, str, str]] = [(None, main_set, main_agg)]
-        if options.get("baseline", True) and not _claimed(ctx, _baseline_key(ctx)):
-            configs.append((BASELINE, "none", main_agg))
-        if ctx.variant in options.get("ablation_variants", ["raw"]) and _ablates(extractor, ctx,
-                                                                                   options):
-            for feature_set in options.get("feature_sets", []):
-                if feature_set not in ("none", main_set):
-                    configs.append((f"{extractor} [{_label(feature_set, main_agg)}]",
-                                    feature_set, main_agg))
-            for aggregator in options.get("aggregators", []):
-                if aggregator != main_agg:
-                    configs.append((f"{extractor} [{main_set}, {aggregator}]", main_set,
-                                    aggregator))
-        return configs
+    def evaluate_reference(self, reference: Reference, embeddings: Embeddings | None,
+                           dataset: Dataset, ctx: TaskContext) -> list[dict[str, Any]]:
+        return self.score(embeddings, dataset, ctx, reference.setting("feature_set"),
+                          reference.setting("aggregator"))
 
 
 def _label(feature_set: str, aggregator: str) -> str:
     return feature_set if feature_set in ("none", "ad") else f"{feature_set}, {aggregator}"
 
 
-def _extractor_name(embeddings: Embeddings, ctx: TaskContext) -> str:
-    if ctx.extractor is not None and getattr(ctx.extractor, "name", None):
-        return str(ctx.extractor.name)
-    return str(embeddings.meta.get("extractor", embeddings.meta.get("source", "embeddings")))
-
-
-def _baseline_key(ctx: TaskContext) -> str:
-    return f"baseline-{ctx.seed}-{ctx.variant}"
-
-
-def _marker(ctx: TaskContext, key: str) -> Path | None:
-    """A file under the run's artifacts that records ``key`` as done in this run (None outside
-    a run: then nothing is shared between calls)."""
-    return None if ctx.artifacts_dir is None else Path(ctx.artifacts_dir) / "ctr" / f"{key}.done"
-
-
-def _claimed(ctx: TaskContext, key: str) -> bool:
-    marker = _marker(ctx, key)
-    return marker is not None and marker.exists()
-
-
-def _claim(ctx: TaskContext, key: str) -> None:
-    marker = _marker(ctx, key)
-    if marker is not None:
-        with atomic_path(marker) as tmp:
-            tmp.write_text("1")
-
-
-def _ablates(extractor: str, ctx: TaskContext, options: dict[str, Any]) -> bool:
-    """Whether this extractor gets the ablation rows: the named one, or with ``auto`` the first
-    extractor evaluated in the run (recorded under the run's artifacts)."""
+def ablation_sources(extractors: list[tuple[str, Any]], options: dict[str, Any]
+                     ) -> list[tuple[str, str]]:
+    """(spec, name) of the extractors whose ablation rows the run reports: those
+    ``ablation_extractor`` names (a name or spec, or a list of them), with ``auto`` the first of
+    ``extractors``; none when there are no ablations to run."""
     wanted = options.get("ablation_extractor", "auto")
     if not wanted or not (options.get("feature_sets") or options.get("aggregators")):
-        return False
-    if wanted != "auto":
-        return extractor in ([wanted] if isinstance(wanted, str) else list(wanted))
-    if ctx.artifacts_dir is None:
-        return True
-    path = Path(ctx.artifacts_dir) / "ctr" / "ablation-extractor.txt"
-    if not path.exists():
-        with atomic_path(path) as tmp:
-            tmp.write_text(extractor)
-    return path.read_text().strip() == extractor
+        return []
+    named = [wanted] if isinstance(wanted, str) else list(wanted)
+    found = [(spec, str(getattr(extractor, "name", spec))) for spec, extractor in extractors]
+    if named == ["auto"]:
+        return found[:1]
+    return [(spec, name) for spec, name in found if spec in named or name in named]
 
 
 _LOADED: dict[str, ctr_data.CtrData] = {}
