@@ -323,7 +323,7 @@ def record_refusal(run_dir: Path, spec: RunSpec, run_id: str, message: str,
 
 # what an earlier session recorded per extractor, kept when a resumed session skips it
 CARRIED_INFO = ("whitening", "extractor_configs", "embeddings", "embeddings_fingerprints",
-                "metrics")
+                "metrics", "paired_references")
 
 
 class Run:
@@ -670,6 +670,9 @@ def evaluate_references(run: Run, cache: Cache) -> None:
             run.error(f"references of task {name}", error)
             continue
         for reference in references:
+            for member in reference.reference_of:
+                run.info.setdefault("paired_references", {}).setdefault(name, {})[member] = \
+                    reference.label
             start = time.perf_counter()
             evaluate_reference(run, name, task, reference, options, cache)
             spent = run.timings.setdefault(reference.label, {})
@@ -738,7 +741,7 @@ def write_verdicts(run: Run) -> None:
                                    for name in references}
         verdicts.compute(run.dir, references,
                          MetricBook(run.info.get("metrics")).lower_is_better,
-                         cache=run.prepared.cache)
+                         cache=run.prepared.cache, paired=run.info.get("paired_references"))
     except Exception as error:  # noqa: BLE001
         run.error("verdicts", error)
     run.timings.setdefault("verdicts", {})["compute_s"] = time.perf_counter() - start

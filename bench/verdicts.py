@@ -84,15 +84,20 @@ def ladder_level(extractor: str) -> float | None:
 
 
 def reference_for(task: str, extractor: str, variant: str, cells: dict[tuple[str, str], Any],
-                  references: dict[str, str]) -> tuple[str, str] | None:
-    """The row a cell is compared with: fine-tuned rows with the task's scratch backbone, the
-    rest with the task's reference extractor in the same variant (None when absent)."""
-    if variant == "ft":
-        scratch = [k for k in cells if k[0].startswith("scratch:") and k[1] == "ft"]
-        key = scratch[0] if scratch else None
-    else:
-        key = (references.get(task, DEFAULT_REFERENCE), variant)
-    if key is None or key not in cells or key == (extractor, variant):
+                  references: dict[str, str],
+                  paired: dict[str, dict[str, str]] | None = None) -> tuple[str, str] | None:
+    """The row a cell is compared with: the reference the task paired with this extractor
+    (``paired``: task -> extractor -> reference row, e.g. each fine-tuned backbone with the
+    scratch baseline of its own architecture; a fine-tuned row of an older run folder without
+    that record: the one scratch row, if there is only one), else the task's reference extractor
+    in the same variant (None when absent)."""
+    own = (paired or {}).get(task, {}).get(extractor)
+    scratch = [k for k in cells if k[0].startswith("scratch:") and k[1] == variant]
+    if own is None and variant == "ft" and len(scratch) == 1:
+        own = scratch[0][0]  # a run folder from before the pairing was recorded
+    key = (own, variant) if own is not None else (references.get(task, DEFAULT_REFERENCE),
+                                                  variant)
+    if key not in cells or key == (extractor, variant):
         return None
     return key
 
@@ -121,9 +126,11 @@ def cached_resample(cells: list[stats.Cell], n_resamples: int,
 def compute(run_dir: Path, references: dict[str, str] | None = None,
             lower_is_better: Callable[[str], bool] = lambda metric: False,
             n_resamples: int = stats.N_RESAMPLES,
-            cache: Cache | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+            cache: Cache | None = None,
+            paired: dict[str, dict[str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``verdicts.csv`` and ``validity.csv`` of a run folder (written, and returned); with a
-    ``cache`` the bootstrap draws of unchanged evidence are reused."""
+    ``cache`` the bootstrap draws of unchanged evidence are reused; ``paired``: per task, the
+    reference row of particular extractors (see :func:`reference_for`)."""
     references = references or {}
     rows, validity = [], []
     for (task, metric), cells in load_cells(run_dir).items():
@@ -136,7 +143,7 @@ def compute(run_dir: Path, references: dict[str, str] | None = None,
                    "metric": metric, "value": iv.value, "se": iv.se, "ci_low": iv.low,
                    "ci_high": iv.high, "n_seeds": iv.n_seeds, "unit": iv.unit,
                    "n_units": iv.n_units}
-            ref = reference_for(task, *cell.key, by_key, references)
+            ref = reference_for(task, *cell.key, by_key, references, paired)
             if ref is not None:
                 test = stats.compare(cell, cell_draws, *by_key[ref], lower_is_better=lower)
                 row |= {"reference": ref[0], "diff": test.diff, "diff_low": test.low,

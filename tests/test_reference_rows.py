@@ -60,6 +60,11 @@ def run(tmp_path, dataset: str, extractors: tuple[str, ...], run_id: str,
     info = json.loads((result.dir / "run.json").read_text())
     skipped = {(s["task"], s["extractor"]) for s in info["skipped"]}
     assert skipped == {("finetune_classify", "pixels")}  # no backbone()
+    # both tiny backbones are tested against the scratch row of their architecture
+    assert info["paired_references"] == {"finetune_classify": {"tiny_a": SCRATCH,
+                                                               "tiny_b": SCRATCH}}
+    tested = pd.read_csv(result.dir / "verdicts.csv").query("task == 'finetune_classify'")
+    assert set(tested.loc[tested["extractor"].str.startswith("tiny"), "reference"]) == {SCRATCH}
     rows = pd.read_csv(result.dir / "results.csv")
     rows = rows[~rows["metric"].str.endswith("_s")]  # timings differ
     return rows.drop(columns="run").sort_values(["extractor", "variant", "task", "metric",

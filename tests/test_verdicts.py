@@ -120,3 +120,16 @@ def test_bootstrap_draws_are_cached_by_the_evidence(tmp_path, monkeypatch):
     other = [stats.Cell(("a", "raw"), [stats.mean_evidence("query", ids, hits(0.5, 1))])]
     with pytest.raises(pytest.fail.Exception):  # other evidence: a miss
         verdicts.cached_resample(other, 50, Cache(tmp_path))
+
+
+def test_each_fine_tuned_backbone_is_tested_against_the_scratch_row_of_its_architecture():
+    cells = {(name, "ft"): None for name in ("scratch:resnet18-w16", "scratch:tower-w8",
+                                             "moco_v2", "m6_moe")}
+    paired = {"finetune_classify": {"moco_v2": "scratch:resnet18-w16",
+                                    "m6_moe": "scratch:tower-w8"}}
+    assert verdicts.reference_for("finetune_classify", "m6_moe", "ft", cells, {},
+                                  paired) == ("scratch:tower-w8", "ft")
+    assert verdicts.reference_for("finetune_classify", "moco_v2", "ft", cells, {},
+                                  paired) == ("scratch:resnet18-w16", "ft")
+    assert verdicts.reference_for("finetune_classify", "scratch:tower-w8", "ft", cells, {},
+                                  paired) is None  # a reference row is not tested

@@ -62,13 +62,16 @@ class Reference:
     (its vectors for ctr's ablations, its backbone's architecture for a scratch baseline; None:
     no extractor); ``variants`` the variants it is evaluated for; ``uses_vectors``: whether the
     rows are made from the source's vectors (then a time-capped training of the source marks
-    them cut too); ``settings``: what ``evaluate_reference`` needs (JSON-able)."""
+    them cut too); ``settings``: what ``evaluate_reference`` needs (JSON-able); ``reference_of``:
+    the extractors whose rows are tested against this one instead of the task's ``reference``
+    (e.g. the backbones of a scratch baseline's architecture)."""
 
     label: str
     source: str | None
     variants: tuple[str, ...]
     uses_vectors: bool = False
     settings: tuple[tuple[str, Any], ...] = ()
+    reference_of: tuple[str, ...] = ()
 
     def setting(self, key: str, default: Any = None) -> Any:
         return dict(self.settings).get(key, default)

@@ -48,20 +48,21 @@ FINETUNED = "ft"  # the variant of every fine-tuned row (and of the scratch rows
 def scratch_references(extractors: list[tuple[str, Any]], dataset: Dataset
                        ) -> list[Reference]:
     """One ``scratch:<arch>`` reference per (architecture, image size) among the backbone
-    extractors, in reference order; its source is the first extractor of that architecture.
+    extractors, in reference order; its source is the first extractor of that architecture,
+    and every extractor of that architecture is tested against it.
     Two architectures with the same readable label get their image size appended."""
-    groups: dict[str, tuple[str, str]] = {}
+    groups: dict[str, tuple[str, str, list[str]]] = {}
     for spec, extractor in extractors:
         if not isinstance(extractor, BackboneExtractor):
             continue
         key, label = ft.scratch_architecture(extractor, image_size(extractor, dataset))
-        groups.setdefault(key, (spec, label))
-    labels = [label for _, label in groups.values()]
+        groups.setdefault(key, (spec, label, []))[2].append(str(extractor.name))
+    labels = [label for _, label, _ in groups.values()]
     out = []
-    for key, (spec, label) in groups.items():
+    for key, (spec, label, members) in groups.items():
         if labels.count(label) > 1:
             label = f"{label}-{key.rsplit('-', 1)[1]}px"
-        out.append(Reference(f"scratch:{label}", spec, (FINETUNED,)))
+        out.append(Reference(f"scratch:{label}", spec, (FINETUNED,), reference_of=tuple(members)))
     return out
 
 
