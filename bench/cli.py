@@ -125,21 +125,6 @@ def run_request(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
-def whitening_choice(flag: str, value: str, cast: type, words: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``words`` or a number >= 0 (>= 1 for k), else a SpecError."""
-    text = str(value)
-    if text in words:
-        return text
-    try:
-        number = cast(text)
-    except ValueError:
-        number = None
-    if number is None or number < (1 if cast is int else 0):
-        raise SpecError(f"{flag} {text}: choose {', '.join(words)} or a number "
-                        f"{'>= 1' if cast is int else '>= 0'}")
-    return text
-
-
 def run_spec(request: dict[str, Any], out: str) -> RunSpec:
     from bench.runner import RunSpec
 
@@ -147,11 +132,9 @@ def run_spec(request: dict[str, Any], out: str) -> RunSpec:
     if request.get("ctr_backend"):
         profile.task_options.setdefault("ctr", {})["backend"] = request["ctr_backend"]
     if request.get("whiten_k"):
-        profile.whitening["k"] = whitening_choice("--whiten-k", request["whiten_k"], int,
-                                                  ("auto", "full"))
+        profile.whitening["k"] = request["whiten_k"]
     if request.get("whiten_shrinkage"):
-        profile.whitening["shrinkage"] = whitening_choice(
-            "--whiten-shrinkage", request["whiten_shrinkage"], float, ("auto",))
+        profile.whitening["shrinkage"] = request["whiten_shrinkage"]
     for task, key, value in map(task_option, request.get("task_options") or ()):
         if key == "index":
             from bench.index import KINDS

@@ -253,6 +253,12 @@ def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepare
     config = run_config(spec.profile, spec.dataset, spec.dataset_options)
     previous = load_previous(run_dir, config)
     tasks = [(name, registry.find_task(name)) for name in dict.fromkeys(spec.tasks)]
+    try:  # bad whitening or ``variants`` options are refused before anything runs
+        variants.check_options(spec.profile.whitening)
+        for name, task in tasks:
+            variants.scheduled(task, spec.profile.options(name, getattr(task, "defaults", None)))
+    except ValueError as error:
+        raise registry.SpecError(str(error)) from None
     extractors = [(text, registry.build_extractor(text, spec.profile))
                   for text in dict.fromkeys(spec.extractors)]
     names = [extractor.name for _, extractor in extractors]
@@ -547,7 +553,9 @@ def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddi
     for name, task in run.active:
         if protocol_gap(task, extractor):
             continue  # said once, when the run began (Run.__init__)
-        cells = [Cell(spec_text, variant, name, seed) for variant in task.variants
+        options = run.spec.profile.options(name, getattr(task, "defaults", None))
+        wanted = variants.scheduled(task, options)
+        cells = [Cell(spec_text, variant, name, seed) for variant in wanted
                  for seed in run.seeds_of(task)]
         for cell in cells:
             run.plan(cell, extractor.name)
@@ -555,8 +563,7 @@ def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddi
         if not todo:
             continue
         start = time.perf_counter()
-        options = run.spec.profile.options(name, getattr(task, "defaults", None))
-        by_variant = task_variants(run, extractor, embeddings, task)
+        by_variant = task_variants(run, extractor, embeddings, task, wanted)
         for cell in todo:
             if cell.variant not in by_variant:
                 run.cells.pop(cell, None)  # e.g. no ``w`` when there are too few train rows
@@ -579,13 +586,14 @@ def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddi
         spent[f"{name}_s"] = spent.get(f"{name}_s", 0.0) + time.perf_counter() - start
 
 
-def task_variants(run: Run, extractor: Any, embeddings: Embeddings,
-                  task: Any) -> dict[str, Embeddings]:
-    """``raw`` and ``w`` for one task; a whitening that cannot be fitted is an error and
-    leaves ``raw`` alone."""
+def task_variants(run: Run, extractor: Any, embeddings: Embeddings, task: Any,
+                  wanted: tuple[str, ...]) -> dict[str, Embeddings]:
+    """The ``wanted`` variants (``raw``, ``w``) for one task; a whitening that cannot be
+    fitted is an error and leaves ``raw`` alone."""
     try:
         by_variant, fitted = variants.for_task(embeddings, run.dataset, task,
-                                               run.spec.profile.whitening, run.prepared.cache)
+                                               run.spec.profile.whitening, run.prepared.cache,
+                                               wanted)
     except Exception as error:  # noqa: BLE001
         run.error(f"whitening for task {task.name} on {extractor.name}", error)
         return {"raw": embeddings}
@@ -685,7 +693,7 @@ def evaluate_reference(run: Run, name: str, task: Any, reference: Reference,
     """The cells of one reference (its variants x the task's seeds) not done yet. A reference
     made from its source's vectors sees the source's variants, and its rows are cut when the
     source's training was."""
-    allowed = variants.available(task, run.dataset)
+    allowed = variants.available(task, run.dataset, options)
     cells = [Cell(reference.label, variant, name, seed) for variant in reference.variants
              if variant in allowed for seed in run.seeds_of(task)]
     for cell in cells:
@@ -698,7 +706,8 @@ def evaluate_reference(run: Run, name: str, task: Any, reference: Reference,
         extractor, held = run.sources[reference.source]
         if reference.uses_vectors:
             embeddings = Embeddings.load(held) if isinstance(held, Path) else held
-            by_variant = task_variants(run, extractor, embeddings, task)
+            by_variant = task_variants(run, extractor, embeddings, task,
+                                       variants.scheduled(task, options))
             fit_cut = getattr(extractor, "fit_cut", None)
     for cell in todo:
         if reference.uses_vectors and cell.variant not in by_variant:

@@ -45,6 +45,23 @@ def train_rows(task: Any, dataset: Dataset) -> np.ndarray:
     return rows[dataset.table["split"].iloc[rows].to_numpy() == "train"]
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """A ValueError naming the flag when k is not auto, full or a number >= 1, or the
+    shrinkage not auto or a number >= 0."""
+    for key, flag, words, cast, low in (("k", "--whiten-k", ("auto", "full", "none"), int, 1),
+                                        ("shrinkage", "--whiten-shrinkage", ("auto",), float, 0)):
+        text = str(options.get(key, DEFAULTS[key]))
+        if text in words:
+            continue
+        try:
+            ok = cast(text) >= low
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{flag} {text}: choose {', '.join(words[:2])} or a number "
+                             f">= {low}")
+
+
 def candidates(options: dict[str, Any], dim: int) -> tuple[list[int], tuple[float, ...]]:
     """The k and shrinkage values the options leave open: ``auto`` is the grid, ``full`` (or
     ``none``, ``0``) every direction, a number itself."""
@@ -55,12 +72,28 @@ def candidates(options: dict[str, Any], dim: int) -> tuple[list[int], tuple[floa
     return ks, shrinkages
 
 
-def available(task: Any, dataset: Dataset) -> tuple[str, ...]:
-    """The task's declared variants this dataset allows: ``w`` needs at least two train rows
+def scheduled(task: Any, options: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The task's declared variants, narrowed by its ``variants`` option (a list, or text such
+    as ``raw`` or ``raw,w``): a profile may run a costly task on raw vectors only."""
+    declared = tuple(getattr(task, "variants", ("raw",)))
+    wanted = (options or {}).get("variants")
+    if wanted is None:
+        return declared
+    wanted = [v.strip() for v in wanted.split(",")] if isinstance(wanted, str) else list(wanted)
+    unknown = [v for v in wanted if v not in declared]
+    if unknown or not wanted:
+        raise ValueError(f"task {getattr(task, 'name', '?')} option variants={','.join(wanted)}:"
+                         f" choose among its variants {', '.join(declared)}")
+    return tuple(v for v in declared if v in wanted)
+
+
+def available(task: Any, dataset: Dataset, options: dict[str, Any] | None = None
+              ) -> tuple[str, ...]:
+    """The task's scheduled variants this dataset allows: ``w`` needs at least two train rows
     in the task's population (what ``for_task`` fits on); a reference row that reads no
     vectors (ctr's ID-only ranker) is reported for these."""
-    declared = tuple(getattr(task, "variants", ("raw",)))
-    return tuple(v for v in declared if v != "w" or len(train_rows(task, dataset)) >= 2)
+    return tuple(v for v in scheduled(task, options)
+                 if v != "w" or len(train_rows(task, dataset)) >= 2)
 
 
 def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
@@ -119,16 +152,17 @@ def train_labels(dataset: Dataset, rows: np.ndarray,
 
 
 def for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
-             options: dict[str, Any] | None = None, cache: Cache | None = None
+             options: dict[str, Any] | None = None, cache: Cache | None = None,
+             wanted: tuple[str, ...] | None = None
              ) -> tuple[dict[str, Embeddings], dict[str, Any] | None]:
     """({"raw": ..., "w": ...}, what the whitening fitted); ``w`` is left out when the task has
-    no ``w`` variant or too few train rows. A declared variant that is no transform of the
-    vectors (``ft``: the fine-tuning tasks train the backbone and read only the vectors'
-    fingerprint) gets them unchanged."""
+    no ``w`` variant, it is not ``wanted`` (default: the task's variants) or there are too few
+    train rows. A declared variant that is no transform of the vectors (``ft``: the fine-tuning
+    tasks train the backbone and read only the vectors' fingerprint) gets them unchanged."""
+    wanted = tuple(getattr(task, "variants", ())) if wanted is None else wanted
     out = {"raw": embeddings}
-    out.update((name, embeddings) for name in getattr(task, "variants", ())
-               if name not in VECTOR_VARIANTS)
-    if "w" not in getattr(task, "variants", ()):
+    out.update((name, embeddings) for name in wanted if name not in VECTOR_VARIANTS)
+    if "w" not in wanted:
         return out, None
     whitening = fit_for_task(embeddings, dataset, task, options, cache)
     if whitening is None:

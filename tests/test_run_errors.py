@@ -152,6 +152,10 @@ def test_other_settings_under_the_same_run_id_are_refused(tmp_path, capsys, ctr_
     (("--extractors", "pixels,nope"), "error: unknown extractor 'nope'; known: "),
     (("--tasks", "knn,nope"), "error: unknown task 'nope'; known: classify, ctr, "
                               "finetune_classify, finetune_retrieval, knn, retrieval"),
+    (("--tasks", "knn", "--task-option", "knn.variants=raw,ft"),
+     "error: task knn option variants=raw,ft: choose among its variants raw, w"),
+    (("--whiten-shrinkage", "-1"), "error: --whiten-shrinkage -1: choose auto or a number >= 0"),
+    (("--whiten-k", "big"), "error: --whiten-k big: choose auto, full or a number >= 1"),
 ])
 def test_wrong_arguments_are_refused_with_status_2(tmp_path, capsys, tiny, args, message):
     status, out, err = bench_run(capsys, tmp_path, "--run-id", "bad", *args)

@@ -212,3 +212,19 @@ def test_the_sweep_uses_the_chosen_shrinkage_and_is_cached(tmp_path):
 
     Refuses.__module__ = type(task).__module__  # the same source files: the same cache key
     assert variants.sweep(embeddings, dataset, Refuses(), ctx) == rows
+
+
+def test_a_task_option_narrows_the_variants_a_task_runs():
+    from bench import variants
+
+    task = ContentTask()
+    assert variants.scheduled(task, {}) == ("raw", "w")
+    assert variants.scheduled(task, {"variants": ["raw"]}) == ("raw",)
+    assert variants.scheduled(task, {"variants": "w, raw"}) == ("raw", "w")  # declared order
+    with pytest.raises(ValueError, match=r"variants=ft: choose among its variants raw, w"):
+        variants.scheduled(task, {"variants": "ft"})
+    dataset = dataset_with_roles()
+    embeddings = Embeddings(dataset.ids, np.random.default_rng(8).normal(size=(100, 4)))
+    out, record = for_task(embeddings, dataset, task, wanted=("raw",))
+    assert set(out) == {"raw"} and record is None  # nothing fitted for a variant not run
+    assert variants.available(task, dataset, {"variants": ["raw"]}) == ("raw",)
