@@ -70,7 +70,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "an existing one is resumed: its rows are kept, missing cells computed")
     parser.add_argument("--resume", metavar="RUN_ID",
                         help="finish an interrupted run with the settings it was started with")
-    parser.add_argument("--plugin", action="append", default=None, help="extra plugin file")
+    parser.add_argument("--plugin", action="append", default=None,
+                        help="extra plugin: a .py file or a package folder")
     parser.add_argument("--cache", help="cache folder (default: $BENCH_CACHE_DIR or ./.cache/bench)")
     parser.add_argument("--no-report", action="store_true", default=None,
                         help="skip plots and HTML")

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None,
                         help="homestead (default) | digits | folder:PATH | a plugin dataset")
     parser.add_argument("--extractors", help="comma-separated specs (default: the profile's)")
-    parser.add_argument("--plugin", action="append", default=None, help="extra plugin file")
+    parser.add_argument("--plugin", action="append", default=None,
+                        help="extra plugin: a .py file or a package folder")
     parser.add_argument("--cache", help="cache folder shared by every rank (default: "
                         "$BENCH_CACHE_DIR or ./.cache/bench)")
     parser.add_argument("--shard-size", type=int, default=None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,23 +62,45 @@ def files_digest(paths: list[Path] | tuple[Path, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _package_files(cls: type) -> list[Path]:
+    """Every ``.py`` file of the plugin package ``cls`` belongs to (``bench_plugins.<folder>.
+    <package>``, loaded by the registry from a folder), sorted; none for a single-file plugin."""
+    parts = getattr(cls, "__module__", "").split(".")
+    if len(parts) < 4 or parts[0] != "bench_plugins":
+        return []
+    package = sys.modules.get(".".join(parts[:3]))
+    folders = getattr(package, "__path__", None) or []
+    return sorted(path.resolve() for folder in folders for path in Path(folder).rglob("*.py")
+                  if "__pycache__" not in path.parts)
+
+
+def plugin_files(cls: type) -> list[Path]:
+    """The file that defines ``cls`` and, when it is part of a plugin package, every other
+    module of that package (a helper module's edit changes the package's digest too)."""
+    try:
+        own = Path(inspect.getsourcefile(cls) or "").resolve()
+    except (TypeError, OSError):
+        return []  # builtins
+    if not own.is_file():
+        return []
+    return [own, *(path for path in _package_files(cls) if path != own)]
+
+
 def source_files(cls: type) -> list[Path]:
     """The source files of a class and its bases, outside the standard library: the plugin's
-    own file, and any shared code it inherits (e.g. ``bench/training.py``)."""
+    own file (all of its package's modules for a package plugin), and any shared code it
+    inherits (e.g. ``bench/training.py``)."""
     files: list[Path] = []
     for base in cls.__mro__:
-        try:
-            path = Path(inspect.getsourcefile(base) or "").resolve()
-        except (TypeError, OSError):
-            continue  # builtins
-        if path.is_file() and not path.is_relative_to(_STDLIB) and path not in files:
-            files.append(path)
+        for path in plugin_files(base):
+            if not path.is_relative_to(_STDLIB) and path not in files:
+                files.append(path)
     return files
 
 
 def source_digest(cls: type) -> str:
-    """Digest of the file that defines ``cls`` (a plugin's own source file)."""
-    files = source_files(cls)[:1]
+    """Digest of the plugin that defines ``cls``: its file, or every module of its package."""
+    files = plugin_files(cls)
     return files_digest(files) if files else "unknown"
 
 

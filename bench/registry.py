@@ -1,13 +1,16 @@
-"""Finds extractor and dataset plugins: the plugin folders, entry points and ``--plugin FILE``.
+"""Finds extractor and dataset plugins: the plugin folders, entry points and ``--plugin PATH``.
 
-Plugins register factories with the ``@extractor(name)`` / ``@dataset(name)`` decorators. Files
-are imported by path under the private ``bench_plugins`` namespace, so ``datasets/`` never
-shadows Hugging Face's ``datasets`` package. A plugin that fails to import is recorded in
-``load_errors`` and the rest load as usual.
+Plugins register factories with the ``@extractor(name)`` / ``@dataset(name)`` decorators. A
+plugin is a file (``extractors/pixels.py``) or a package, a folder holding ``__init__.py``
+(``datasets/homestead/``) whose modules import each other relatively (``from .render import
+render``). Both are imported by path under the private ``bench_plugins`` namespace, so
+``datasets/`` never shadows Hugging Face's ``datasets`` package. A plugin that fails to import
+is recorded in ``load_errors`` with a one-line message and the rest load as usual.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import os
@@ -67,15 +70,51 @@ def dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
     return register
 
 
+def is_plugin_package(path: Path) -> bool:
+    """A folder holding ``__init__.py`` (not a private ``_name`` or ``__pycache__``)."""
+    return path.is_dir() and (path / "__init__.py").is_file() and not path.name.startswith("_")
+
+
+def _module_name(path: Path) -> str:
+    """``bench_plugins.<folder>.<name>``; a second plugin of the same folder and name from
+    another place gets a suffix from its path, so it never replaces the first one's module."""
+    name = f"bench_plugins.{path.parent.name}.{path.stem}"
+    taken = sys.modules.get(name)
+    if taken is not None and Path(getattr(taken, "__file__", "") or "").resolve() not in (
+            path, path / "__init__.py"):
+        name += "_" + hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return name
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message (file:line)``: the innermost frame of the plugin's own code (not of
+    importlib), or the file and line a ``SyntaxError`` names."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith("<frozen")]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    text = " ".join(str(error).split())
+    if isinstance(error, SyntaxError) and error.filename:
+        where, text = f" ({error.filename}:{error.lineno})", str(error.msg)
+    return f"{type(error).__name__}: {text}{where}"
+
+
 def load_file(path: str | os.PathLike) -> bool:
-    """Import one plugin file by path; on failure record the error and return False."""
+    """Import one plugin, a file or a package folder, by path; on failure record the error
+    and return False."""
     path = Path(path).resolve()
     if str(path) in _loaded_sources:
         return True
     _loaded_sources.add(str(path))
-    module_name = f"bench_plugins.{path.parent.name}.{path.stem}"
+    package = path.is_dir()
+    module_name = _module_name(path)
     try:
-        spec = importlib.util.spec_from_file_location(module_name, path)
+        if package:
+            # submodule_search_locations makes it a package: ``from .x import y`` inside it
+            # resolves to ``<module_name>.x`` and is found in this folder.
+            spec = importlib.util.spec_from_file_location(
+                module_name, path / "__init__.py", submodule_search_locations=[str(path)])
+        else:
+            spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {path}")
         module = importlib.util.module_from_spec(spec)
@@ -83,19 +122,34 @@ def load_file(path: str | os.PathLike) -> bool:
         spec.loader.exec_module(module)
         return True
     except Exception as error:  # noqa: BLE001 - a broken plugin must not stop the others
-        sys.modules.pop(module_name, None)
-        last = traceback.extract_tb(error.__traceback__)[-1]
-        where = f"{last.filename}:{last.lineno}"
-        load_errors.append(PluginError(str(path), f"{type(error).__name__}: {error} ({where})"))
+        for name in [n for n in sys.modules if n == module_name
+                     or n.startswith(module_name + ".")]:
+            sys.modules.pop(name, None)  # a package's half-imported submodules too
+        load_errors.append(PluginError(str(path), _one_line(error)))
         return False
 
 
+def _not_a_plugin(path: Path) -> str | None:
+    """Why ``--plugin PATH`` cannot be loaded, or None when it is a file or a package."""
+    if path.is_file():
+        return None
+    if not path.exists():
+        return "no such file or folder"
+    if not path.is_dir():
+        return "not a file or a folder"
+    if not (path / "__init__.py").is_file():
+        return "a folder without __init__.py is not a plugin package"
+    return None
+
+
 def load_plugins(extra_files: tuple[str, ...] | list[str] = ()) -> list[PluginError]:
-    """Load every plugin folder file, entry point and extra file once; return the failures."""
+    """Load every plugin file and package of the plugin folders, every entry point and every
+    extra file or package once; return the failures."""
     for folder in PLUGIN_FOLDERS.values():
         if folder.is_dir():
-            for path in sorted(folder.glob("*.py")):
-                if not path.name.startswith("_"):
+            for path in sorted(folder.iterdir()):
+                if (path.suffix == ".py" and path.is_file() and not path.name.startswith("_")
+                        or is_plugin_package(path)):
                     load_file(path)
     for group in ENTRY_POINT_GROUPS.values():
         for point in entry_points(group=group):
@@ -111,8 +165,9 @@ def load_plugins(extra_files: tuple[str, ...] | list[str] = ()) -> list[PluginEr
             except Exception as error:  # noqa: BLE001
                 load_errors.append(PluginError(source, f"{type(error).__name__}: {error}"))
     for path in extra_files:
-        if not Path(path).is_file():
-            load_errors.append(PluginError(str(path), "no such file"))
+        problem = _not_a_plugin(Path(path))
+        if problem:
+            load_errors.append(PluginError(str(path), problem))
             continue
         load_file(path)
     return list(load_errors)

@@ -147,7 +147,7 @@ def test_cache_hit_returns_the_same_data_without_generating(factory, world, worl
     def boom(params):
         raise AssertionError("regenerated despite a cache entry")
 
-    monkeypatch.setattr(sys.modules[factory.__module__], "_generate", boom)
+    monkeypatch.setattr(sys.modules[factory.__module__], "generate", boom)
     again = factory(world_cache, **SMALL)
     assert np.array_equal(world.images(), again.images())
     pd.testing.assert_frame_equal(world.table, again.table)
