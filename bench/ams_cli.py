@@ -41,7 +41,7 @@ from bench.tasks.ctr.ams.launch import (
     run_rank,
     torchrun_rendezvous,
 )
-from bench.tasks.ctr.train import TrainConfig, prepare
+from bench.tasks.ctr.train import CtrConfig, prepare
 
 COST_METRICS = ("image_bytes_per_iter", "image_grad_bytes_per_iter", "key_bytes_per_iter",
                 "model_bytes_per_iter", "boundary_bytes_per_iter", "iter_s",
@@ -176,7 +176,7 @@ def build_job(args: argparse.Namespace) -> tuple[AmsJob, dict[str, Any]]:
     for key in ("feature_set", "aggregator", "epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    config = TrainConfig.from_options(task_options, **overrides)
+    config = CtrConfig.from_options(task_options, **overrides)
     data = prepare(log, table, known_ids, int(task_options.get("history_length", 20)),
                    tuple(task_options.get("item_fields", ("category", "coarse_category"))))
     vectors = vectors_for(data.item_rows)

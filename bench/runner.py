@@ -12,7 +12,7 @@ computed before it.
 from __future__ import annotations
 
 import datetime as dt
-import sys
+import logging
 import tempfile
 import time
 import traceback
@@ -102,8 +102,7 @@ class RunInterrupted(KeyboardInterrupt):
 USER_ERRORS = (ValueError, OSError, KeyError)
 
 
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__).info
 
 
 def embeddings_key(extractor: Any, dataset: Dataset) -> str:

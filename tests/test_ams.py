@@ -30,7 +30,7 @@ from bench.tasks.ctr.ams.features import lift, shard_of
 from bench.tasks.ctr.ams.launch import AmsOptions, make_job
 from bench.tasks.ctr.model import loss
 from bench.tasks.ctr.synthetic import make_log
-from bench.tasks.ctr.train import TrainConfig, build_model, prepare
+from bench.tasks.ctr.train import CtrConfig, build_model, prepare
 
 REPO = Path(__file__).resolve().parent.parent
 DIM = 128
@@ -106,7 +106,7 @@ def test_options_and_job_are_validated():
     dataset, embeddings = make_log(n_users=10, n_items=20, n_days=2, per_day=3)
     data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, 5)
     with pytest.raises(ValueError, match="nothing for AMS to serve"):
-        make_job(data, embeddings.take(data.item_rows), TrainConfig(feature_set="none"), 0,
+        make_job(data, embeddings.take(data.item_rows), CtrConfig(feature_set="none"), 0,
                  AmsOptions())
 
 
@@ -170,7 +170,7 @@ def _reference(paths: dict[str, Path], result: dict) -> tuple:
     embeddings = Embeddings.load(paths["features"])
     data = prepare(log, table, embeddings.ids, result["history_length"],
                    tuple(result["item_fields"]))
-    config = TrainConfig.from_options(result["config"])
+    config = CtrConfig.from_options(result["config"])
     raw = lift(embeddings.take(data.item_rows), DIM, 0)
     return build_model(data, raw, config, result["seed"]), data, config
 
@@ -375,7 +375,7 @@ def test_full_run_auc_agrees_with_the_in_process_harness():
     dataset, embeddings = make_log(seed=0)
     data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, 10)
     vectors = embeddings.take(data.item_rows)
-    config = TrainConfig(epochs=2, batch_size=512, image_hidden=(32,))
+    config = CtrConfig(epochs=2, batch_size=512, image_hidden=(32,))
     local, remote = [], []
     for seed in range(3):
         local.append(in_process(data, vectors, config, seed)[0]["ctr_auc"])

@@ -13,22 +13,18 @@ import torch
 from torch import nn
 
 import bench  # noqa: F401 - patches torchvision before lightly imports it
-from bench.backbones import build_backbone, images_to_tensor
+from bench.augment import ViewSpec, augment, lightly_view, to_unit
+from bench.backbones import build_backbone, embed_images, images_to_tensor
 from bench.cache import Cache
 from bench.config import get_profile
 from bench.training import (
     CheckpointError,
     StepInfo,
     TrainConfig,
-    ViewSpec,
-    augment,
     checkpoint_path,
-    embed_backbone,
-    lightly_view,
     load_checkpoint,
     resolve_options,
     save_checkpoint,
-    to_unit,
     train,
 )
 
@@ -273,11 +269,11 @@ def test_resolve_options_casts_and_refuses_unknown_keys():
         resolve_options("x", defaults, profile, {"epochs": "many"})
 
 
-def test_embed_backbone_is_a_batched_eval_forward():
+def test_embed_images_is_a_batched_eval_forward():
     model = build_backbone("resnet18", 8, stem="strided", seed=0)
     images = _images(10, 16)
     batches = [images[:4], images[4:]]
-    out = embed_backbone(model, batches, 16, "cpu")
+    out = embed_images(model, batches, 16, "cpu")
     assert model.training  # restored
     model.eval()
     with torch.no_grad():

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from bench.metrics import auc
 from bench.tasks.ctr import CtrTask, load
 from bench.tasks.ctr.data import CtrData
-from bench.tasks.ctr.train import TrainConfig, build_model, evaluate, fit, torch_threads
+from bench.tasks.ctr.train import CtrConfig, build_model, evaluate, fit, torch_threads
 
 DESIGN_REFERENCE = 9000.0  # DeepCTR-Torch DIN samples/s on this machine kind (DESIGN.md)
 
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[tuple[str, float, float]] = []
     with torch_threads(args.threads):
         for feature_set in ("dicm", "none"):
-            config = TrainConfig.from_options(options, feature_set=feature_set,
+            config = CtrConfig.from_options(options, feature_set=feature_set,
                                               aggregator=args.aggregator, epochs=args.epochs,
                                               batch_size=args.batch_size, threads=args.threads)
             model = build_model(data, item_vectors, config, seed=0)
