@@ -2,7 +2,12 @@
 
 import os
 
-from bench import _torchvision_compat  # noqa: F401  (must run before torchvision is imported)
+from bench import (
+    _torchvision_compat,  # noqa: F401  (must run before torchvision is imported)
+    logs,
+)
+
+logs.install()  # ``[bench] ...`` lines on stderr for every module's logger (bench/logs.py)
 
 # Nothing is downloaded at run time: the Hugging Face libraries (used by the timm:, hf: and
 # open_clip: adapters) read only local files and the local hub cache, unless the user set

@@ -1,4 +1,5 @@
-"""Backbone factory and batched inference shared by the image extractors.
+"""Backbone factory, the mixed-precision context and the one batched embedding function
+(``embed_images``) shared by the image extractors, their training and fine-tuning.
 
 torchvision ResNets with a width option and, for 32-64 px input, a small-image stem (3x3 conv,
 stride 1, no max-pool, as in CIFAR ResNets), so CPU profiles stay fast. ``fc`` is replaced by
@@ -6,6 +7,9 @@ stride 1, no max-pool, as in CIFAR ResNets), so CPU profiles stay fast. ``fc`` i
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -88,17 +92,33 @@ def images_to_tensor(images: np.ndarray, size: int | None = None,
     return (x - mean) / std
 
 
+def amp_context(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The suite's one mixed-precision context, for training and embedding alike: bf16
+    autocast on CUDA (fp16 where bf16 is missing; the training loop then scales the loss),
+    nothing on CPU."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
 @torch.no_grad()
-def embed_images(model: nn.Module, image_batches, size: int | None,
-                 device: torch.device | str = "cpu") -> np.ndarray:
-    """Run ``model`` in eval mode over an iterable of uint8 image batches; float32 [n, d]."""
+def embed_images(model: nn.Module, image_batches: Iterable[np.ndarray], size: int | None,
+                 device: torch.device | str = "cpu",
+                 to_tensor: Callable[[np.ndarray], torch.Tensor] | None = None) -> np.ndarray:
+    """The suite's one embedding function: ``model`` in eval mode, no gradient, under
+    ``amp_context``, over uint8 NHWC image batches (``to_tensor``: the extractor's own
+    preprocessing, else ``images_to_tensor`` at ``size``); float32 [n, d], flattened. The
+    training mode is restored afterwards."""
     was_training = model.training
     model.eval()
     outputs = []
     try:
-        for images in image_batches:
-            x = images_to_tensor(images, size, device)
-            outputs.append(model(x).float().flatten(1).cpu().numpy())
+        with amp_context(device):
+            for images in image_batches:
+                x = (images_to_tensor(images, size, device) if to_tensor is None
+                     else to_tensor(images).to(device))
+                outputs.append(model(x).float().flatten(1).cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(outputs).astype(np.float32, copy=False)

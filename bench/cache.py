@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -22,6 +22,8 @@ import numpy as np
 CODE_VERSION = "1"  # bump when cached artefacts change meaning
 # What reading a damaged file can raise (truncated zip, empty file, bad JSON or parquet, ...).
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+log = logging.getLogger(__name__)
 
 
 class DamagedFileError(ValueError):
@@ -119,8 +121,8 @@ def quarantine(path: str | os.PathLike, reason: BaseException | str) -> Path:
 
         shutil.rmtree(aside, ignore_errors=True)
     os.replace(path, aside)
-    print(f"[bench] damaged cache entry {path} ({reason}); moved it to {aside.name}, "
-          "recomputing", file=sys.stderr, flush=True)
+    log.warning("damaged cache entry %s (%s); moved it to %s, recomputing", path, reason,
+                aside.name)
     return aside
 
 

@@ -1,6 +1,7 @@
 """``bench`` command line: run, validate, list, report, compare, perf, ams.
 
-``run`` and ``list`` live here; the other commands live beside the code they drive and are
+``run`` and ``list`` live here; the other commands live in their own modules (``bench.ams_cli``
+and ``bench.embed_cli`` beside this one, ``bench.report.cli``, ``bench.perf``, ...) and are
 imported only when used (each module offers ``add_arguments(parser)`` and ``main(args)``).
 """
 
@@ -26,7 +27,7 @@ LAZY_COMMANDS = {
     "report": ("bench.report.cli", "rebuild tables, plots and report.html of a run folder"),
     "compare": ("bench.report.compare", "per metric change between two runs vs seed noise"),
     "perf": ("bench.perf", "print speed figures (embed, knn, ctr, ams)"),
-    "ams": ("bench.tasks.ctr.ams_cli", "run the AMS parameter-server path on 127.0.0.1"),
+    "ams": ("bench.ams_cli", "run the AMS parameter-server path on 127.0.0.1"),
     "export": ("bench.export", "write the homestead world as a folder dataset (JPEGs, "
                                "manifest.csv, impressions.parquet)"),
     "embed": ("bench.embed_cli", "embed a dataset into the cache bench run reads; under "

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,10 +32,12 @@ from bench.embed_store import ShardPlan, embed_shards, merge, prepare, read_shar
 from bench.embeddings import EmbeddingError, Embeddings
 from bench.extractor import FitContext
 
+_logger = logging.getLogger(__name__)
+
 
 def log(world: World, message: str) -> None:
-    prefix = f"[bench rank {world.rank}/{world.size}]" if world.distributed else "[bench]"
-    print(f"{prefix} {message}", file=sys.stderr, flush=True)
+    """A message through stdlib logging, naming the rank under torchrun."""
+    _logger.info(f"rank {world.rank}/{world.size}: {message}" if world.distributed else message)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -42,8 +43,7 @@ DEFAULT_SHARD_SIZE = 1024  # 4 KiB-aligned float32 rows; about 30 s of a ResNet-
 PLAN_VERSION = 1
 
 
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__).info
 
 
 def shard_size_setting() -> int:

@@ -30,7 +30,8 @@ from bench.cache import Cache
 from bench.data import Dataset
 
 # The project's code every extractor's vectors pass through; its digest keys cached embeddings.
-PROJECT_EXTRACTOR_CODE = ("bench/extractor.py", "bench/backbones.py", "bench/training.py",
+PROJECT_EXTRACTOR_CODE = ("bench/extractor.py", "bench/backbones.py", "bench/augment.py",
+                          "bench/training.py",
                           "bench/embeddings.py")
 _ROOT = Path(__file__).resolve().parent.parent
 _STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()

@@ -1,7 +1,8 @@
 """Fine-tuning shared by the ``finetune_classify`` and ``finetune_retrieval`` tasks
 (bench/tasks/finetune.py): copies of an extractor's backbone (as trained, or re-initialised
-from scratch), tensor augmentations, one SGD loop with a budget, and small JSON caches so a
-scratch baseline is trained once per (data, architecture, budget, seed).
+from scratch), flip-and-crop augmentations (``bench.augment``), SGD with a budget on the
+suite's one training loop (``bench.training.fit_loop``), and small JSON caches so a scratch
+baseline is trained once per (data, architecture, budget, seed).
 
 Why here and not in the tasks: the pretrained-vs-scratch comparison is only fair when both runs
 share every line of the training code; keeping the loop in one place guarantees that.
@@ -12,29 +13,28 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones import images_to_tensor
+from bench.augment import CropFlip, augment
+from bench.backbones import embed_images, images_to_tensor
 from bench.cache import CODE_VERSION, Cache, fingerprint, read_cached, write_json
 from bench.stats import Evidence
+from bench.training import Plan, fit_loop, one_stream
 
 FINETUNE_VERSION = "3"  # bump when training code changes what a cached result means (3: evidence)
 ToTensor = Callable[[np.ndarray], torch.Tensor]
 
 
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__).info
 
 
 @dataclass(frozen=True)
@@ -179,30 +179,6 @@ def feature_dim(backbone: nn.Module, sample: torch.Tensor) -> int:
 # --------------------------------------------------------------------------- training
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, padding: float) -> torch.Tensor:
-    """Random horizontal flip and random crop (reflect padding, same size), per sample."""
-    n, _, h, w = x.shape
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    pad = min(int(round(padding * min(h, w))), h - 1, w - 1)
-    if pad <= 0:
-        return x
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").permute(0, 2, 3, 1)
-    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), generator=generator).to(x.device)
-    rows = dy + torch.arange(h, device=x.device).view(1, h, 1)
-    cols = dx + torch.arange(w, device=x.device).view(1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1)
-    return padded[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
-
-
-def _autocast(device: torch.device):
-    """bfloat16 autocast on CUDA (no grad scaler needed), plain float32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
     """Learning-rate factor: linear warm-up over the first steps, then cosine decay to 0."""
     warmup = max(1, int(round(warmup_fraction * total)))
@@ -216,42 +192,26 @@ def train(model: nn.Module, n_items: int, loss_fn: Callable[[torch.Tensor], torc
           budget: Budget, generator: torch.Generator, device: torch.device) -> TrainLog:
     """SGD with momentum and a warm-up + cosine schedule over ``epochs`` shuffled passes of
     ``n_items`` (the last incomplete batch is dropped), at most ``max_steps`` steps;
-    ``loss_fn(indices)`` returns the loss of one batch. Stops early (logged, and visible as
-    fewer ``steps`` than ``planned_steps``) when ``max_seconds`` (> 0) is reached."""
+    ``loss_fn(indices)`` returns the loss of one batch. The loop is the suite's one
+    (``bench.training.fit_loop``), without checkpoints (results are cached instead) and with
+    one generator for the whole run. Stops early (logged, and visible as fewer ``steps`` than
+    ``planned_steps``) when ``max_seconds`` (> 0) is reached, checked before every step."""
     batch_size = max(2, min(budget.batch_size, n_items))  # BatchNorm needs two samples
-    steps_per_epoch = max(1, n_items // batch_size)
-    planned = budget.epochs * steps_per_epoch
-    log_ = TrainLog(planned_steps=min(planned, budget.max_steps) if budget.max_steps > 0 else planned)
+    plan = Plan(budget.epochs, max(1, n_items // batch_size), batch_size,
+                max_steps=budget.max_steps, max_seconds=budget.max_seconds,
+                stop_within_epoch=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=budget.lr, momentum=budget.momentum,
                                 weight_decay=budget.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, log_.planned_steps, budget.warmup_fraction))
-    model.train()
+    planned = plan.total_steps
     start = time.perf_counter()
-
-    def over_time() -> bool:
-        return budget.max_seconds > 0 and time.perf_counter() - start > budget.max_seconds
-
-    while log_.steps < log_.planned_steps:
-        order = torch.randperm(n_items, generator=generator)
-        losses = []
-        for b in range(min(steps_per_epoch, log_.planned_steps - log_.steps)):
-            if over_time():
-                break
-            with _autocast(device):
-                loss = loss_fn(order[b * batch_size:(b + 1) * batch_size])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            log_.steps += 1
-        if losses:
-            log_.epoch_losses.append(float(np.mean(losses)))
-        if over_time():
-            break
-    log_.seconds = time.perf_counter() - start
+    state = fit_loop(model, optimizer, lambda indices, info: loss_fn(indices), plan,
+                     name="fine-tuning", device=device, shuffle=one_stream(n_items, generator),
+                     lr_at=lambda step: budget.lr * warmup_cosine(step, planned,
+                                                                  budget.warmup_fraction))
+    log_ = TrainLog(steps=state.steps, planned_steps=planned,
+                    seconds=time.perf_counter() - start,
+                    epoch_losses=list(state.history.get("loss", [])))
     if log_.capped:
         log(f"fine-tuning stopped at its {budget.max_seconds:.0f} s cap after "
             f"{log_.steps} of {log_.planned_steps} steps")
@@ -263,7 +223,7 @@ def batch_tensor(images: np.ndarray, indices: torch.Tensor, to_tensor: ToTensor,
                  ) -> torch.Tensor:
     """Preprocess and augment the images at ``indices`` on ``device``."""
     x = to_tensor(images[indices.numpy()]).to(device, non_blocking=True)
-    return augment(x, generator, budget.crop_padding)
+    return augment(x, CropFlip(budget.crop_padding), generator)
 
 
 def finetune_classifier(backbone: nn.Module, images: np.ndarray, labels: np.ndarray,
@@ -312,17 +272,12 @@ def finetune_pairs(backbone: nn.Module, images: np.ndarray, pairs: Callable[[tor
     return model, train(model, n_groups, loss_fn, budget, generator, device)
 
 
-@torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, to_tensor: ToTensor, device: torch.device,
             batch_size: int = 256) -> np.ndarray:
-    """Eval-mode outputs (logits or features) for uint8 images, float32 numpy [n, d]."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start:start + batch_size]).to(device)
-        with _autocast(device):
-            outputs.append(model(x).float().flatten(1).cpu().numpy())
-    return np.concatenate(outputs).astype(np.float32, copy=False)
+    """Eval-mode outputs (logits or features) for uint8 images, float32 numpy [n, d], through
+    the suite's one embedding function (``backbones.embed_images``)."""
+    batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+    return embed_images(model, batches, None, device, to_tensor=to_tensor)
 
 
 # --------------------------------------------------------------------------- caching

@@ -19,7 +19,7 @@ Neighbours come from :mod:`bench.index` (FAISS). Everything is saved atomically 
 
 from __future__ import annotations
 
-import sys
+import logging
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +38,8 @@ MAX_SAMPLE = 2000
 N_COMPONENTS = 50
 N_QUERIES = 5
 TOP_K = 5
+
+log = logging.getLogger(__name__)
 
 
 def content_rows(dataset: Dataset) -> np.ndarray:
@@ -111,7 +113,7 @@ class RunArtifacts:
             yield
         except Exception as error:  # noqa: BLE001 - pictures must never sink a run
             message = f"{type(error).__name__}: {error}"
-            print(f"[bench] run pictures, {what}: {message}", file=sys.stderr, flush=True)
+            log.warning("run pictures, %s: %s", what, message)
             self.errors.append({"where": f"run pictures ({what})", "error": message,
                                 "traceback": traceback.format_exc(limit=4)})
 

@@ -12,14 +12,11 @@ computed before it.
 from __future__ import annotations
 
 import datetime as dt
-import platform
-import subprocess
-import sys
+import logging
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,7 @@ from bench.data import Dataset
 from bench.embed_store import embed_resumable
 from bench.embeddings import Embeddings
 from bench.extractor import BackboneExtractor, FitContext, code_digest
-from bench.metric_info import MetricBook, UndeclaredMetric, describe, legacy_record
+from bench.metric_info import MetricBook
 from bench.pictures import RunArtifacts
 from bench.resume import (
     CUT,
@@ -56,12 +53,16 @@ from bench.resume import (
     merge_rows,
     run_config,
 )
+from bench.run_folder import (
+    RESULT_COLUMNS,
+    declare_metrics,
+    environment,
+    write_results,
+    write_run_json,
+)
 from bench.tasks import Reference, TaskContext
 
-RESULT_COLUMNS = ["run", "dataset", "extractor", "variant", "task", "metric", "seed", "value"]
 ROW_OWNER = {"extractor", "variant", "seed"}  # the cell's, never a task row's
-PACKAGES = ("torch", "torchvision", "lightly", "faiss-cpu", "numpy", "pandas", "scikit-learn",
-            "matplotlib")
 
 
 @dataclass
@@ -102,8 +103,7 @@ class RunInterrupted(KeyboardInterrupt):
 USER_ERRORS = (ValueError, OSError, KeyError)
 
 
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__).info
 
 
 def embeddings_key(extractor: Any, dataset: Dataset) -> str:
@@ -179,27 +179,6 @@ def keep_train_log(embeddings_path: Path, log_dir: Path, restore: bool) -> None:
     source, target = (cached, current) if restore else (current, cached)
     if source.is_file() and not (restore and target.is_file()):
         write_text(target, source.read_text(encoding="utf-8"))
-
-
-def environment() -> dict[str, Any]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    try:
-        revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                  cwd=registry.REPO_ROOT, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        revision = None
-    import torch
-
-    hardware = {"machine": platform.machine(), "processor": platform.processor(),
-                "cpus": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    return {"python": sys.version.split()[0], "platform": platform.platform(),
-            "packages": versions, "git_revision": revision, "hardware": hardware}
 
 
 @dataclass
@@ -464,17 +443,9 @@ class Run:
         described from its name so the report still shows it)."""
         book = self.info.setdefault("metrics", {})
         task = dict(self.active).get(task_name)
-        for name in dict.fromkeys(str(row["metric"]) for row in task_rows):
-            if name in book:
-                if task_name not in book[name]["tasks"]:
-                    book[name]["tasks"].append(task_name)
-                continue
-            try:
-                record = describe(task, name)
-            except UndeclaredMetric as error:
-                self.error(f"task {task_name}", error)
-                record = {**legacy_record(name), "undeclared": True}
-            book[name] = {**record, "tasks": [task_name]}
+        names = [row["metric"] for row in task_rows]
+        for problem in declare_metrics(book, task_name, task, names):
+            self.error(f"task {task_name}", problem)
 
     def results(self) -> pd.DataFrame:
         """Every row of the run: the earlier sessions' and this one's, deduplicated."""
@@ -493,10 +464,9 @@ class Run:
         self.save()
 
     def save(self) -> None:
-        with atomic_path(self.dir / "results.csv") as tmp:
-            self.results().to_csv(tmp, index=False)
+        write_results(self.dir, self.results())
         spec = self.spec
-        write_json(self.dir / "run.json", {
+        write_run_json(self.dir, {
             "run": self.run_id, "status": self.status, "profile": spec.profile.name,
             "dataset": spec.dataset, "dataset_options": spec.dataset_options,
             "extractors": self.extractors, "tasks": self.tasks,
@@ -510,7 +480,7 @@ class Run:
             "total_s": self.earlier_s + time.perf_counter() - self.started,
             "errors": self.errors, "skipped": self.skipped, "sessions": self.sessions,
             "plugin_errors": [str(e) for e in registry.load_errors],
-            "environment": self.environment, **self.info})
+            "environment": self.environment, "metrics": {}, **self.info})
 
 
 def cell_rows(task_name: str, task_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

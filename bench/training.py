@@ -1,48 +1,52 @@
-"""The training loop shared by the learned image extractors (pretrained, moco_v2, swav).
+"""The one backbone training loop (``fit_loop``) and what the learned extractors share.
 
-Why one loop: device choice (CUDA when present, bf16/fp16 autocast there), the progress bar, the
-per-epoch loss log, the budget (epochs; ``max_seconds`` is only a safety stop, see ``SafetyStop``)
-and the checkpoint cache are the same for every method. A method only supplies its model and the loss of one batch, as in
-lightly's examples; see ``Method``.
+Why one loop: device choice, mixed precision (``backbones.amp_context``: bf16 autocast on CUDA,
+fp16 with a loss scaler where bf16 is missing), the progress bar, the per-epoch loss history,
+the budget in steps (``Plan``: epochs, optional ``max_steps``; ``max_seconds`` is only a safety
+stop, see ``SafetyStop``) and the checkpoint after every epoch are the same for every training.
+Its callers supply the model, the optimizer, the learning rate per step, the shuffling and the
+loss of one batch, plus optional ``Hooks``:
 
-Augmentations run on whole batches of tensors on the training device (``ViewSpec``/``augment``):
-per-image PIL transforms cost more than the small-image forward pass itself on 2 CPU cores, and
-torchvision's v2 transforms draw one set of parameters per call, not per image. The batched ops
-draw every parameter per image and mirror lightly's ``MoCoV2Transform``/``SwaVTransform``
-(random resized crop, flip, colour jitter, grayscale, optional Gaussian blur, ImageNet
-normalisation); ``lightly_view`` reads the defaults from lightly's own transform signatures.
+- ``train``: supervised pretraining (``pretrained``) and the self-supervised methods (``moco_v2``,
+  ``swav``; a ``Method`` supplies its model and the loss of one batch, as in lightly's examples),
+  SGD with a cosine schedule; ``BackboneEmbedder.fit`` calls it;
+- ``bench.finetune``: fine-tuning a backbone copy in the classify and retrieval tasks, SGD with
+  warm-up and cosine, no checkpoint (results are cached), the safety stop checked every step;
+- ``extractors/m6_moe.py``: AdamW over image + title passes, expert statistics per epoch.
+
+Augmentations live in ``bench.augment``, the embedding function in ``bench.backbones``.
 
 Checkpoints live under ``cache.path("checkpoints", f"{name}-{key}", ".pt")``, keyed by a
 fingerprint of the extractor's config, the dataset and the code version. One is written
 atomically after every epoch (with every buffer, memory banks too), so an interrupted or cut
-training resumes from its last complete epoch and ends with the weights an uninterrupted one
-would have; a finished one is a cache hit that skips training. A checkpoint that cannot be read (truncated,
-not a checkpoint, another model) is refused with a message naming the file, moved aside to
+training resumes from its last complete epoch (``seeded_epochs``: every epoch's order and
+augmentations follow from the seed and the epoch alone) and ends with the weights an
+uninterrupted one would have; a finished one is a cache hit that skips training.
+``restore_checkpoint`` is the one way back: a checkpoint that cannot be read (truncated, not a
+checkpoint, another model) is refused with a message naming the file, moved aside to
 ``*.corrupt`` and training starts again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
+import logging
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    amp_context,
     batched_images,
     build_backbone,
+    embed_images,
     images_to_tensor,
     pick_device,
 )
@@ -54,8 +58,7 @@ CHECKPOINT_FORMAT = 1
 NOT_TRAINED = ("device", "max_seconds")  # options that never change a finished training
 
 
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__).info
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,148 +99,6 @@ def _cast(text: str, like: Any, where: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Batched augmentations (per-image random parameters, tensors on the training device)
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """One augmented view: output ``size`` and lightly-style augmentation strengths."""
-
-    size: int
-    min_scale: float = 0.2
-    max_scale: float = 1.0
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    cj_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    gray: float = 0.2
-    blur: float = 0.0
-    sigmas: tuple[float, float] = (0.1, 2.0)
-
-
-def lightly_view(transform: type, size: int, crop: int = 0, cj_strength: float | None = None,
-                 **overrides: Any) -> ViewSpec:
-    """A ``ViewSpec`` with the defaults of a lightly transform class (``MoCoV2Transform``,
-    ``SwaVTransform``); ``crop`` picks the crop group of multi-crop transforms and
-    ``cj_strength`` scales the colour jitter as lightly's argument of that name does."""
-    d = {k: p.default for k, p in inspect.signature(transform).parameters.items()}
-    strength = d.get("cj_strength", 1.0) if cj_strength is None else cj_strength
-    min_scale = d["crop_min_scales"][crop] if "crop_min_scales" in d else d["min_scale"]
-    max_scale = d["crop_max_scales"][crop] if "crop_max_scales" in d else 1.0
-    spec = dict(size=size, min_scale=min_scale, max_scale=max_scale, hflip=d["hf_prob"],
-                cj_prob=d["cj_prob"], brightness=d["cj_bright"] * strength,
-                contrast=d["cj_contrast"] * strength, saturation=d["cj_sat"] * strength,
-                hue=d["cj_hue"] * strength, gray=d["random_gray_scale"],
-                blur=d["gaussian_blur"], sigmas=tuple(d["sigmas"]))
-    spec.update(overrides)
-    return ViewSpec(**spec)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1] (once per batch, shared by all views)."""
-    return images.permute(0, 3, 1, 2).contiguous().float().div_(255.0)  # NCHW, see backbones
-
-
-def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
-    """One random view of every image of ``x`` (float NCHW in [0, 1]), ImageNet-normalised."""
-    x = _resized_crop_flip(x, spec, g)
-    if spec.cj_prob > 0:
-        x = _color_jitter(x, spec, g)
-    if spec.gray > 0:
-        gray = _luma(x).expand_as(x)
-        x = torch.where(_coin(x, spec.gray, g).view(-1, 1, 1, 1), gray, x)
-    if spec.blur > 0:
-        x = _gaussian_blur(x, spec, g)
-    return normalize(x)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def _uniform(x: torch.Tensor, low: float, high: float, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(x.shape[0], device=x.device, generator=g) * (high - low) + low
-
-
-def _coin(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(x.shape[0], device=x.device, generator=g) < p
-
-
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-
-
-def _resized_crop_flip(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
-    """RandomResizedCrop (area share in [min_scale, max_scale], aspect ratio in ``ratio``; a
-    side that would leave the image is clipped) and a horizontal flip, as one bilinear affine
-    resampling per image."""
-    area = _uniform(x, spec.min_scale, spec.max_scale, g)
-    ratio = torch.exp(_uniform(x, math.log(spec.ratio[0]), math.log(spec.ratio[1]), g))
-    w = torch.sqrt(area * ratio).clamp(max=1.0)
-    h = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (1 - w) * _uniform(x, -1.0, 1.0, g)
-    cy = (1 - h) * _uniform(x, -1.0, 1.0, g)
-    flip = torch.where(_coin(x, spec.hflip, g), -1.0, 1.0)
-    zero = torch.zeros_like(w)
-    theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
-    grid = F.affine_grid(theta, [x.shape[0], 3, spec.size, spec.size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                         align_corners=False)
-
-
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-
-
-def _color_jitter(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation, hue with per-image factors, on a ``cj_prob`` share of
-    the images. Fixed order (torchvision shuffles it); hue is a rotation in YIQ space, a cheap
-    linear stand-in for torchvision's HSV shift."""
-    on = _coin(x, spec.cj_prob, g).float()
-    n = x.shape[0]
-
-    def factor(strength: float, centre: float = 1.0) -> torch.Tensor:
-        value = _uniform(x, centre - strength, centre + strength, g)
-        return (on * value + (1 - on) * centre).view(n, 1, 1, 1)
-
-    x = (x * factor(spec.brightness)).clamp_(0, 1)
-    mean = _luma(x).mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * factor(spec.contrast) + mean).clamp_(0, 1)
-    gray = _luma(x)
-    x = ((x - gray) * factor(spec.saturation) + gray).clamp_(0, 1)
-    if spec.hue > 0:
-        angle = factor(spec.hue, 0.0).view(n) * 2 * math.pi
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        rot = torch.zeros(n, 3, 3, device=x.device)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-        yiq = _YIQ.to(x.device)
-        matrix = torch.linalg.inv(yiq) @ rot @ yiq
-        x = torch.einsum("nij,njhw->nihw", matrix, x).clamp_(0, 1)
-    return x
-
-
-def _gaussian_blur(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
-    """Separable Gaussian blur, sigma drawn per image, applied to a ``blur`` share of images."""
-    n, c, height, width = x.shape
-    sigma = _uniform(x, *spec.sigmas, g)
-    sigma = torch.where(_coin(x, spec.blur, g), sigma, torch.full_like(sigma, 1e-3))
-    radius = max(1, min(int(math.ceil(2 * spec.sigmas[1])), min(height, width) // 2 - 1))
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n*c, k]
-    flat = x.reshape(1, n * c, height, width)
-    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
-    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)
-    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
-    return flat.view(n, c, height, width)
-
-
-# --------------------------------------------------------------------------------------------
 # Methods and the loop
 # --------------------------------------------------------------------------------------------
 
@@ -246,10 +107,11 @@ class StepInfo:
     """What a method's ``loss`` may need besides the batch."""
 
     step: int            # global optimisation step, 0-based
-    total_steps: int     # planned steps (epochs x steps per epoch)
+    total_steps: int     # planned steps (epochs x steps per epoch, at most max_steps)
     epoch: int
     steps_per_epoch: int
-    generator: torch.Generator  # for augmentations, seeded per epoch (resume reproduces them)
+    generator: torch.Generator  # for augmentations (on the device), seeded per epoch
+    cpu_generator: torch.Generator | None = None  # CPU draws (word dropout), seeded per epoch
 
 
 class Method(Protocol):
@@ -264,6 +126,8 @@ class Method(Protocol):
 
 @dataclass
 class TrainConfig:
+    """The budget of a backbone pretraining (``train``): SGD settings, epochs, seed."""
+
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.06          # SGD learning rate per 128 images (scaled linearly with the batch)
@@ -377,28 +241,222 @@ def load_checkpoint(path: Path, key: str | None = None) -> dict[str, Any]:
     return state
 
 
-def _restore(path: Path, state: dict[str, Any], model: nn.Module,
-             optimizer: torch.optim.Optimizer | None = None) -> None:
+def restore_checkpoint(path: Path, key: str, model: nn.Module,
+                       optimizer: torch.optim.Optimizer | None = None, modules: tuple = (),
+                       check: Callable[[dict[str, Any]], None] | None = None
+                       ) -> dict[str, Any] | None:
+    """The checkpoint of ``key`` at ``path`` loaded into ``model``, ``optimizer`` and the
+    buffers of ``model`` and ``modules`` (a loss's memory bank), or None when there is none.
+    ``check`` may refuse it (``CheckpointError``). An unusable file is moved aside to
+    ``*.corrupt`` with a message naming it, and training starts from scratch."""
+    if not path.exists():
+        return None
     try:
+        state = load_checkpoint(path, key)
+        if check is not None:
+            check(state)
         model.load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {path} does not fit the model: {error}") from error
+        if not isinstance(error, CheckpointError):
+            error = CheckpointError(f"checkpoint {path} does not fit the model: {error}")
+        bad = path.with_suffix(".corrupt")
+        log(f"refusing {error}; moved it to {bad.name} and training from scratch")
+        path.replace(bad)
+        return None
+    restore_buffers(state.get("buffers", {}), model, *modules)
+    if not state["done"]:
+        log(f"resuming {path.name} after epoch {state['epoch']}")
+    return state
 
 
-def _discard(path: Path, error: CheckpointError) -> None:
-    bad = path.with_suffix(".corrupt")
-    log(f"refusing {error}; moved it to {bad.name} and training from scratch")
-    path.replace(bad)
+# What the loop needs each epoch: (order of the items, generator on the device, CPU generator).
+Shuffle = Callable[[int], tuple[torch.Tensor, torch.Generator, torch.Generator]]
+# One step's loss: ``loss`` is backpropagated, any other entry is averaged into the history.
+StepLoss = Callable[[torch.Tensor, StepInfo], "torch.Tensor | dict[str, torch.Tensor]"]
 
 
-def amp_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (fp16 where bf16 is missing), nothing on CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+def seeded_epochs(n: int, seed: int, device: torch.device | str) -> Shuffle:
+    """Each epoch's order and generators from (seed, epoch) alone, so a resumed training
+    draws exactly what an uninterrupted one would."""
+    device = torch.device(device)
+
+    def shuffle(epoch: int) -> tuple[torch.Tensor, torch.Generator, torch.Generator]:
+        cpu = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=cpu).to(device)
+        return order, torch.Generator(device).manual_seed(seed * 100_003 + epoch + 1), cpu
+
+    return shuffle
+
+
+def one_stream(n: int, generator: torch.Generator) -> Shuffle:
+    """One CPU generator for orders and augmentations of the whole training: for trainings
+    that keep no checkpoint (fine-tuning), so never resumed."""
+    return lambda epoch: (torch.randperm(n, generator=generator), generator, generator)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The budget in steps: ``epochs`` passes of ``steps_per_epoch`` batches, at most
+    ``max_steps`` (0: no limit). ``max_seconds`` is a safety stop, checked after every epoch
+    (resumable trainings) or before every step (``stop_within_epoch``)."""
+
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    max_steps: int = 0
+    max_seconds: float = 0.0
+    stop_within_epoch: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        planned = self.epochs * self.steps_per_epoch
+        return min(planned, self.max_steps) if self.max_steps > 0 else planned
+
+    @property
+    def n_epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+
+@dataclass
+class LoopState:
+    """Where a training stands: epochs and steps done, per-epoch means of each loss (and of
+    what ``on_epoch_end`` adds), seconds and images of every session, and whether it ended."""
+
+    epoch: int = 0
+    steps: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    wall_s: float = 0.0
+    images_seen: int = 0
+    resumed_wall_s: float = 0.0
+    resumed_images: int = 0
+    done: bool = False
+    cut: str | None = None
+
+    @classmethod
+    def resumed(cls, saved: dict[str, Any], history: dict[str, list[float]],
+                steps_per_epoch: int) -> LoopState:
+        wall, seen = float(saved.get("wall_s", 0.0)), int(saved.get("images_seen", 0))
+        return cls(epoch=int(saved["epoch"]), steps=int(saved["epoch"]) * steps_per_epoch,
+                   history={k: list(v) for k, v in history.items()}, wall_s=wall,
+                   images_seen=seen, resumed_wall_s=wall, resumed_images=seen)
+
+    @property
+    def stopped_by(self) -> str:
+        return "epochs" if self.done else "max_seconds"
+
+    @property
+    def session_images_per_s(self) -> float:
+        return ((self.images_seen - self.resumed_images)
+                / max(self.wall_s - self.resumed_wall_s, 1e-9))
+
+
+@dataclass
+class Checkpointing:
+    """Where the loop saves the model, optimizer and every buffer after each epoch, and what
+    the caller adds to each save (``extra``: the loss history, a vocabulary ...)."""
+
+    path: Path
+    key: str
+    name: str
+    modules: tuple = ()  # besides the model, whose buffers are saved (a loss's memory bank)
+    extra: Callable[[LoopState], dict[str, Any]] = lambda state: {}
+
+
+@dataclass
+class Hooks:
+    """Optional calls into the loop: before an epoch (reset statistics), after an epoch's
+    means are in ``state.history`` and before its checkpoint (add to the history, write a
+    log), and after every step (``on_step(info, losses)``)."""
+
+    on_epoch_start: Callable[[int], None] | None = None
+    on_epoch_end: Callable[[int, LoopState], None] | None = None
+    on_step: Callable[[StepInfo, dict[str, torch.Tensor]], None] | None = None
+
+
+def fit_loop(model: nn.Module, optimizer: torch.optim.Optimizer, step_loss: StepLoss,
+             plan: Plan, *, name: str, device: torch.device | str,
+             lr_at: Callable[[int], float], shuffle: Shuffle,
+             checkpoint: Checkpointing | None = None, resumed: LoopState | None = None,
+             hooks: Hooks | None = None, progress: bool = True) -> LoopState:
+    """The one backbone training loop (pretraining, self-supervised, fine-tuning, m6_moe).
+
+    Each step sets the learning rate ``lr_at(step)`` (the schedule follows steps, never time),
+    computes ``step_loss(batch indices, info)`` under ``amp_context`` and takes an optimizer
+    step (the loss scaled where fp16 needs it). Each epoch appends the mean of every returned
+    loss to ``state.history``; a loss that is not finite stops training with an error. With
+    ``checkpoint``, a checkpoint is saved atomically after every epoch, so a training cut by
+    the ``max_seconds`` safety stop (``state.cut``) or killed resumes from ``resumed``."""
+    device = torch.device(device)
+    hooks = hooks or Hooks()
+    state = resumed or LoopState()
+    total, per_epoch = plan.total_steps, plan.steps_per_epoch
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    stop = SafetyStop(plan.max_seconds)
+    model.train()
+    bar = _progress_bar(total, state.steps, name, progress)
+    try:
+        for epoch in range(state.epoch, plan.n_epochs):
+            started = time.perf_counter()
+            if hooks.on_epoch_start is not None:
+                hooks.on_epoch_start(epoch)
+            order, generator, cpu_generator = shuffle(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            done_here = 0
+            for i in range(min(per_epoch, total - epoch * per_epoch)):
+                if plan.stop_within_epoch and stop.reached():
+                    break
+                step = epoch * per_epoch + i
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
+                info = StepInfo(step, total, epoch, per_epoch, generator, cpu_generator)
+                with amp_context(device):
+                    out = step_loss(order[i * plan.batch_size:(i + 1) * plan.batch_size], info)
+                losses = out if isinstance(out, dict) else {"loss": out}
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                for key, value in losses.items():
+                    value = value.detach().float()
+                    sums[key] = sums[key] + value if key in sums else value
+                done_here += 1
+                state.steps += 1
+                bar.update(1)
+                if hooks.on_step is not None:
+                    hooks.on_step(info, losses)
+            if done_here:
+                means = {key: float(value) / done_here for key, value in sums.items()}
+                if not math.isfinite(means["loss"]):
+                    raise FloatingPointError(f"{name}: the loss became {means['loss']} in "
+                                             f"epoch {epoch + 1}; lower the learning rate (lr=)")
+                for key, value in means.items():
+                    state.history.setdefault(key, []).append(value)
+                bar.set_postfix(loss=f"{means['loss']:.3f}")
+            state.wall_s += time.perf_counter() - started
+            state.images_seen += done_here * plan.batch_size
+            state.epoch = epoch + 1
+            state.done = state.steps >= total
+            if not state.done and stop.reached():
+                state.cut = stop.describe(name, state.epoch, plan.n_epochs)
+            if hooks.on_epoch_end is not None:
+                hooks.on_epoch_end(epoch, state)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint.path, {
+                    "format": CHECKPOINT_FORMAT, "key": checkpoint.key, "name": checkpoint.name,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "buffers": buffers_of(model, *checkpoint.modules), "epoch": state.epoch,
+                    "losses": state.history.get("loss", []), "wall_s": state.wall_s,
+                    "images_seen": state.images_seen, "done": state.done,
+                    "stopped_by": state.stopped_by, "cut": state.cut,
+                    **checkpoint.extra(state)})
+            if state.done or state.cut:
+                break
+    finally:
+        bar.close()
+    return state
 
 
 def _progress_bar(total: int, initial: int, name: str, enabled: bool):
@@ -413,11 +471,12 @@ def _progress_bar(total: int, initial: int, name: str, enabled: bool):
 def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config: TrainConfig,
           *, name: str, key: str, cache: Cache, device: torch.device | str,
           log_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train ``method.model`` on uint8 NHWC ``images`` (and integer ``targets``), or load the
-    finished checkpoint of ``key``; resumes an unfinished one. SGD with momentum, a cosine
-    learning rate over ``epochs`` x steps (never over time) and a checkpoint after every epoch.
-    ``max_seconds`` is a safety stop (``SafetyStop``): a cut training returns ``cut`` set and
-    leaves its checkpoint unfinished, so the next call resumes it."""
+    """Train ``method.model`` on uint8 NHWC ``images`` (and integer ``targets``) with
+    ``fit_loop``, or load the finished checkpoint of ``key``; resumes an unfinished one. SGD
+    with momentum, a cosine learning rate over ``epochs`` x steps (never over time) and a
+    checkpoint after every epoch. ``max_seconds`` is a safety stop (``SafetyStop``): a cut
+    training returns ``cut`` set and leaves its checkpoint unfinished, so the next call
+    resumes it."""
     device = torch.device(device)
     path = checkpoint_path(cache, name, key)
     model = method.model.to(device)
@@ -427,98 +486,49 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
     base_lr = config.lr * batch_size / 128
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    state = _resume_state(path, key, model, optimizer)
-    if state is not None and state["done"]:
-        result = _result(state, path, device, cached=True)
+    saved = restore_checkpoint(path, key, model, optimizer, (criterion,))
+    if saved is not None and saved["done"]:
+        result = _result(saved, path, device, cached=True)
         _write_log(log_dir, name, key, result)
         log(f"{name}: trained weights from cache {path.name}")
         return result
-    if state is not None:
-        restore_buffers(state.get("buffers", {}), model, criterion)
 
-    n = len(images)
-    steps_per_epoch = max(1, n // batch_size)
-    total_steps = config.epochs * steps_per_epoch
+    steps_per_epoch = max(1, len(images) // batch_size)
+    plan = Plan(config.epochs, steps_per_epoch, batch_size, max_seconds=config.max_seconds)
+    total_steps = plan.total_steps
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     labels = None if targets is None else torch.as_tensor(targets, dtype=torch.long).to(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
-    start_epoch = int(state["epoch"]) if state else 0
-    losses: list[float] = list(state["losses"]) if state else []
-    wall = float(state["wall_s"]) if state else 0.0
-    seen = int(state["images_seen"]) if state else 0
-    stop = SafetyStop(config.max_seconds)
-    result = _result(state, path, device, cached=False) if state else None
-    model.train()
-    bar = _progress_bar(total_steps, start_epoch * steps_per_epoch, name, progress)
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
-            cpu_gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=cpu_gen).to(device)
-            aug_gen = torch.Generator(device).manual_seed(config.seed * 100_003 + epoch + 1)
-            running = torch.zeros((), device=device)
-            for i in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + i
-                lr = base_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                idx = order[i * batch_size:(i + 1) * batch_size]
-                info = StepInfo(step, total_steps, epoch, steps_per_epoch, aug_gen)
-                with amp_context(device):
-                    loss = method.loss(data[idx], None if labels is None else labels[idx], info)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                running += loss.detach().float().sum()
-                bar.update(1)
-            epoch_loss = float(running) / steps_per_epoch
-            if not math.isfinite(epoch_loss):
-                raise FloatingPointError(f"{name}: the loss became {epoch_loss} in epoch "
-                                         f"{epoch + 1}; lower the learning rate (lr=)")
-            losses.append(epoch_loss)
-            wall += time.perf_counter() - started
-            seen += steps_per_epoch * batch_size
-            bar.set_postfix(loss=f"{epoch_loss:.3f}")
-            done = epoch + 1 >= config.epochs
-            cut = None if done or not stop.reached() else stop.describe(name, epoch + 1,
-                                                                         config.epochs)
-            state = {"format": CHECKPOINT_FORMAT, "key": key, "name": name,
-                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "buffers": buffers_of(model, criterion),
-                     "epoch": epoch + 1, "losses": losses, "wall_s": wall,
-                     "images_seen": seen, "done": done,
-                     "stopped_by": "epochs" if done else "max_seconds", "cut": cut,
-                     "config": asdict(config)}
-            save_checkpoint(path, state)
-            result = _result(state, path, device, cached=False)
-            _write_log(log_dir, name, key, result)
-            if done or cut:
-                break
-    finally:
-        bar.close()
+
+    def step_loss(idx: torch.Tensor, info: StepInfo) -> torch.Tensor:
+        return method.loss(data[idx], None if labels is None else labels[idx], info)
+
+    def lr_at(step: int) -> float:
+        return base_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+
+    def record(state: LoopState) -> dict[str, Any]:
+        return {"epoch": state.epoch, "losses": state.history.get("loss", []),
+                "wall_s": state.wall_s, "images_seen": state.images_seen, "done": state.done,
+                "stopped_by": state.stopped_by, "cut": state.cut}
+
+    def on_epoch_end(epoch: int, state: LoopState) -> None:
+        _write_log(log_dir, name, key, _result(record(state), path, device, cached=False))
+
+    resumed = None if saved is None else LoopState.resumed(
+        saved, {"loss": saved["losses"]}, steps_per_epoch)
+    state = fit_loop(model, optimizer, step_loss, plan, name=name, device=device, lr_at=lr_at,
+                     shuffle=seeded_epochs(len(images), config.seed, device),
+                     checkpoint=Checkpointing(path, key, name, (criterion,),
+                                              lambda _: {"config": asdict(config)}),
+                     resumed=resumed, hooks=Hooks(on_epoch_end=on_epoch_end),
+                     progress=progress)
+    result = _result(record(state), path, device, cached=False)
+    losses = result.losses
     if result.cut:
         log(result.cut)
     else:
-        log(f"{name}: {len(losses)} epochs in {wall:.1f} s ({result.images_per_s:.0f} img/s, "
-            f"loss {losses[0]:.3f} -> {losses[-1]:.3f})")
+        log(f"{name}: {len(losses)} epochs in {result.wall_s:.1f} s "
+            f"({result.images_per_s:.0f} img/s, loss {losses[0]:.3f} -> {losses[-1]:.3f})")
     return result
-
-
-def _resume_state(path: Path, key: str, model: nn.Module,
-                  optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        state = load_checkpoint(path, key)
-        _restore(path, state, model, optimizer)
-    except CheckpointError as error:
-        _discard(path, error)
-        return None
-    if not state["done"]:
-        log(f"resuming {path.name} after epoch {state['epoch']}")
-    return state
 
 
 def _result(state: dict[str, Any], path: Path, device: torch.device, cached: bool) -> TrainResult:
@@ -563,27 +573,8 @@ def unlabelled_rows(dataset: Any, name: str, role: str = "all") -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Embedding with a backbone
+# Extractors whose embedding is a backbone's pooled features
 # --------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def embed_backbone(model: nn.Module, image_batches: Iterable[np.ndarray], size: int,
-                   device: torch.device | str) -> np.ndarray:
-    """Pooled backbone features of every batch: eval mode, no gradient, autocast on CUDA;
-    float32 [n, d]. The training mode is restored afterwards."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    outputs = []
-    try:
-        with amp_context(device):
-            for images in image_batches:
-                features = model(images_to_tensor(images, size, device))
-                outputs.append(features.float().flatten(1).cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(outputs).astype(np.float32, copy=False)
-
 
 class BackboneEmbedder:
     """``backbone()``, ``preprocess()`` and ``embed()`` for extractors whose embedding is a
@@ -644,4 +635,4 @@ class BackboneEmbedder:
 
     def embed(self, dataset: Any, rows: np.ndarray) -> np.ndarray:
         batches = batched_images(dataset, rows, self.batch_size)
-        return embed_backbone(self.model, batches, self.image_size, self.device)
+        return embed_images(self.model, batches, self.image_size, self.device)

@@ -36,10 +36,12 @@ version of it, in one file:
   weights with no title tokens, so a table shows what the title adds.
 
 At inference there is no capacity limit, so an item's vector never depends on the other items in
-its batch. Checkpoints follow ``bench.training``'s conventions and helpers (key from config, data
-and code version; atomic save after every epoch; resume; ``weights_only`` loading; an unusable
-file is moved aside to ``*.corrupt`` and training restarts). The loop itself is this file's: the
-shared one is SGD on images alone, this model needs titles, AdamW and expert statistics.
+its batch. Training runs on the suite's one loop (``bench.training.fit_loop``): this file
+supplies the loss of a batch (image + title passes), AdamW with its schedule, and hooks that
+reset and collect the expert statistics per epoch; the loop brings mixed precision, the
+checkpoint after every epoch (key from config, data and code version; atomic; ``weights_only``
+loading; resume through ``restore_checkpoint``, which moves an unusable file aside to
+``*.corrupt`` and restarts) and the safety stop.
 ``m6_moe`` and ``m6_moe_image_only`` share one checkpoint, so a run with both trains once.
 ``ctx.log_dir / "train_log.json"`` holds per-epoch losses, wall time, tokens per expert for each
 MoE layer at the end of training (``expert_load``: layers x experts) and the dropped share.
@@ -47,10 +49,9 @@ MoE layer at the end of training (``expert_load``: layers x experts) and the dro
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,23 +63,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.backbones import batched_images, build_backbone, images_to_tensor, pick_device
+from bench.augment import ViewSpec, augment, to_unit
+from bench.backbones import (
+    amp_context,
+    batched_images,
+    build_backbone,
+    images_to_tensor,
+    pick_device,
+)
 from bench.cache import write_json
 from bench.extractor import FitContext, source_digest
 from bench.registry import extractor
 from bench.training import (
-    CHECKPOINT_FORMAT,
     CheckpointError,
-    SafetyStop,
-    ViewSpec,
-    amp_context,
-    augment,
+    Checkpointing,
+    Hooks,
+    LoopState,
+    Plan,
+    StepInfo,
     checkpoint_key,
     checkpoint_path,
-    load_checkpoint,
+    fit_loop,
     resolve_options,
-    save_checkpoint,
-    to_unit,
+    restore_checkpoint,
+    seeded_epochs,
 )
 
 NAME = "m6_moe"
@@ -103,8 +111,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 NOT_TRAINED = ("device", "max_seconds")
 
 
-def log(message: str) -> None:
-    print(f"[bench] {NAME}: {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(f"bench.extractors.{NAME}").info
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -439,110 +446,66 @@ def learning_rate(cfg: dict[str, Any], done: float) -> float:
     return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - warmup) / (1 - warmup))))
 
 
-def train(model: M6MoE, images: np.ndarray, ids: Tensor, cfg: dict[str, Any], *, path: Path,
-          key: str, vocab: list[str], device: torch.device, state: dict[str, Any] | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Train (or resume from ``state``, a checkpoint of an unfinished run) for ``epochs``, or
-    until the ``max_seconds`` safety stop ends this session (then the log's ``cut`` says so and
-    the checkpoint stays unfinished); a checkpoint after every epoch. Returns the training
-    log."""
-    from tqdm.auto import tqdm
-
+def train(model: M6MoE, optimizer: torch.optim.Optimizer, images: np.ndarray, ids: Tensor,
+          cfg: dict[str, Any], *, path: Path, key: str, vocab: list[str], device: torch.device,
+          state: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train with the suite's loop (``bench.training.fit_loop``), or resume from ``state`` (a
+    checkpoint of an unfinished run), for ``epochs``, or until the ``max_seconds`` safety stop
+    ends this session (then the log's ``cut`` says so and the checkpoint stays unfinished); a
+    checkpoint after every epoch. Returns the training log."""
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"],
-                                  weight_decay=cfg["weight_decay"])
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
     n, batch = len(images), min(cfg["batch_size"], len(images))
-    steps_per_epoch = max(1, n // batch)
-    total_steps = steps_per_epoch * cfg["epochs"]
+    plan = Plan(cfg["epochs"], max(1, n // batch), batch, max_seconds=cfg["max_seconds"])
+    total_steps = plan.total_steps
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     ids = ids.to(device)
     view = ViewSpec(size=cfg["image_size"], min_scale=cfg["crop_min_scale"], cj_prob=0.0,
                     gray=0.0)
-    history = {name: list(state["log"][name]) if state else [] for name in HISTORY}
-    wall = resumed_wall = float(state["wall_s"]) if state else 0.0
-    start_epoch = int(state["epoch"]) if state else 0
-    stop = SafetyStop(cfg["max_seconds"])
     train_log: dict[str, Any] = {}
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc=f"train {NAME}",
-               unit="step", disable=not progress, leave=False, mininterval=1.0, file=sys.stderr)
-    for epoch in range(start_epoch, cfg["epochs"]):
-        started = time.perf_counter()
+
+    def step_loss(index: Tensor, info: StepInfo) -> dict[str, Tensor]:
+        x = augment(to_unit(data[index]), view, info.generator)
+        losses = training_losses(model, x, ids[index], cfg, info.cpu_generator)
+        return {"loss": losses["loss"], "itc_loss": losses["itc"], "mlm_loss": losses["mlm"],
+                "aux_loss": losses["aux"]}
+
+    def on_epoch_start(epoch: int) -> None:
         for layer in model.moe_layers():
             layer.reset_stats()
-        generator = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch)
-        image_generator = torch.Generator(device).manual_seed(cfg["seed"] * 100_003 + epoch + 1)
-        order = torch.randperm(n, generator=generator).to(device)
-        sums = {name: torch.zeros((), device=device) for name in ("loss", "itc", "mlm", "aux")}
-        for i in range(steps_per_epoch):
-            done = (epoch * steps_per_epoch + i) / total_steps
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, done)
-            index = order[i * batch:(i + 1) * batch]
-            x = augment(to_unit(data[index]), view, image_generator)
-            with amp_context(device):
-                losses = training_losses(model, x, ids[index], cfg, generator)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
-            for name in sums:
-                sums[name] += losses[name].detach().float()
-            bar.update(1)
-        means = {name: float(value) / steps_per_epoch for name, value in sums.items()}
-        if not math.isfinite(means["loss"]):
-            raise FloatingPointError(f"{NAME}: the loss became {means['loss']} in epoch "
-                                     f"{epoch + 1}; lower the learning rate (lr=)")
-        seconds = time.perf_counter() - started
-        wall += seconds
+
+    def on_epoch_end(epoch: int, loop: LoopState) -> None:
         stats = expert_stats(model)
-        for name, value in zip(HISTORY, (means["loss"], means["itc"], means["mlm"],
-                                         means["aux"], stats["dropped_share"])):
-            history[name].append(value)
-        bar.set_postfix(loss=f"{means['loss']:.3f}")
-        finished = epoch + 1 >= cfg["epochs"]
-        cut = None if finished or not stop.reached() else stop.describe(NAME, epoch + 1,
-                                                                         cfg["epochs"])
-        train_log = {**history, "wall_s": wall, "epochs_run": epoch + 1,
-                     "stopped_by": "epochs" if finished else "max_seconds", "cut": cut,
-                     "n_train": n, "vocab_size": len(vocab),
-                     "images_per_s": (epoch + 1 - start_epoch) * steps_per_epoch * batch
-                     / max(wall - resumed_wall, 1e-9), "device": str(device), **stats}
-        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "key": key, "name": NAME,
-                               "version": VERSION, "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                               "losses": history["loss"], "wall_s": wall, "done": finished,
-                               "vocab": vocab, "log": train_log})
-        if finished or cut:
-            break
-    bar.close()
+        loop.history.setdefault("dropped_share_per_epoch", []).append(stats["dropped_share"])
+        train_log.clear()
+        train_log.update({**{name: loop.history[name] for name in HISTORY},
+                          "wall_s": loop.wall_s, "epochs_run": loop.epoch,
+                          "stopped_by": loop.stopped_by, "cut": loop.cut, "n_train": n,
+                          "vocab_size": len(vocab), "images_per_s": loop.session_images_per_s,
+                          "device": str(device), **stats})
+
+    resumed = None
+    if state is not None:
+        resumed = LoopState.resumed(state, {name: state["log"][name] for name in HISTORY},
+                                    plan.steps_per_epoch)
+    fit_loop(model, optimizer, step_loss, plan, name=NAME, device=device,
+             lr_at=lambda step: learning_rate(cfg, step / total_steps),
+             shuffle=seeded_epochs(n, cfg["seed"], device),
+             checkpoint=Checkpointing(path, key, NAME, extra=lambda loop: {
+                 "version": VERSION, "vocab": vocab, "log": dict(train_log)}),
+             resumed=resumed, hooks=Hooks(on_epoch_start, on_epoch_end), progress=progress)
     model.eval()
     return train_log
 
 
-# ----------------------------------------------------------------------------- checkpoints
+def check_vocabulary(vocab: list[str]):
+    """A ``restore_checkpoint`` check: the checkpoint is an m6_moe one of this vocabulary."""
 
-
-def restore(path: Path, key: str, model: M6MoE, vocab: list[str]) -> dict[str, Any] | None:
-    """The checkpoint of ``key`` loaded into ``model`` (``weights_only``), or None when there is
-    none; an unusable one is moved aside to ``*.corrupt`` with a message naming the file."""
-    if not path.exists():
-        return None
-    try:
-        state = load_checkpoint(path, key)
+    def check(state: dict[str, Any]) -> None:
         if list(state.get("vocab", [])) != vocab or "log" not in state:
-            raise CheckpointError(f"checkpoint {path} is not an {NAME} checkpoint of this "
-                                  f"vocabulary")
-        try:
-            model.load_state_dict(state["model"])
-        except (RuntimeError, KeyError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {path} does not fit the model: {error}") from error
-    except CheckpointError as error:
-        bad = path.with_suffix(".corrupt")
-        log(f"refusing {error}; moved it to {bad.name} and training from scratch")
-        path.replace(bad)
-        return None
-    return state
+            raise CheckpointError(f"checkpoint of key {state.get('key')!r} is not an {NAME} "
+                                  "checkpoint of this vocabulary")
+
+    return check
 
 
 # ----------------------------------------------------------------------------- the extractor
@@ -599,29 +562,31 @@ class M6MoEEmbedder:
         titles = dataset.titles(rows)
         self.tokenizer = Tokenizer.build(titles)
         torch.manual_seed(self.options["seed"])
-        self.model = M6MoE(len(self.tokenizer), self.options)
+        self.model = M6MoE(len(self.tokenizer), self.options).to(self.device)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.options["lr"],
+                                      weight_decay=self.options["weight_decay"])
         path, key = self.checkpoint_path(dataset, ctx)
-        state = restore(path, key, self.model, self.tokenizer.vocab)
+        state = restore_checkpoint(path, key, self.model, optimizer,
+                                   check=check_vocabulary(self.tokenizer.vocab))
         cached = state is not None and bool(state["done"])
         if cached:
             self.train_log = dict(state["log"])
-            log(f"trained weights from cache {path.name}")
+            log(f"{NAME}: trained weights from cache {path.name}")
         else:
-            if state is not None:
-                log(f"resuming {path.name} after epoch {state['epoch']}")
-            log(f"training on {len(rows)} titled covers, vocabulary {len(self.tokenizer)} "
-                f"words, device {self.device}")
+            log(f"{NAME}: training on {len(rows)} titled covers, vocabulary "
+                f"{len(self.tokenizer)} words, device {self.device}")
             ids = self.tokenizer.encode(titles, self.options["max_words"])
-            self.train_log = train(self.model, dataset.images(rows), ids, self.options,
-                                   path=path, key=key, vocab=self.tokenizer.vocab,
-                                   device=self.device, state=state, progress=ctx.progress)
+            self.train_log = train(self.model, optimizer, dataset.images(rows), ids,
+                                   self.options, path=path, key=key,
+                                   vocab=self.tokenizer.vocab, device=self.device, state=state,
+                                   progress=ctx.progress)
             losses = self.train_log["loss"]
-            log(f"{len(losses)} epochs in {self.train_log['wall_s']:.1f} s, loss "
+            log(f"{NAME}: {len(losses)} epochs in {self.train_log['wall_s']:.1f} s, loss "
                 f"{losses[0]:.3f} -> {losses[-1]:.3f}, dropped share "
                 f"{self.train_log['dropped_share']:.3f}, largest expert share "
                 f"{max(self.train_log['largest_expert_share']):.3f}")
             if self.train_log.get("cut"):
-                print(f"[bench] {self.train_log['cut']}", file=sys.stderr, flush=True)
+                log(self.train_log["cut"])
         self.model.to(self.device).eval()
         if ctx.log_dir is not None:
             write_json(Path(ctx.log_dir) / "train_log.json",

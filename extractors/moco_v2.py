@@ -30,16 +30,9 @@ from lightly.transforms import MoCoV2Transform
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
+from bench.augment import ViewSpec, augment, lightly_view, to_unit
 from bench.registry import extractor
-from bench.training import (
-    BackboneEmbedder,
-    StepInfo,
-    ViewSpec,
-    augment,
-    lightly_view,
-    resolve_options,
-    to_unit,
-)
+from bench.training import BackboneEmbedder, StepInfo, resolve_options
 
 NAME = "moco_v2"
 _COMMON = dict(arch="resnet18", lr=0.06, momentum=0.9, weight_decay=5e-4, temperature=0.2,

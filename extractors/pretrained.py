@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.augment import ViewSpec, augment, to_unit
 from bench.backbones import build_backbone, pick_device
 from bench.extractor import FitContext
 from bench.registry import extractor
@@ -34,11 +35,8 @@ from bench.training import (
     BackboneEmbedder,
     StepInfo,
     TrainConfig,
-    ViewSpec,
-    augment,
     checkpoint_key,
     resolve_options,
-    to_unit,
     train,
 )
 

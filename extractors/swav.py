@@ -35,16 +35,9 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.transforms import SwaVTransform
 from torch import nn
 
+from bench.augment import ViewSpec, augment, lightly_view, to_unit
 from bench.registry import extractor
-from bench.training import (
-    BackboneEmbedder,
-    StepInfo,
-    ViewSpec,
-    augment,
-    lightly_view,
-    resolve_options,
-    to_unit,
-)
+from bench.training import BackboneEmbedder, StepInfo, resolve_options
 
 NAME = "swav"
 _COMMON = dict(arch="resnet18", lr=0.15, momentum=0.9, weight_decay=5e-4, hidden_dim=512,

@@ -30,7 +30,7 @@ from bench.tasks.ctr.ams.features import lift, shard_of
 from bench.tasks.ctr.ams.launch import AmsOptions, make_job
 from bench.tasks.ctr.model import loss
 from bench.tasks.ctr.synthetic import make_log
-from bench.tasks.ctr.train import TrainConfig, build_model, prepare
+from bench.tasks.ctr.train import CtrConfig, build_model, prepare
 
 REPO = Path(__file__).resolve().parent.parent
 DIM = 128
@@ -106,7 +106,7 @@ def test_options_and_job_are_validated():
     dataset, embeddings = make_log(n_users=10, n_items=20, n_days=2, per_day=3)
     data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, 5)
     with pytest.raises(ValueError, match="nothing for AMS to serve"):
-        make_job(data, embeddings.take(data.item_rows), TrainConfig(feature_set="none"), 0,
+        make_job(data, embeddings.take(data.item_rows), CtrConfig(feature_set="none"), 0,
                  AmsOptions())
 
 
@@ -122,7 +122,7 @@ def test_ctr_task_backend_ams_calls_the_ams_path(monkeypatch):
 
     monkeypatch.setattr(ams, "train_and_evaluate", fake)
     dataset, embeddings = make_log(n_users=10, n_items=20, n_days=2, per_day=3)
-    options = {**ctr._COMMON, **ctr.CtrTask.defaults["quick"], "backend": "ams",
+    options = {**ctr.CtrTask.defaults["quick"], "backend": "ams",
                "ams": {"servers": 1, "workers": 2}}
     data = ctr.load(dataset, options)
     vectors = embeddings.take(data.item_rows)
@@ -170,7 +170,7 @@ def _reference(paths: dict[str, Path], result: dict) -> tuple:
     embeddings = Embeddings.load(paths["features"])
     data = prepare(log, table, embeddings.ids, result["history_length"],
                    tuple(result["item_fields"]))
-    config = TrainConfig.from_options(result["config"])
+    config = CtrConfig.from_options(result["config"])
     raw = lift(embeddings.take(data.item_rows), DIM, 0)
     return build_model(data, raw, config, result["seed"]), data, config
 
@@ -233,6 +233,47 @@ def test_three_modes_report_bytes_that_match_an_independent_count(three_modes):
             "server_held_mb"} <= set(costs["metric"])
     assert (rows[rows["task"] == "ctr"]["metric"] == "ctr_auc").sum() == 3
     assert (run / "ams_iterations.csv").exists() and (run / "summary.md").exists()
+
+
+def test_ams_run_folder_has_the_shape_of_a_bench_run_folder(three_modes, tmp_path, capsys):
+    """``bench ams`` and ``bench run`` write their folders through one writer: the same
+    results.csv columns and the same run.json provenance keys, metric meaning included."""
+    from bench.cli import main
+    from bench.run_folder import PROVENANCE_KEYS, RESULT_COLUMNS
+
+    _, ams_run, _, _ = three_modes
+    assert main(["run", "--profile", "quick", "--dataset", "digits", "--extractors", "pixels",
+                 "--tasks", "knn", "--out", str(tmp_path), "--run-id", "r", "--no-report",
+                 "--cache", str(tmp_path / "cache")]) == 0
+    bench_run = tmp_path / "r"
+    for folder in (ams_run, bench_run):
+        assert list(pd.read_csv(folder / "results.csv").columns) == RESULT_COLUMNS
+    ams_info, run_info = (json.loads((f / "run.json").read_text()) for f in (ams_run, bench_run))
+    for info in (ams_info, run_info):
+        assert set(PROVENANCE_KEYS) <= set(info), set(PROVENANCE_KEYS) - set(info)
+        assert info["status"] == "complete" and not info["errors"]
+    assert ams_info["environment"].keys() == run_info["environment"].keys()
+    assert ams_info["environment"]["git_revision"] == run_info["environment"]["git_revision"]
+    assert ams_info["command"]["command"] == "ams" and ams_info["command"]["dim"] == DIM
+    metrics = ams_info["metrics"]
+    assert set(metrics) == set(pd.read_csv(ams_run / "results.csv")["metric"])
+    assert metrics["image_bytes_per_iter"]["direction"] == "lower"
+    assert metrics["ctr_auc"] == {"direction": "higher", "kind": "score", "unit": "user",
+                                  "tasks": ["ctr"]}
+    assert not any(record.get("undeclared") for record in metrics.values())
+
+
+def test_nothing_under_tasks_reaches_up_to_the_registry_config_or_report():
+    import ast
+
+    up = ("bench.registry", "bench.config", "bench.report", "bench.runner", "bench.cli")
+    for path in (REPO / "bench" / "tasks").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(up), f"{path.relative_to(REPO)} imports {name}"
 
 
 def test_one_iteration_equals_the_in_process_model(three_modes):
@@ -334,7 +375,7 @@ def test_full_run_auc_agrees_with_the_in_process_harness():
     dataset, embeddings = make_log(seed=0)
     data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, 10)
     vectors = embeddings.take(data.item_rows)
-    config = TrainConfig(epochs=2, batch_size=512, image_hidden=(32,))
+    config = CtrConfig(epochs=2, batch_size=512, image_hidden=(32,))
     local, remote = [], []
     for seed in range(3):
         local.append(in_process(data, vectors, config, seed)[0]["ctr_auc"])

@@ -22,7 +22,7 @@ from bench.tasks.ctr.model import (
 )
 from bench.tasks.ctr.synthetic import make_log
 from bench.tasks.ctr.train import (
-    TrainConfig,
+    CtrConfig,
     build_model,
     evaluate,
     evidence,
@@ -192,7 +192,7 @@ def test_esmm_ctcvr_is_the_product_and_never_exceeds_ctr():
 
 def test_image_tower_is_separable_and_frozen(small):
     _, embeddings, data = small
-    model = build_model(data, embeddings.take(data.item_rows), TrainConfig(), seed=0)
+    model = build_model(data, embeddings.take(data.item_rows), CtrConfig(), seed=0)
     assert model.image_tower.table.requires_grad is False
     assert "table" not in dict(model.named_parameters())
     batch = data.batch(torch.arange(32))
@@ -208,7 +208,7 @@ def test_image_tower_is_separable_and_frozen(small):
 
 def test_task_metrics_equal_bench_metrics_and_sklearn(small):
     _, embeddings, data = small
-    config = TrainConfig(epochs=1)
+    config = CtrConfig(epochs=1)
     model = build_model(data, embeddings.take(data.item_rows), config, seed=0)
     fit(model, data, data.train, config, seed=0)
     got = evaluate(model, data)
@@ -256,7 +256,7 @@ def test_profile_similarity_is_the_cosine_of_ad_and_mean_clicked_image():
 def test_model_overfits_a_tiny_log():
     dataset, embeddings = make_log(n_users=12, n_items=30, n_days=2, per_day=12, seed=3)
     data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, history_length=4)
-    config = TrainConfig(epochs=150, batch_size=64, lr=1e-2)
+    config = CtrConfig(epochs=150, batch_size=64, lr=1e-2)
     model = build_model(data, embeddings.take(data.item_rows), config, seed=0)
     stats = fit(model, data, data.train, config, seed=0)
     train = evaluate(model, data, data.train)
@@ -277,7 +277,7 @@ def test_images_beat_ids_on_a_visual_preference_log():
 def test_training_is_deterministic_per_seed(small):
     _, embeddings, data = small
     vectors = embeddings.take(data.item_rows)
-    config = TrainConfig(epochs=1, aggregator="attentive")
+    config = CtrConfig(epochs=1, aggregator="attentive")
     a = train_and_evaluate(data, vectors, config, seed=4)[0]
     b = train_and_evaluate(data, vectors, config, seed=4)[0]
     c = train_and_evaluate(data, vectors, config, seed=5)[0]

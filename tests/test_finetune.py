@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bench import finetune as ft
+from bench.augment import CropFlip, augment
 from bench.backbones import build_backbone
 
 
@@ -127,10 +128,10 @@ def test_image_transform_prefers_the_extractor_preprocess():
 def test_augment_flips_and_crops_without_changing_shape():
     g = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    flipped_or_not = ft.augment(x, g, padding=0.0)
+    flipped_or_not = augment(x, CropFlip(0.0), g)
     for i in range(2):
         assert torch.equal(flipped_or_not[i], x[i]) or torch.equal(flipped_or_not[i], x[i].flip(2))
-    crops = ft.augment(x.repeat(16, 1, 1, 1), g, padding=0.25)
+    crops = augment(x.repeat(16, 1, 1, 1), CropFlip(0.25), g)
     assert crops.shape == (32, 3, 8, 8)
     padded = torch.nn.functional.pad(x[:1].repeat(1, 1, 1, 1), (2, 2, 2, 2), mode="reflect")[0]
     windows = {(dy, dx): padded[:, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)}

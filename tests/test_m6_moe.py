@@ -21,6 +21,7 @@ from bench.cache import Cache
 from bench.config import get_profile
 from bench.data import Dataset, array_image_source
 from bench.extractor import FitContext
+from bench.training import CheckpointError, load_checkpoint, save_checkpoint
 
 registry.load_file(registry.REPO_ROOT / "extractors" / "m6_moe.py")
 m6 = sys.modules["bench_plugins.extractors.m6_moe"]
@@ -327,31 +328,31 @@ def test_corrupted_checkpoint_is_refused_and_retrained(tmp_path, capsys):
     extractor = fit(dataset, tmp_path / "cache", None, epochs=1)
     path, key = extractor.checkpoint_path(dataset, FitContext(cache=Cache(tmp_path / "cache")))
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(m6.CheckpointError, match=str(path)):
-        m6.load_checkpoint(path, key)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path, key)
     capsys.readouterr()
     fit(dataset, tmp_path / "cache", None, epochs=1)
     message = capsys.readouterr().err
     assert str(path) in message and "training from scratch" in message
     assert path.with_suffix(".corrupt").read_bytes() == b"not a checkpoint"
-    assert m6.load_checkpoint(path, key)["done"]  # replaced by a good one
+    assert load_checkpoint(path, key)["done"]  # replaced by a good one
 
 
 def test_an_interrupted_training_resumes_after_its_last_epoch(tmp_path, capsys):
     dataset = tiny_dataset(n=24)
     extractor = fit(dataset, tmp_path / "cache", None, epochs=2)
     path, key = extractor.checkpoint_path(dataset, FitContext(cache=Cache(tmp_path / "cache")))
-    state = m6.load_checkpoint(path, key)
+    state = load_checkpoint(path, key)
     first_loss = state["log"]["loss"][0]
     # pretend the run stopped after epoch 1
     state["done"], state["epoch"] = False, 1
     state["log"] = {**state["log"], **{k: state["log"][k][:1] for k in m6.HISTORY}}
-    m6.save_checkpoint(path, state)
+    save_checkpoint(path, state)
     capsys.readouterr()
     resumed = fit(dataset, tmp_path / "cache", None, epochs=2)
     assert "resuming" in capsys.readouterr().err
     assert len(resumed.train_log["loss"]) == 2 and resumed.train_log["loss"][0] == first_loss
-    assert m6.load_checkpoint(path, key)["done"]
+    assert load_checkpoint(path, key)["done"]
 
 
 def test_fit_refuses_a_dataset_without_titles(tmp_path):

@@ -219,7 +219,7 @@ def test_editing_a_plugin_invalidates_its_cached_embeddings(tmp_path, capsys, ti
 
 
 def test_a_failed_ams_mode_is_a_failed_row_never_a_best(tmp_path):
-    from bench.tasks.ctr.ams_cli import result_rows, summary_lines, write_run
+    from bench.ams_cli import result_rows, summary_lines, write_run
 
     def summary(image: float) -> dict:
         return {"iterations": 3, "image_bytes_per_iter": image,
@@ -380,8 +380,8 @@ def test_an_empty_npz_and_zero_padded_csv_ids(tmp_path, capsys, tiny, plugins):
 def test_ams_refuses_a_remote_host_without_allow_remote(capsys):
     import argparse
 
+    from bench.ams_cli import check_network
     from bench.tasks.ctr.ams.launch import AmsOptions
-    from bench.tasks.ctr.ams_cli import check_network
 
     assert main(["ams", "--synthetic", "--host", "0.0.0.0"]) == 2
     assert capsys.readouterr().err.strip() == (

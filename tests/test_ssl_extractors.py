@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from bench import registry
+from bench.augment import ViewSpec
 from bench.cache import Cache
 from bench.config import get_profile
 from bench.data import Dataset, array_image_source
 from bench.extractor import FitContext
-from bench.training import StepInfo, TrainConfig, ViewSpec, train
+from bench.training import StepInfo, TrainConfig, train
 
 TINY = "arch=resnet18,width=8,image_size=16,batch_size=8,epochs=1,max_seconds=0"
 NAMES = ("pretrained", "moco_v2", "swav")

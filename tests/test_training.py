@@ -13,22 +13,18 @@ import torch
 from torch import nn
 
 import bench  # noqa: F401 - patches torchvision before lightly imports it
-from bench.backbones import build_backbone, images_to_tensor
+from bench.augment import ViewSpec, augment, lightly_view, to_unit
+from bench.backbones import build_backbone, embed_images, images_to_tensor
 from bench.cache import Cache
 from bench.config import get_profile
 from bench.training import (
     CheckpointError,
     StepInfo,
     TrainConfig,
-    ViewSpec,
-    augment,
     checkpoint_path,
-    embed_backbone,
-    lightly_view,
     load_checkpoint,
     resolve_options,
     save_checkpoint,
-    to_unit,
     train,
 )
 
@@ -273,11 +269,11 @@ def test_resolve_options_casts_and_refuses_unknown_keys():
         resolve_options("x", defaults, profile, {"epochs": "many"})
 
 
-def test_embed_backbone_is_a_batched_eval_forward():
+def test_embed_images_is_a_batched_eval_forward():
     model = build_backbone("resnet18", 8, stem="strided", seed=0)
     images = _images(10, 16)
     batches = [images[:4], images[4:]]
-    out = embed_backbone(model, batches, 16, "cpu")
+    out = embed_images(model, batches, 16, "cpu")
     assert model.training  # restored
     model.eval()
     with torch.no_grad():
@@ -291,3 +287,46 @@ def test_log_dir_is_optional(tmp_path):
     result = train(ToyMethod(), images, targets, TrainConfig(epochs=1, batch_size=8),
                    name="toy", key="k2", cache=Cache(tmp_path), device="cpu", progress=False)
     assert Path(result.checkpoint).exists() and len(result.losses) == 1
+
+
+def test_fit_loop_calls_its_hooks_and_keeps_to_max_steps():
+    from bench.training import Hooks, Plan, fit_loop, seeded_epochs
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls: list[tuple] = []
+
+    def step_loss(idx, info):
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        return {"loss": loss, "half": loss / 2}
+
+    hooks = Hooks(on_epoch_start=lambda epoch: calls.append(("start", epoch)),
+                  on_epoch_end=lambda epoch, state: calls.append(("end", epoch, state.steps)),
+                  on_step=lambda info, losses: calls.append(("step", info.step)))
+    state = fit_loop(model, optimizer, step_loss, Plan(3, 5, 8, max_steps=12), name="toy",
+                     device="cpu", lr_at=lambda step: 0.1 * (1 - step / 12),
+                     shuffle=seeded_epochs(40, 0, "cpu"), hooks=hooks, progress=False)
+    assert state.done and state.steps == 12 and state.epoch == 3 and state.cut is None
+    assert [c for c in calls if c[0] != "step"] == [("start", 0), ("end", 0, 5), ("start", 1),
+                                                    ("end", 1, 10), ("start", 2), ("end", 2, 12)]
+    assert [c[1] for c in calls if c[0] == "step"] == list(range(12))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 12)  # the last step's
+    np.testing.assert_allclose(state.history["half"], np.array(state.history["loss"]) / 2,
+                               rtol=1e-6)
+    assert state.images_seen == 12 * 8
+
+
+def test_fit_loop_refuses_a_loss_that_is_not_finite():
+    from bench.training import Plan, fit_loop, seeded_epochs
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step_loss(idx, info):
+        return model(torch.ones(len(idx), 3)).sum() * float("nan")
+
+    with pytest.raises(FloatingPointError, match="toy: the loss became nan in epoch 1"):
+        fit_loop(model, optimizer, step_loss, Plan(2, 2, 4), name="toy", device="cpu",
+                 lr_at=lambda step: 0.1, shuffle=seeded_epochs(8, 0, "cpu"), progress=False)

@@ -16,7 +16,7 @@ import time
 
 from bench.tasks.ctr.ams.launch import MODES, AmsOptions, launch, make_job
 from bench.tasks.ctr.synthetic import make_log
-from bench.tasks.ctr.train import TrainConfig, prepare
+from bench.tasks.ctr.train import CtrConfig, prepare
 
 TARGET_RATIO = 300.0
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     dataset, embeddings = make_log(n_users=users, n_items=items, n_days=3, per_day=10, seed=0)
     data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, 20)
     vectors = embeddings.take(data.item_rows)
-    config = TrainConfig(image_hidden=(256, 64), image_dim=12, batch_size=args.batch_size,
+    config = CtrConfig(image_hidden=(256, 64), image_dim=12, batch_size=args.batch_size,
                          epochs=100)
     modes = MODES if args.modes == "all" else tuple(args.modes.split(","))
     summaries = {}

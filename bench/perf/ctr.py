@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.metrics import auc
-from bench.tasks.ctr import _COMMON, load
+from bench.tasks.ctr import CtrTask, load
 from bench.tasks.ctr.data import CtrData
-from bench.tasks.ctr.train import TrainConfig, build_model, evaluate, fit, torch_threads
+from bench.tasks.ctr.train import CtrConfig, build_model, evaluate, fit, torch_threads
 
 DESIGN_REFERENCE = 9000.0  # DeepCTR-Torch DIN samples/s on this machine kind (DESIGN.md)
 
@@ -216,7 +216,7 @@ def time_deepctr(data: CtrData, batch_size: int, epochs: int) -> tuple[float, fl
 
 def run(args: argparse.Namespace) -> int:
     dataset, vectors = _dataset(args)
-    options = {**_COMMON, "item_fields": _COMMON["item_fields"]}
+    options = dict(CtrTask.defaults["default"])  # the task's public defaults, as bench run uses
     data = load(dataset, options)
     item_vectors = vectors[data.item_rows]
     print(f"log: {dataset.name}, {len(data.train)} training impressions, {len(data.test)} on the "
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[tuple[str, float, float]] = []
     with torch_threads(args.threads):
         for feature_set in ("dicm", "none"):
-            config = TrainConfig.from_options(options, feature_set=feature_set,
+            config = CtrConfig.from_options(options, feature_set=feature_set,
                                               aggregator=args.aggregator, epochs=args.epochs,
                                               batch_size=args.batch_size, threads=args.threads)
             model = build_model(data, item_vectors, config, seed=0)

@@ -16,10 +16,9 @@ import pandas as pd
 import torch
 
 from bench import registry
-from bench.backbones import images_to_tensor
+from bench.backbones import amp_context, images_to_tensor
 from bench.config import get_profile
 from bench.data import Dataset, array_image_source
-from bench.training import amp_context
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,9 +21,11 @@ from lightly.models.utils import update_momentum
 from lightly.utils.scheduler import cosine_schedule
 
 from bench import registry
+from bench.augment import augment, to_unit
+from bench.backbones import amp_context
 from bench.cache import Cache
 from bench.config import get_profile
-from bench.training import TrainConfig, amp_context, augment, to_unit, train
+from bench.training import TrainConfig, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

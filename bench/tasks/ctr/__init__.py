@@ -32,7 +32,7 @@ from bench.metric_info import MetricInfo
 from bench.tasks import Reference, TaskContext, task
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import AGGREGATORS, FEATURE_SETS
-from bench.tasks.ctr.train import TrainConfig, evidence, prepare, scored, train_and_predict
+from bench.tasks.ctr.train import CtrConfig, evidence, prepare, scored, train_and_predict
 
 CTR_VERSION = "2"  # bump when the model, features or metrics change meaning (2: similarity)
 BASELINE = "none (ids only)"
@@ -162,7 +162,7 @@ def cached_score(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Da
                  ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
     """Train and evaluate one configuration, or read it from ``cache``: (metrics, predictions
     per head on the evaluation day; None on the AMS backend, which keeps them remote)."""
-    config = TrainConfig.from_options(options, feature_set=feature_set, aggregator=aggregator,
+    config = CtrConfig.from_options(options, feature_set=feature_set, aggregator=aggregator,
                                       device=device)
     settings = {k: v for k, v in vars(config).items() if k not in ("device", "extra")}
     if feature_set == "none":

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class CtrConfig:
     """Model and training settings (the task's per-profile ``defaults`` fill these)."""
 
     feature_set: str = "dicm"
@@ -47,7 +47,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], **overrides: Any) -> TrainConfig:
+    def from_options(cls, options: dict[str, Any], **overrides: Any) -> CtrConfig:
         known = {k: v for k, v in {**options, **overrides}.items()
                  if k in cls.__dataclass_fields__ and k != "extra"}
         for name in ("image_hidden", "hidden"):
@@ -64,7 +64,7 @@ def image_vectors(vectors: np.ndarray) -> torch.Tensor:
     return x / x.pow(2).mean().sqrt().clamp(min=1e-12)
 
 
-def build_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: TrainConfig,
+def build_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
                 seed: int) -> DICM:
     torch.manual_seed(seed)
     tower = None
@@ -79,7 +79,7 @@ def build_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: Trai
                 hidden=config.hidden, similarity=config.similarity).to(config.device)
 
 
-def fit(model: DICM, data: ctr_data.CtrData, rows: np.ndarray, config: TrainConfig,
+def fit(model: DICM, data: ctr_data.CtrData, rows: np.ndarray, config: CtrConfig,
         seed: int) -> dict[str, float]:
     """Train with Adam on ``rows``; returns seconds, samples/s and the last epoch's mean loss."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
@@ -98,7 +98,7 @@ def fit(model: DICM, data: ctr_data.CtrData, rows: np.ndarray, config: TrainConf
 
 
 def _epoch(model: DICM, optimizer: torch.optim.Optimizer, data: ctr_data.CtrData,
-           rows: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> float:
+           rows: torch.Tensor, config: CtrConfig, generator: torch.Generator) -> float:
     """One shuffled pass over ``rows``; returns the mean loss."""
     order = rows[torch.randperm(len(rows), generator=generator)].to(config.device)
     total = torch.zeros((), device=config.device)
@@ -205,7 +205,7 @@ def prepare(log_frame: pd.DataFrame, table: pd.DataFrame, known_ids: Sequence[st
     return ctr_data.build(clean, table, history_length, item_fields)
 
 
-def train_and_evaluate(data: ctr_data.CtrData, vectors: np.ndarray | None, config: TrainConfig,
+def train_and_evaluate(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
                        seed: int) -> tuple[dict[str, float], dict[str, float]]:
     """(metrics, training stats) of one model; ``vectors`` are the image vectors of
     ``data.item_rows`` (None for the ID-only ``none`` feature set)."""
@@ -213,7 +213,7 @@ def train_and_evaluate(data: ctr_data.CtrData, vectors: np.ndarray | None, confi
     return scored(data, predictions), stats
 
 
-def train_and_predict(data: ctr_data.CtrData, vectors: np.ndarray | None, config: TrainConfig,
+def train_and_predict(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
                       seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """(predictions per head on the evaluation day, training stats) of one model."""
     data.to(config.device)
@@ -253,5 +253,5 @@ def score(vectors: np.ndarray | None, ids: Sequence[str], log_frame: pd.DataFram
                    options.pop("item_fields", ctr_data.DEFAULT_ITEM_FIELDS))
     position = pd.Index(ids).get_indexer(table["id"].astype(str).to_numpy()[data.item_rows])
     item_vectors = None if vectors is None else np.asarray(vectors)[position]
-    config = TrainConfig.from_options(options, feature_set=feature_set, aggregator=aggregator)
+    config = CtrConfig.from_options(options, feature_set=feature_set, aggregator=aggregator)
     return train_and_evaluate(data, item_vectors, config, seed)[0]

@@ -47,7 +47,7 @@ from bench.tasks.ctr.ams.accounting import Meter, peak_rss_mb, summarize
 from bench.tasks.ctr.ams.features import lift, shard_of
 from bench.tasks.ctr.ams.server import AmsError, Shard
 from bench.tasks.ctr.ams.worker import RemoteTower, Worker, brief, explain, wait
-from bench.tasks.ctr.train import TrainConfig, build_model, evaluate, image_vectors
+from bench.tasks.ctr.train import CtrConfig, build_model, evaluate, image_vectors
 
 MODES = ("store-in-worker", "store-in-server", "ams")
 
@@ -101,7 +101,7 @@ class AmsJob:
     data: ctr_data.CtrData
     table: torch.Tensor
     keys: np.ndarray
-    config: TrainConfig
+    config: CtrConfig
     seed: int
     options: AmsOptions = field(default_factory=AmsOptions)
 
@@ -114,7 +114,7 @@ class AmsJob:
         return f"server{rank}" if rank < servers else f"worker{rank - servers}"
 
 
-def make_job(data: ctr_data.CtrData, vectors: np.ndarray, config: TrainConfig, seed: int,
+def make_job(data: ctr_data.CtrData, vectors: np.ndarray, config: CtrConfig, seed: int,
              options: AmsOptions, keys: np.ndarray | None = None) -> AmsJob:
     """A job from the harness's data and the image vectors of ``data.item_rows``."""
     if config.feature_set == "none":
@@ -494,7 +494,7 @@ def collect(outdir: Path, job: AmsJob, processes: list[Any] | None = None) -> di
             "ranks": str(outdir / "ranks")}
 
 
-def train_and_evaluate(data: ctr_data.CtrData, vectors: np.ndarray, config: TrainConfig,
+def train_and_evaluate(data: ctr_data.CtrData, vectors: np.ndarray, config: CtrConfig,
                        seed: int, options: dict[str, Any] | AmsOptions | None = None,
                        keys: np.ndarray | None = None
                        ) -> tuple[dict[str, float], dict[str, float]]:

@@ -9,6 +9,11 @@ per iteration, iteration time and memory per role for each mode, written to a ru
 Image features come from a dataset and an extractor (default: homestead at the ``quick``
 profile, ``pixels``), from your files (an impressions log and an embeddings ``.npz``), or from
 the harness's synthetic log. ``--dim`` lifts them to D floats (docs/ams.md).
+
+This is a command, not part of the ctr task: it builds the dataset and extractor through the
+registry and writes a run folder through ``bench.run_folder`` (the same ``results.csv`` columns
+and ``run.json`` provenance as ``bench run``), then the report, so nothing under
+``bench/tasks/`` reaches up to them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from bench.cache import Cache, atomic_path, write_json
+from bench.metric_info import MetricInfo, cost, count
+from bench.run_folder import declare_metrics, environment, write_results, write_run_json
 from bench.tasks.ctr.ams.launch import (
     MODES,
     AmsJob,
@@ -34,11 +41,19 @@ from bench.tasks.ctr.ams.launch import (
     run_rank,
     torchrun_rendezvous,
 )
-from bench.tasks.ctr.train import TrainConfig, prepare
+from bench.tasks.ctr.train import CtrConfig, prepare
 
 COST_METRICS = ("image_bytes_per_iter", "image_grad_bytes_per_iter", "key_bytes_per_iter",
                 "model_bytes_per_iter", "boundary_bytes_per_iter", "iter_s",
                 "worker_peak_rss_mb", "server_peak_rss_mb", "worker_held_mb", "server_held_mb")
+
+
+class AmsCosts:
+    """What the rows of task ``ams`` mean (the ctr rows are the ctr task's own metrics)."""
+
+    name = "ams"
+    metrics = (cost("*_bytes_per_iter"), cost("iter_s"), cost("*_mb"),
+               MetricInfo("failed", "none", "count"), count("n_iterations"))
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -161,7 +176,7 @@ def build_job(args: argparse.Namespace) -> tuple[AmsJob, dict[str, Any]]:
     for key in ("feature_set", "aggregator", "epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    config = TrainConfig.from_options(task_options, **overrides)
+    config = CtrConfig.from_options(task_options, **overrides)
     data = prepare(log, table, known_ids, int(task_options.get("history_length", 20)),
                    tuple(task_options.get("item_fields", ("category", "coarse_category"))))
     vectors = vectors_for(data.item_rows)
@@ -244,30 +259,47 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 def write_run(run_dir: Path, result: dict[str, Any], meta: dict[str, Any], run: str,
-              seed: int) -> None:
-    """results.csv (long rows), ams_iterations.csv, ams.json, run.json, then the report."""
+              seed: int, command: dict[str, Any] | None = None) -> None:
+    """results.csv and run.json (``bench.run_folder``, as ``bench run`` writes them),
+    ams_iterations.csv, ams.json, then the report."""
+    from bench.tasks.ctr import CtrTask
+
     rows = result_rows(result, meta, run, seed)
-    columns = ["run", "dataset", "extractor", "variant", "task", "metric", "seed", "value"]
-    with atomic_path(run_dir / "results.csv") as tmp:
-        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
+    write_results(run_dir, rows)
     iterations = [row for outcome in result["modes"].values() for row in outcome["iterations"]]
     with atomic_path(run_dir / "ams_iterations.csv") as tmp:
         pd.DataFrame(iterations).to_csv(tmp, index=False)
     write_json(run_dir / "ams.json", {**result, **meta})
-    write_json(run_dir / "run.json", {
-        "run": run, "command": "ams", "profile": meta["profile"], "dataset": meta["dataset"],
-        "extractors": [meta["extractor"]], "tasks": ["ams", "ctr"], "seeds": [seed],
+    book: dict[str, dict[str, Any]] = {}
+    errors = [{"where": e["name"], "error": e["error"]} for e in result["errors"]]
+    for task in (AmsCosts, CtrTask):
+        names = [row["metric"] for row in rows if row["task"] == task.name]
+        for problem in declare_metrics(book, task.name, task, names):
+            errors.append({"where": f"task {task.name}", "error": str(problem)})
+    write_run_json(run_dir, {
+        "run": run, "status": "complete" if result["status"] == "ok" else "failed",
+        "command": {"command": "ams", **(command or {})}, "profile": meta["profile"],
+        "dataset": meta["dataset"], "extractors": [meta["extractor"]], "tasks": ["ams", "ctr"],
+        "seeds": [seed],
         "config": {"ams": result["options"], "train": result["config"],
-                   "raw_dim": result["raw_dim"]},
+                   "raw_dim": result["raw_dim"], "source": {
+                       k: meta[k] for k in ("extractor_dim", "history_length", "item_fields")
+                       if k in meta}},
+        "metrics": book, "environment": environment(),
         "timings": {"ams": {"wall_s": result.get("wall_s", float("nan"))}},
-        "errors": [{"where": e["name"], "error": e["error"]} for e in result["errors"]],
-        "status": result["status"]})
+        "errors": errors})
     try:
         from bench.report import build_report
 
         build_report(run_dir)
     except Exception as error:  # noqa: BLE001 - the figures are written already
         print(f"[ams] report not built: {error}", file=sys.stderr)
+
+
+def command_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's settings, for run.json (``command``)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+            if not callable(v)}
 
 
 def check_network(args: argparse.Namespace) -> str | None:
@@ -297,7 +329,7 @@ def main(args: argparse.Namespace) -> int:
     run = args.run_id or f"{dt.datetime.now():%Y%m%d-%H%M%S}-ams"
     run_dir = Path(args.out) / run
     result = launch(job, run_dir, timeout=args.timeout)
-    write_run(run_dir, result, meta, run, args.seed)
+    write_run(run_dir, result, meta, run, args.seed, command_record(args))
     print("\n".join(summary_lines(result)))
     print(f"results: {run_dir}")
     for error in result["errors"]:
@@ -316,6 +348,6 @@ def _torchrun(job: AmsJob, meta: dict[str, Any], args: argparse.Namespace) -> in
     status = run_rank(rank, job, torchrun_rendezvous(), run_dir)
     if rank == 0:
         result = collect(run_dir, job)
-        write_run(run_dir, result, meta, run, args.seed)
+        write_run(run_dir, result, meta, run, args.seed, command_record(args))
         print("\n".join(summary_lines(result)))
     return status
