@@ -365,7 +365,12 @@ class Run:
     # -- cells --
 
     def seeds_of(self, task: Any) -> range:
-        return range(self.spec.seeds) if task.seeded else range(1)
+        """The run's seeds for a seeded task, capped by its ``max_seeds`` option (a profile
+        may give a costly task fewer seeds: its intervals then rest on the bootstrap alone)."""
+        if not task.seeded:
+            return range(1)
+        options = self.spec.profile.options(task.name, getattr(task, "defaults", None))
+        return range(min(self.spec.seeds, int(options.get("max_seeds", self.spec.seeds))))
 
     def tasks_for(self, extractor: Any) -> list[tuple[str, Any]]:
         """The active tasks this extractor can serve: a task that declares an

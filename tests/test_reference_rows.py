@@ -95,3 +95,19 @@ def test_reference_order_is_the_profiles_list_then_names():
     assert [spec for spec, _ in reference_order(named, profile)] == [
         "pixels", "random", "alpha", "zeta"]
     assert reference_order(named[::-1], profile) == reference_order(named, profile)
+
+
+def test_a_task_option_caps_the_seeds_of_one_task(tmp_path, world):
+    profile = get_profile("quick")
+    profile.task_options["ctr"] = {"feature_sets": [], "aggregators": [], "history_length": 6,
+                                   "max_seeds": 1, "variants": ["raw"]}
+    profile.whitening["k"] = 8
+    spec = RunSpec(profile=profile, dataset=world, extractors=("pixels",),
+                   tasks=("classify", "ctr"), seeds=2, out_root=tmp_path, run_id="capped",
+                   report=False)
+    result = run_benchmark(spec, Cache(tmp_path / "cache"))
+    assert not result.errors, result.errors
+    rows = pd.read_csv(result.dir / "results.csv")
+    seeds = {task: sorted(set(part["seed"])) for task, part in rows.groupby("task")}
+    assert seeds == {"classify": [0, 1], "ctr": [0]}
+    assert set(rows.loc[rows["task"] == "ctr", "variant"]) == {"raw"}
