@@ -144,7 +144,7 @@ def cached_choice(cache: Cache | None, vectors: np.ndarray, labels: dict[str, np
 
 def train_labels(dataset: Dataset, rows: np.ndarray,
                  columns: tuple[str, ...] = LABEL_COLUMNS) -> dict[str, np.ndarray]:
-    """The task's label columns (``whitening_labels``) the rows carry: what ``choose_k`` may
+    """The task's label columns (``whitening_labels``) the rows carry: what ``choose`` may
     agree with."""
     table = dataset.table.iloc[rows]
     return {c: table[c].to_numpy(dtype=object) for c in columns

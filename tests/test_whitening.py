@@ -43,7 +43,7 @@ def test_shrinkage_softens_the_small_directions():
         fit_whitening(train, shrinkage=-1)
 
 
-def test_choose_k_keeps_the_signal_directions_of_noise_padded_vectors():
+def test_the_choice_keeps_the_signal_directions_of_noise_padded_vectors():
     """Labels live in 4 directions of variance 1; 60 more hold noise of variance 0.5: full
     whitening would weigh the noise as much as the signal; the train labels choose a small k."""
     rng = np.random.default_rng(2)
