@@ -16,7 +16,8 @@ import logging
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +373,11 @@ class Run:
         options = self.spec.profile.options(task.name, getattr(task, "defaults", None))
         return range(min(self.spec.seeds, int(options.get("max_seeds", self.spec.seeds))))
 
+    def spend(self, label: str, key: str, start: float) -> None:
+        """Add the seconds since ``start`` to run.json ``timings[label][key]``."""
+        spent = self.timings.setdefault(label, {})
+        spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+
     def tasks_for(self, extractor: Any) -> list[tuple[str, Any]]:
         """The active tasks this extractor can serve: a task that declares an
         ``extractor_protocol`` (fine-tuning needs ``BackboneExtractor``) skips the others."""
@@ -539,26 +545,36 @@ def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddi
             continue
         start = time.perf_counter()
         by_variant = task_variants(run, extractor, embeddings, task, wanted)
-        for cell in todo:
-            if cell.variant not in by_variant:
-                run.cells.pop(cell, None)  # e.g. no ``w`` when there are too few train rows
-                continue
-            ctx = TaskContext(seed=cell.seed, variant=cell.variant, options=options,
-                              extractor=extractor, profile=run.spec.profile, cache=cache,
-                              device=run.device)
-            try:
-                result = cell_rows(name, task.evaluate(by_variant[cell.variant], run.dataset,
-                                                       ctx))
-            except Exception as error:  # noqa: BLE001
-                run.error(f"task {name} on {extractor.name}/{cell.variant} seed {cell.seed}",
-                          error)
-                run.cell_failed(cell, extractor.name)
-                continue
-            run.add_cell(cell, extractor.name, run.dataset.name, result, fit_cut)
+        evaluate_cells(run, name, extractor.name, f"on {extractor.name}", todo, by_variant,
+                       lambda vectors, ctx, task=task: task.evaluate(vectors, run.dataset, ctx),
+                       TaskContext(options=options, extractor=extractor,
+                                   profile=run.spec.profile, cache=cache, device=run.device),
+                       fit_cut)
         if options.get("whitening_sweep") and "w" in by_variant:
             add_sweep(run, extractor, embeddings, task, options, cache)
-        spent = run.timings.setdefault(extractor.name, {})
-        spent[f"{name}_s"] = spent.get(f"{name}_s", 0.0) + time.perf_counter() - start
+        run.spend(extractor.name, f"{name}_s", start)
+
+
+def evaluate_cells(run: Run, name: str, label: str, what: str, todo: list[Cell],
+                   by_variant: dict[str, Embeddings] | None,
+                   evaluate: Callable[[Embeddings | None, TaskContext], list[dict[str, Any]]],
+                   context: TaskContext, fit_cut: str | None) -> None:
+    """Evaluate each cell under ``label`` (an extractor's name or a reference's) with the
+    ``context`` set to the cell's seed and variant; a failed cell is an error that leaves the
+    others running. ``by_variant`` None: the rows read no vectors (all variants allowed);
+    else a cell whose variant it lacks is dropped (e.g. no ``w`` with too few train rows)."""
+    for cell in todo:
+        if by_variant is not None and cell.variant not in by_variant:
+            run.cells.pop(cell, None)
+            continue
+        ctx = replace(context, seed=cell.seed, variant=cell.variant)
+        try:
+            rows = cell_rows(name, evaluate((by_variant or {}).get(cell.variant), ctx))
+        except Exception as error:  # noqa: BLE001
+            run.error(f"task {name} {what}/{cell.variant} seed {cell.seed}", error)
+            run.cell_failed(cell, label)
+            continue
+        run.add_cell(cell, label, run.dataset.name, rows, fit_cut)
 
 
 def task_variants(run: Run, extractor: Any, embeddings: Embeddings, task: Any,
@@ -632,8 +648,7 @@ def reference_sources(run: Run, task: Any, cache: Cache) -> list[tuple[str, Any]
                                                       log_dir=run.dir / "artifacts" /
                                                       extractor.name))
                 run.fitted.add(spec)
-                spent = run.timings.setdefault(extractor.name, {})
-                spent["fit_s"] = spent.get("fit_s", 0.0) + time.perf_counter() - start
+                run.spend(extractor.name, "fit_s", start)
             out.append((spec, extractor))
     return reference_order(out, run.spec.profile)
 
@@ -658,8 +673,7 @@ def evaluate_references(run: Run, cache: Cache) -> None:
                     reference.label
             start = time.perf_counter()
             evaluate_reference(run, name, task, reference, options, cache)
-            spent = run.timings.setdefault(reference.label, {})
-            spent[f"{name}_s"] = spent.get(f"{name}_s", 0.0) + time.perf_counter() - start
+            run.spend(reference.label, f"{name}_s", start)
         run.save()
 
 
@@ -676,7 +690,7 @@ def evaluate_reference(run: Run, name: str, task: Any, reference: Reference,
     todo = [cell for cell in cells if not run.is_done(cell)]
     if not todo:
         return
-    extractor, by_variant, fit_cut = None, {}, None
+    extractor, by_variant, fit_cut = None, None, None
     if reference.source is not None:
         extractor, held = run.sources[reference.source]
         if reference.uses_vectors:
@@ -684,22 +698,12 @@ def evaluate_reference(run: Run, name: str, task: Any, reference: Reference,
             by_variant = task_variants(run, extractor, embeddings, task,
                                        variants.scheduled(task, options))
             fit_cut = getattr(extractor, "fit_cut", None)
-    for cell in todo:
-        if reference.uses_vectors and cell.variant not in by_variant:
-            run.cells.pop(cell, None)  # e.g. no ``w`` when there are too few train rows
-            continue
-        ctx = TaskContext(seed=cell.seed, variant=cell.variant, options=options,
-                          extractor=extractor, profile=run.spec.profile, cache=cache,
-                          device=run.device)
-        try:
-            rows = cell_rows(name, task.evaluate_reference(
-                reference, by_variant.get(cell.variant), run.dataset, ctx))
-        except Exception as error:  # noqa: BLE001
-            run.error(f"task {name} reference {reference.label}/{cell.variant} seed "
-                      f"{cell.seed}", error)
-            run.cell_failed(cell, reference.label)
-            continue
-        run.add_cell(cell, reference.label, run.dataset.name, rows, fit_cut)
+    evaluate_cells(run, name, reference.label, f"reference {reference.label}", todo, by_variant,
+                   lambda vectors, ctx: task.evaluate_reference(reference, vectors, run.dataset,
+                                                                ctx),
+                   TaskContext(options=options, extractor=extractor, profile=run.spec.profile,
+                               cache=cache, device=run.device),
+                   fit_cut)
 
 
 def task_references(tasks: list[str], reference: str | None) -> dict[str, str]:
