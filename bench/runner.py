@@ -597,10 +597,13 @@ def add_sweep(run: Run, extractor: Any, embeddings: Embeddings, task: Any,
               options: dict[str, Any], cache: Cache) -> None:
     """The task's scores over whitening dimensions k, for the report's sweep plot
     (``whitening_sweep.csv``; an earlier session's rows of other extractors are kept)."""
+    fitted = run.info.get("whitening", {}).get(extractor.name, {}).get(task.name)
+    if fitted is None:
+        return  # the ``w`` variant was not fitted (its error is recorded)
     ctx = TaskContext(seed=0, variant="w", options=options, extractor=extractor,
                       profile=run.spec.profile, cache=cache, device=run.device)
     try:
-        rows = variants.sweep(embeddings, run.dataset, task, ctx, run.spec.profile.whitening)
+        rows = variants.sweep(embeddings, run.dataset, task, ctx, float(fitted["shrinkage"]))
     except Exception as error:  # noqa: BLE001
         run.error(f"whitening sweep of task {task.name} on {extractor.name}", error)
         return

@@ -28,6 +28,8 @@ from bench.whitening import (
     choose,
     fit_whitening,
     k_grid,
+    principal_axes,
+    whitening_from,
 )
 
 DEFAULTS = {"k": "auto", "shrinkage": "auto"}
@@ -173,16 +175,14 @@ def for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
 
 
 def sweep(embeddings: Embeddings, dataset: Dataset, task: Any, ctx: Any,
-          options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The task's scores with whitening of every k of the grid at the shrinkage the ``w``
-    variant uses (a report plot, never used to choose): rows with k, shrinkage, metric, value.
-    Cached by the vectors, the dataset and the settings, so a warm re-run does not redo it."""
-    options = {**DEFAULTS, **(options or {})}
-    fitted = fit_for_task(embeddings, dataset, task, options, ctx.cache)
-    if fitted is None:
-        return []
-    shrinkage = float(fitted.record["shrinkage"])
+          shrinkage: float) -> list[dict[str, Any]]:
+    """The task's scores with whitening of every k of the grid at ``shrinkage`` (the one the
+    ``w`` variant was fitted with: a report plot, never used to choose): rows with k,
+    shrinkage, metric, value. Cached by the vectors, the dataset and the settings, so a warm
+    re-run does not redo it."""
     rows = train_rows(task, dataset)
+    if len(rows) < 2:
+        return []
     code = files_digest([*source_files(type(task)), *(Path(m.__file__) for m in (metrics, index))])
     key = array_digest(embeddings.vectors, dataset.fingerprint, getattr(task, "name", "task"),
                        ctx.options, shrinkage, k_grid(embeddings.dim), code)
@@ -192,8 +192,9 @@ def sweep(embeddings: Embeddings, dataset: Dataset, task: Any, ctx: Any,
     if isinstance(found, list):
         return found
     out = []
+    fitted = principal_axes(embeddings.take(rows))  # once: each k is a slice of it
     for k in k_grid(embeddings.dim):
-        whitening = fit_whitening(embeddings.take(rows), k, shrinkage)
+        whitening = whitening_from(fitted, k, shrinkage)
         whitened = embeddings.with_vectors(whitening.apply(embeddings.vectors))
         for row in task.evaluate(whitened, dataset, ctx):
             if "evidence" in row:  # scores, not chance levels

@@ -198,8 +198,8 @@ def test_the_sweep_uses_the_chosen_shrinkage_and_is_cached(tmp_path):
     embeddings = Embeddings(dataset.ids, rng.normal(size=(100, 6)).astype(np.float32))
     task = get_task("knn")
     ctx = TaskContext(options={"k": 5}, cache=Cache(tmp_path))
-    rows = variants.sweep(embeddings, dataset, task, ctx)
     chosen = variants.fit_for_task(embeddings, dataset, task, None, ctx.cache).record
+    rows = variants.sweep(embeddings, dataset, task, ctx, chosen["shrinkage"])
     assert [r["k"] for r in rows if r["metric"] == "style_consistency"] == k_grid(6)
     assert {r["shrinkage"] for r in rows} == {chosen["shrinkage"]}
 
@@ -211,7 +211,7 @@ def test_the_sweep_uses_the_chosen_shrinkage_and_is_cached(tmp_path):
             raise AssertionError("the sweep was computed again")
 
     Refuses.__module__ = type(task).__module__  # the same source files: the same cache key
-    assert variants.sweep(embeddings, dataset, Refuses(), ctx) == rows
+    assert variants.sweep(embeddings, dataset, Refuses(), ctx, chosen["shrinkage"]) == rows
 
 
 def test_a_task_option_narrows_the_variants_a_task_runs():
