@@ -112,6 +112,7 @@ def choose(vectors: np.ndarray, labels: dict[str, np.ndarray],
     :func:`candidate_name`). Without usable labels: ``DEFAULT_K_WITHOUT_LABELS`` directions and
     the first shrinkage, with no scores."""
     from bench.index import knn  # neighbour search lives with the index
+    from bench.metrics import neighbour_agreement
 
     vectors = np.asarray(vectors, dtype=np.float64)
     grid = grid or k_grid(vectors.shape[1])
@@ -127,8 +128,8 @@ def choose(vectors: np.ndarray, labels: dict[str, np.ndarray],
             for present, columns in groups:  # neighbours searched once per set of rows
                 n_neighbours = min(SELECTION_NEIGHBOURS, len(present) - 1)
                 neighbours = knn(whitened[present], n_neighbours)
-                for values in columns:
-                    agreement.append(float(np.mean(values[neighbours] == values[:, None])))
+                agreement += [float(neighbour_agreement(neighbours, values).mean())
+                              for values in columns]
             scores[(k, shrinkage)] = float(np.mean(agreement))
     best = max(scores.values())
     chosen = min(c for c, v in scores.items() if v >= best - 1e-12)

@@ -90,9 +90,11 @@ class KnnConsistency:
             key = labelled.tobytes()  # label columns labelled alike share one search
             if key not in searched:
                 kind, params = faiss_index.task_choice(ctx.options, len(labelled))
-                searched[key] = self.neighbours(embeddings.take(labelled), queries,
-                                                min(k, len(labelled) - 1), kind, params,
-                                                world, ctx, out)
+                measured = any(row["metric"].startswith("index_recall@") for row in out)
+                searched[key], recall = self.neighbours(embeddings.take(labelled), queries,
+                                                        min(k, len(labelled) - 1), kind, params,
+                                                        world, ctx, not measured)
+                out += [recall] if recall else []  # once per task: the first database
             agreement = neighbour_agreement(searched[key], labels, queries)
             out.append({"metric": f"{column}_consistency", "value": float(agreement.mean()),
                         "evidence": mean_evidence("query", dataset.ids[labelled[queries]],
@@ -103,22 +105,22 @@ class KnnConsistency:
 
     def neighbours(self, vectors: np.ndarray, queries: np.ndarray, k: int, kind: str,
                    params: dict[str, Any], world: distributed.World, ctx: TaskContext,
-                   out: list[dict[str, Any]]) -> np.ndarray:
+                   measure_recall: bool = True) -> tuple[np.ndarray, dict[str, Any] | None]:
         """Each query's k neighbours (self excluded; exact search unless an index is chosen,
         as ``bench.metrics.knn_agreement`` searches), over the ranks of a joined process group
-        when there is one; an approximate index adds its recall against exact search to
-        ``out`` (once per task: the first database searched)."""
+        when there is one, and for an approximate index the row of its recall against exact
+        search when ``measure_recall`` (else None)."""
         if world.distributed:
             found = faiss_index.sharded_knn(vectors, k, world, queries=queries, kind=kind,
                                             **params)
         else:
             found = faiss_index.knn(vectors, k, queries=queries, kind=kind, **params)
-        if kind != "flat" and not any(row["metric"].startswith("index_recall@") for row in out):
-            sample = int(ctx.options.get("recall_queries", faiss_index.RECALL_QUERIES))
-            recall, _ = faiss_index.recall_against_exact(vectors, vectors[queries], found, k,
-                                                         self_ids=queries, sample=sample)
-            out.append({"metric": f"index_recall@{k}", "value": recall})
-        return found
+        if kind == "flat" or not measure_recall:
+            return found, None
+        sample = int(ctx.options.get("recall_queries", faiss_index.RECALL_QUERIES))
+        recall, _ = faiss_index.recall_against_exact(vectors, vectors[queries], found, k,
+                                                     self_ids=queries, sample=sample)
+        return found, {"metric": f"index_recall@{k}", "value": recall}
 
 
 @task("knn")
