@@ -65,10 +65,10 @@ def check_options(options: dict[str, Any]) -> None:
 
 
 def candidates(options: dict[str, Any], dim: int) -> tuple[list[int], tuple[float, ...]]:
-    """The k and shrinkage values the options leave open: ``auto`` is the grid, ``full`` (or
-    ``none``, ``0``) every direction, a number itself."""
+    """The k and shrinkage values the options leave open (as :func:`check_options` allows
+    them): ``auto`` is the grid, ``full`` (or ``none``) every direction, a number itself."""
     k = str(options["k"])
-    ks = k_grid(dim) if k == "auto" else [dim if k in ("full", "none", "0") else int(k)]
+    ks = k_grid(dim) if k == "auto" else [dim if k in ("full", "none") else int(k)]
     shrink = str(options["shrinkage"])
     shrinkages = SHRINKAGE_GRID if shrink == "auto" else (float(shrink),)
     return ks, shrinkages
