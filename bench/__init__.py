@@ -2,12 +2,10 @@
 
 import os
 
-from bench import (
-    _torchvision_compat,  # noqa: F401  (must run before torchvision is imported)
-    logs,
-)
+from bench import _torchvision_compat  # noqa: F401  (must run before torchvision is imported)
+from bench.core import logs
 
-logs.install()  # ``[bench] ...`` lines on stderr for every module's logger (bench/logs.py)
+logs.install()  # ``[bench] ...`` lines on stderr for every module's logger (bench/core/logs.py)
 
 # Nothing is downloaded at run time: the Hugging Face libraries (used by the timm:, hf: and
 # open_clip: adapters) read only local files and the local hub cache, unless the user set

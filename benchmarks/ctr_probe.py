@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import registry  # noqa: E402
-from bench.cache import Cache  # noqa: E402
-from bench.config import get_profile  # noqa: E402
+from bench.core import registry  # noqa: E402
+from bench.core.cache import Cache  # noqa: E402
+from bench.core.config import get_profile  # noqa: E402
 from bench.tasks.ctr.train import score  # noqa: E402
 
 

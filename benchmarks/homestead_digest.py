@@ -58,9 +58,9 @@ def world_digests(world: Any) -> dict[str, str]:
 
 
 def build(profile_name: str) -> dict[str, Any]:
-    from bench import registry
-    from bench.cache import Cache
-    from bench.config import get_profile
+    from bench.core import registry
+    from bench.core.cache import Cache
+    from bench.core.config import get_profile
 
     errors = registry.load_plugins()
     if errors:

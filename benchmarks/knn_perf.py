@@ -1,4 +1,4 @@
-"""KNN metric performance: bench.metrics / bench.index against bare FAISS and scikit-learn.
+"""KNN metric performance: bench.scoring.metrics / bench.search.index against bare FAISS and scikit-learn.
 
 Wall and process CPU seconds are both shown (CPU seconds stay meaningful on a busy machine).
 
@@ -6,11 +6,11 @@ Part 1 (exact): n random vectors, ``--queries`` of them as queries, k neighbours
 run and interleaved over ``--repeat`` rounds (best of each):
 
 - bare FAISS: ``IndexFlatL2`` construction + ``add`` + ``search`` (k neighbours, no self handling)
-- ``bench.metrics.knn_consistency`` (validation, index, k+1 search, self removal, label compare)
+- ``bench.scoring.metrics.knn_consistency`` (validation, index, k+1 search, self removal, label compare)
 - scikit-learn ``NearestNeighbors(algorithm="brute")`` fit + kneighbors (k+1)
 
 and prints each as a ratio to bare FAISS. Part 2 (IVF): ``--ivf-n`` vectors; builds an
-``IndexIVFFlat`` through ``bench.index`` (k-means on a training sample), picks the smallest
+``IndexIVFFlat`` through ``bench.search.index`` (k-means on a training sample), picks the smallest
 ``nprobe`` (1, 2, 3, 4, 6, 8, 12, ...) whose recall@k against exact search on ``--recall-sample`` queries
 reaches ``--target-recall``, then times the search of all queries with it.
 
@@ -33,8 +33,8 @@ from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import index as bi  # noqa: E402
-from bench import metrics as bm  # noqa: E402
+from bench.scoring import metrics as bm  # noqa: E402
+from bench.search import index as bi  # noqa: E402
 
 
 def _timed(fn):
@@ -79,7 +79,7 @@ def exact_part(args: argparse.Namespace, rng: np.random.Generator) -> None:
         nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x)
         return nn.kneighbors(x[pos])
 
-    runs = {"bare FAISS IndexFlatL2": bare, "bench.metrics.knn_consistency": ours}
+    runs = {"bare FAISS IndexFlatL2": bare, "bench.scoring.metrics.knn_consistency": ours}
     if not args.skip_sklearn:
         runs["sklearn NearestNeighbors brute"] = sklearn
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-sklearn", action="store_true")
     p.add_argument("--ivf-n", type=int, default=1_000_000, help="0 skips the IVF part")
     p.add_argument("--ivf-data", choices=("powerlaw", "gaussian"), default="powerlaw")
-    p.add_argument("--nlist", type=int, default=1024, help="0: bench.index.default_nlist")
+    p.add_argument("--nlist", type=int, default=1024, help="0: bench.search.index.default_nlist")
     p.add_argument("--nprobe", type=int, default=0, help="default: smallest reaching the target")
     p.add_argument("--train-size", type=int, default=0, help="default: 50 * nlist")
     p.add_argument("--target-recall", type=float, default=0.99)

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from bench.cache import Cache, fingerprint
-from bench.data import Dataset, array_image_source
-from bench.registry import dataset
+from bench.core.cache import Cache, fingerprint
+from bench.core.data import Dataset, array_image_source
+from bench.core.registry import dataset
 
 
 def _render(images8: np.ndarray, size: int) -> np.ndarray:

@@ -7,7 +7,7 @@ product, query), ``title``, ``style``, ``scene``, ``category``, ``coarse_categor
 written.
 
 The dataset keeps paths, never pixels: extractors read images through ``dataset.reader`` in
-DataLoader workers at their own resolution and preprocessing (``bench/streaming.py``), and the
+DataLoader workers at their own resolution and preprocessing (``bench/embed/streaming.py``), and the
 suite's own small extractors get centre-cropped squares of ``image_size`` decoded on demand.
 
 An impressions log beside the manifest (``impressions.parquet`` or ``impressions.csv``, the
@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench.cache import Cache, fingerprint
-from bench.data import OPTIONAL_COLUMNS, SPLITS, Dataset, DatasetError
-from bench.registry import dataset
-from bench.streaming import uint8_batches
+from bench.core.cache import Cache, fingerprint
+from bench.core.data import OPTIONAL_COLUMNS, SPLITS, Dataset, DatasetError
+from bench.core.registry import dataset
+from bench.embed.streaming import uint8_batches
 
 LOG_NAMES = ("impressions.parquet", "impressions.csv")
 

@@ -9,7 +9,7 @@ cache (offline: nothing is downloaded). Two kinds of model:
 - a CLIP-style dual encoder (a model with ``get_image_features`` and ``get_text_features``,
   with ``AutoProcessor``'s tokenizer): ``mode=image`` (default) embeds images, ``mode=text``
   the items' titles, ``mode=fused`` both (a multimodal extractor, like ``m6_moe``; see
-  bench/adapters.py).
+  bench/adapters/shared.py).
 
 Images are preprocessed by the model's own image processor in DataLoader workers. ``config()``
 records the hub revision (the snapshot's commit) or the sha256 of the saved weight files.
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench.adapters import (
+from bench.adapters.shared import (
     AdapterError,
     TrainableModel,
     batch_size,
@@ -37,8 +37,8 @@ from bench.adapters import (
     parse_mode,
     require,
 )
-from bench.backbones import IMAGENET_MEAN, IMAGENET_STD
-from bench.registry import check_options, extractor
+from bench.core.registry import check_options, extractor
+from bench.train.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 OPTIONS = ("arg", "mode", "batch_size", "name", "device")
 WEIGHT_FILES = ("*.safetensors", "*.bin")

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.data import Dataset, DatasetError
-from bench.extractor import FitContext
-from bench.registry import SpecError, check_options, extractor
+from bench.core.data import Dataset, DatasetError
+from bench.core.extractor import FitContext
+from bench.core.registry import SpecError, check_options, extractor
 
 CODE_DIM = 16
 OPTIONS = ("noise", "dim", "seed")

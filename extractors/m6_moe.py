@@ -7,7 +7,7 @@ version of it, in one file:
 
 * **tokenizer**: lower-cased word split, vocabulary built from the training titles, with
   ``[PAD] [UNK] [CLS] [MASK]``; unseen words become ``[UNK]``, an empty title is all padding.
-* **image tower**: the shared ResNet (``bench.backbones.build_backbone``); the spatial positions
+* **image tower**: the shared ResNet (``bench.train.backbones.build_backbone``); the spatial positions
   of its last feature map become the image tokens (2 x 2 at 32 px with the ``strided`` stem of
   the default profile, the same backbone as ``moco_v2`` and ``swav``; 4 x 4 with ``small``).
 * **text tower**: word embeddings plus positions.
@@ -29,14 +29,14 @@ version of it, in one file:
   the word embeddings as output weights (tied): words that go with the same images, such as a
   style's synonyms, get similar embeddings. Images get random resized crops and flips (no colour
   jitter: colour is style). AdamW with warm-up and cosine decay over ``epochs`` x steps;
-  ``max_seconds`` is only a safety stop (``bench.training.SafetyStop``): a cut training is
+  ``max_seconds`` is only a safety stop (``bench.train.loop.SafetyStop``): a cut training is
   reported (``fit_cut``), its checkpoint stays unfinished and the next run resumes it.
 * **embedding**: the fused pass's ``[CLS]`` through a linear head, L2-normalised, 32-d by default
   (``m6_moe:dim=64``). ``m6_moe_image_only`` (or ``m6_moe:image_only=1``) uses the same trained
   weights with no title tokens, so a table shows what the title adds.
 
 At inference there is no capacity limit, so an item's vector never depends on the other items in
-its batch. Training runs on the suite's one loop (``bench.training.fit_loop``): this file
+its batch. Training runs on the suite's one loop (``bench.train.loop.fit_loop``): this file
 supplies the loss of a batch (image + title passes), AdamW with its schedule, and hooks that
 reset and collect the expert statistics per epoch; the loop brings mixed precision, the
 checkpoint after every epoch (key from config, data and code version; atomic; ``weights_only``
@@ -63,18 +63,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.augment import ViewSpec, augment, to_unit
-from bench.backbones import (
+from bench.core.cache import write_json
+from bench.core.extractor import FitContext, source_digest
+from bench.core.registry import extractor
+from bench.train.augment import ViewSpec, augment, to_unit
+from bench.train.backbones import (
     amp_context,
     batched_images,
     build_backbone,
     images_to_tensor,
     pick_device,
 )
-from bench.cache import write_json
-from bench.extractor import FitContext, source_digest
-from bench.registry import extractor
-from bench.training import (
+from bench.train.loop import (
     CheckpointError,
     Checkpointing,
     Hooks,
@@ -449,7 +449,7 @@ def learning_rate(cfg: dict[str, Any], done: float) -> float:
 def train(model: M6MoE, optimizer: torch.optim.Optimizer, images: np.ndarray, ids: Tensor,
           cfg: dict[str, Any], *, path: Path, key: str, vocab: list[str], device: torch.device,
           state: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train with the suite's loop (``bench.training.fit_loop``), or resume from ``state`` (a
+    """Train with the suite's loop (``bench.train.loop.fit_loop``), or resume from ``state`` (a
     checkpoint of an unfinished run), for ``epochs``, or until the ``max_seconds`` safety stop
     ends this session (then the log's ``cut`` says so and the checkpoint stays unfinished); a
     checkpoint after every epoch. Returns the training log."""

@@ -6,7 +6,7 @@ Built from lightly's pieces as in its MoCo example: a query encoder (backbone +
 (``update_momentum``, momentum cosine-scheduled towards 1 with ``cosine_schedule``, no gradient
 via ``deactivate_requires_grad``); ``NTXentLoss`` whose negatives come from a memory bank of past
 keys; two ``MoCoV2Transform``-style views per image, drawn by the batched augmentations of
-``bench.training`` (lightly's transform defaults with lightly's knobs set for 32 px images: no
+``bench.train.loop`` (lightly's transform defaults with lightly's knobs set for 32 px images: no
 blur, as in lightly's CIFAR-10 benchmark, ``cj_strength`` 0.5, crops of at least 60 % of the
 image, which kept the room layout that scene labels depend on; see docs/learned-extractors.md).
 The embedding is the backbone's pooled features, not the projection.
@@ -31,9 +31,9 @@ from lightly.transforms import MoCoV2Transform
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from bench.augment import ViewSpec, augment, lightly_view, to_unit
-from bench.registry import extractor
-from bench.training import BackboneEmbedder, StepInfo, resolve_options
+from bench.core.registry import extractor
+from bench.train.augment import ViewSpec, augment, lightly_view, to_unit
+from bench.train.loop import BackboneEmbedder, StepInfo, resolve_options
 
 NAME = "moco_v2"
 _COMMON = dict(arch="resnet18", lr=0.06, momentum=0.9, weight_decay=5e-4, temperature=0.2,

@@ -5,7 +5,7 @@ model config ``.json`` (registered with ``open_clip.add_model_config``; its stem
 ``PRETRAINED_FILE`` is a checkpoint file (loaded by ``open_clip.create_model_and_transforms``),
 ``random`` for OpenCLIP's own initialisation, or a pretrained tag already in the local hub cache
 (offline). Images go through OpenCLIP's eval preprocessing in DataLoader workers; titles
-through ``open_clip.get_tokenizer(ARCH)``. ``mode`` as for ``hf:`` (bench/adapters.py).
+through ``open_clip.get_tokenizer(ARCH)``. ``mode`` as for ``hf:`` (bench/adapters/shared.py).
 Options: ``mode``, ``batch_size`` (default 64), ``name`` (the row label).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bench.adapters import (
+from bench.adapters.shared import (
     AdapterError,
     TrainableModel,
     batch_size,
@@ -28,7 +28,7 @@ from bench.adapters import (
     require,
     sha256_file,
 )
-from bench.registry import check_options, extractor
+from bench.core.registry import check_options, extractor
 
 OPTIONS = ("arg", "arg2", "mode", "batch_size", "name", "device")
 

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import batched_images
-from bench.extractor import FitContext
-from bench.registry import SpecError, check_options, extractor
+from bench.core.extractor import FitContext
+from bench.core.registry import SpecError, check_options, extractor
+from bench.train.backbones import batched_images
 
 
 class PixelsExtractor:

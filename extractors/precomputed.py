@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.cache import DamagedFileError, load_npz
-from bench.embeddings import EmbeddingError, Embeddings, align
-from bench.extractor import FitContext
-from bench.registry import check_options, extractor
+from bench.core.cache import DamagedFileError, load_npz
+from bench.core.extractor import FitContext
+from bench.core.registry import check_options, extractor
+from bench.embed.embeddings import EmbeddingError, Embeddings, align
 
 
 def read_vectors(path: str | Path) -> Embeddings:

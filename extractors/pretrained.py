@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.augment import ViewSpec, augment, to_unit
-from bench.backbones import build_backbone, pick_device
-from bench.extractor import FitContext
-from bench.registry import extractor
-from bench.training import (
+from bench.core.extractor import FitContext
+from bench.core.registry import extractor
+from bench.train.augment import ViewSpec, augment, to_unit
+from bench.train.backbones import build_backbone, pick_device
+from bench.train.loop import (
     BackboneEmbedder,
     StepInfo,
     TrainConfig,

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.backbones import batched_images, build_backbone, embed_images, pick_device
-from bench.extractor import FitContext
-from bench.registry import SpecError, check_options, extractor
+from bench.core.extractor import FitContext
+from bench.core.registry import SpecError, check_options, extractor
+from bench.train.backbones import batched_images, build_backbone, embed_images, pick_device
 
 
 class RandomBackboneExtractor:

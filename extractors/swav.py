@@ -5,7 +5,7 @@ L2-normalised features scored against ``SwaVPrototypes`` (kept frozen for the fi
 ``freeze_epochs`` epochs via ``n_steps_frozen_prototypes``, renormalised every step),
 ``SwaVLoss`` with Sinkhorn-Knopp codes computed from the global crops, and multi-crop views
 (``global_crops`` at the image size, ``local_crops`` with sides of ``local_size_ratio`` of it)
-with ``SwaVTransform``'s defaults, drawn by the batched augmentations of ``bench.training``.
+with ``SwaVTransform``'s defaults, drawn by the batched augmentations of ``bench.train.loop``.
 Crops of one resolution go through the network as one batch. An optional queue (lightly's
 ``MemoryBankModule``, one per global crop) adds past features to the Sinkhorn problem; it is
 off by default because on homestead it scored lower (docs/learned-extractors.md). The
@@ -36,9 +36,9 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from lightly.transforms import SwaVTransform
 from torch import nn
 
-from bench.augment import ViewSpec, augment, lightly_view, to_unit
-from bench.registry import extractor
-from bench.training import BackboneEmbedder, StepInfo, resolve_options
+from bench.core.registry import extractor
+from bench.train.augment import ViewSpec, augment, lightly_view, to_unit
+from bench.train.loop import BackboneEmbedder, StepInfo, resolve_options
 
 NAME = "swav"
 _COMMON = dict(arch="resnet18", lr=0.15, momentum=0.9, weight_decay=5e-4, hidden_dim=512,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.adapters import (
+from bench.adapters.shared import (
     AdapterError,
     TrainableModel,
     batch_size,
@@ -31,7 +31,7 @@ from bench.adapters import (
     sha256_file,
     weights_file,
 )
-from bench.registry import check_options, extractor
+from bench.core.registry import check_options, extractor
 
 OPTIONS = ("arg", "weights", "seed", "batch_size", "name", "device")
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torchvision import transforms
 
-from bench.adapters import (
+from bench.adapters.shared import (
     AdapterError,
     StreamedModel,
     batch_size,
@@ -26,8 +26,8 @@ from bench.adapters import (
     sha256_file,
     weights_file,
 )
-from bench.backbones import IMAGENET_MEAN, IMAGENET_STD
-from bench.registry import check_options, extractor
+from bench.core.registry import check_options, extractor
+from bench.train.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 OPTIONS = ("arg", "image_size", "resize", "norm", "batch_size", "name", "device")
 NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 import bench  # noqa: F401  (patches torchvision before anything imports it)
-from bench import registry
-from bench.cache import Cache
-from bench.data import Dataset, array_image_source
+from bench.core import registry
+from bench.core.cache import Cache
+from bench.core.data import Dataset, array_image_source
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,7 +67,7 @@ def tiny_dataset(n: int = 60, size: int = 16, seed: int = 0) -> Dataset:
 @pytest.fixture(scope="session")
 def exported_folder(tmp_path_factory):
     """A small homestead world written as a folder dataset (JPEGs, manifest, impressions)."""
-    from bench.export import export_homestead
+    from bench.cli.export import export_homestead
 
     root = tmp_path_factory.mktemp("exported") / "homestead-32"
     export_homestead(root, dict(image_size=32, n_products=60, n_covers=30, n_queries=40,

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import registry
-from bench.adapters import AdapterError, require
-from bench.cli import _specs, main
-from bench.config import get_profile
-from bench.registry import SpecError
+from bench.adapters.shared import AdapterError, require
+from bench.cli.main import _specs, main
+from bench.core import registry
+from bench.core.config import get_profile
+from bench.core.registry import SpecError
 
 
 def test_every_adapter_runs_knn_and_retrieval_on_an_exported_folder(

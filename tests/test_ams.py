@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.cache import load_npz
+from bench.core.cache import load_npz
 from bench.tasks.ctr.ams.accounting import Meter, nbytes, summarize
 from bench.tasks.ctr.ams.features import lift, shard_of
 from bench.tasks.ctr.ams.launch import AmsOptions, make_job
@@ -164,7 +164,7 @@ def _env() -> dict[str, str]:
 
 def _reference(paths: dict[str, Path], result: dict) -> tuple:
     """The in-process model on the same data, seed and settings: (model, data, config)."""
-    from bench.embeddings import Embeddings
+    from bench.embed.embeddings import Embeddings
 
     log, table = pd.read_csv(paths["log"]), pd.read_csv(paths["items"])
     embeddings = Embeddings.load(paths["features"])
@@ -238,8 +238,8 @@ def test_three_modes_report_bytes_that_match_an_independent_count(three_modes):
 def test_ams_run_folder_has_the_shape_of_a_bench_run_folder(three_modes, tmp_path, capsys):
     """``bench ams`` and ``bench run`` write their folders through one writer: the same
     results.csv columns and the same run.json provenance keys, metric meaning included."""
-    from bench.cli import main
-    from bench.run_folder import PROVENANCE_KEYS, RESULT_COLUMNS
+    from bench.cli.main import main
+    from bench.run.folder import PROVENANCE_KEYS, RESULT_COLUMNS
 
     _, ams_run, _, _ = three_modes
     assert main(["run", "--profile", "quick", "--dataset", "digits", "--extractors", "pixels",
@@ -266,7 +266,7 @@ def test_ams_run_folder_has_the_shape_of_a_bench_run_folder(three_modes, tmp_pat
 def test_nothing_under_tasks_reaches_up_to_the_registry_config_or_report():
     import ast
 
-    up = ("bench.registry", "bench.config", "bench.report", "bench.runner", "bench.cli")
+    up = ("bench.core.registry", "bench.core.config", "bench.report", "bench.run.runner", "bench.cli.main")
     for path in (REPO / "bench" / "tasks").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else

@@ -9,8 +9,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import top_k_accuracy_score
 
-from bench.data import Dataset, array_image_source
-from bench.embeddings import Embeddings
+from bench.core.data import Dataset, array_image_source
+from bench.embed.embeddings import Embeddings
 from bench.tasks import TaskContext, get_task
 from bench.tasks.classify import accuracy_metrics, linear_probe, make_split
 from tests.test_finetune import TinyExtractor, colour_images, same_state, state
@@ -144,7 +144,7 @@ def test_skip_reason():
 
 
 def embeddings_of(data: Dataset, extractor: TinyExtractor, fingerprint: str) -> Embeddings:
-    from bench.backbones import embed_images
+    from bench.train.backbones import embed_images
 
     vectors = embed_images(extractor.model, [data.images()], 16)
     return Embeddings(data.ids, vectors, {"fingerprint": fingerprint})
@@ -196,7 +196,7 @@ def test_frozen_probe_ignores_the_extractor(cache):
 
 
 def test_probe_scores_are_cached_by_their_inputs(tmp_path, monkeypatch):
-    from bench.cache import Cache
+    from bench.core.cache import Cache
     from bench.tasks import classify as module
 
     rng = np.random.default_rng(0)

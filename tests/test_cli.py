@@ -9,8 +9,8 @@ import sys
 
 import pandas as pd
 
-from bench.cli import main
-from bench.runner import RESULT_COLUMNS
+from bench.cli.main import main
+from bench.run.runner import RESULT_COLUMNS
 
 
 def test_run_on_digits_writes_results_summary_and_run_json(tmp_path, capsys):
@@ -55,7 +55,7 @@ def test_list_shows_plugins(capsys):
 
 
 def test_extractor_specs_keep_their_options_together():
-    from bench.cli import _specs
+    from bench.cli.main import _specs
 
     assert _specs("pixels,moco_v2:epochs=5,lr=0.1,random") == (
         "pixels", "moco_v2:epochs=5,lr=0.1", "random")
@@ -63,7 +63,7 @@ def test_extractor_specs_keep_their_options_together():
 
 
 def test_model_adapter_specs_survive_the_comma_list():
-    from bench.cli import _specs
+    from bench.cli.main import _specs
 
     text = ("timm:resnet18:weights=/w/r18.pth,batch_size=8,hf:/m/clip:mode=fused,"
             "open_clip:ViT-B-32:/w/clip.bin,torchscript:/w/m.pt,pixels")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.cache import atomic_path, fingerprint, load_npz, save_npz
-from bench.embeddings import EmbeddingError, Embeddings, align
-from bench.whitening import fit_whitening
+from bench.core.cache import atomic_path, fingerprint, load_npz, save_npz
+from bench.embed.embeddings import EmbeddingError, Embeddings, align
+from bench.vectors.whitening import fit_whitening
 
 
 def test_whitening_makes_train_covariance_identity():

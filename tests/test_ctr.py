@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from bench import metrics as bm
+from bench.scoring import metrics as bm
 from bench.tasks import TaskContext, get_task
 from bench.tasks.ctr import BASELINE, CtrTask, ablation
 from bench.tasks.ctr import data as ctr_data
@@ -331,8 +331,8 @@ def test_ablation_function_covers_feature_sets_and_aggregators(small, cache):
 
 
 def test_runner_writes_ctr_rows_with_one_baseline_per_seed(tmp_path, cache, plugins):
-    from bench.config import get_profile
-    from bench.runner import RunSpec, run_benchmark
+    from bench.core.config import get_profile
+    from bench.run.runner import RunSpec, run_benchmark
 
     dataset, _ = make_log(**SMALL, seed=4)
     plugins.DATASETS["ctr-synthetic-test"] = lambda cache, **_: dataset

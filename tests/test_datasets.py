@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.data import Dataset, DatasetError, array_image_source
+from bench.core.data import Dataset, DatasetError, array_image_source
 
 
 def test_digits_is_real_and_split(plugins, cache):

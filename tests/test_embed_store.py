@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import embed_store
-from bench.embed_store import ShardPlan, embed_resumable, embed_shards, merge, prepare
-from bench.embeddings import EmbeddingError
-from bench.runner import embed_cached
+from bench.embed import store as embed_store
+from bench.embed.embeddings import EmbeddingError
+from bench.embed.store import ShardPlan, embed_resumable, embed_shards, merge, prepare
+from bench.run.runner import embed_cached
 from tests.conftest import tiny_dataset
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import registry
-from bench.cli import main
+from bench.cli.main import main
+from bench.core import registry
 
 
 def test_exported_world_is_the_homestead_world(exported_folder, plugins, cache):
@@ -71,7 +71,7 @@ def test_ctr_refuses_a_log_with_unknown_items_before_anything_runs(exported_fold
                                                                    bad, plugins, cache):
     import shutil
 
-    from bench.data import DatasetError
+    from bench.core.data import DatasetError
 
     copy = tmp_path / "copy"
     shutil.copytree(exported_folder, copy)
@@ -96,7 +96,7 @@ def test_perf_stream_small_prints_the_ratio_and_rss(exported_folder, tiny_specs,
 
 def test_subset_repeats_rows_with_new_ids_past_the_folder(exported_folder, tmp_path, plugins,
                                                           cache):
-    from bench.export import subset
+    from bench.cli.export import subset
 
     n = len(pd.read_csv(exported_folder / "manifest.csv"))
     small = registry.build_dataset("folder", cache, root=str(subset(exported_folder,

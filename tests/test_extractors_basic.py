@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.config import get_profile
-from bench.embeddings import EmbeddingError
+from bench.core.config import get_profile
+from bench.embed.embeddings import EmbeddingError
 from tests.conftest import tiny_dataset
 
 

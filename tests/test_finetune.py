@@ -1,4 +1,4 @@
-"""bench.finetune: scratch copies, augmentation, the budgeted loop, caches, scratch sharing."""
+"""bench.train.finetune: scratch copies, augmentation, the budgeted loop, caches, scratch sharing."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench import finetune as ft
-from bench.augment import CropFlip, augment
-from bench.backbones import build_backbone
+from bench.train import finetune as ft
+from bench.train.augment import CropFlip, augment
+from bench.train.backbones import build_backbone
 
 
 def tiny_backbone(stem: str = "small", seed: int = 0) -> nn.Module:
@@ -40,7 +40,7 @@ class TinyExtractor:
         """Random weights: nothing to learn."""
 
     def embed(self, dataset, rows: np.ndarray) -> np.ndarray:
-        from bench.backbones import embed_images
+        from bench.train.backbones import embed_images
 
         return embed_images(self.model, iter([dataset.images(rows)]), self.image_size)
 
@@ -244,7 +244,7 @@ def test_capped_results_are_not_cached(cache):
 
 
 def test_own_and_scratch_results_are_copies_and_the_scratch_depends_on_architecture(cache):
-    from bench.extractor import BackboneExtractor
+    from bench.core.extractor import BackboneExtractor
 
     trained = []
 

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import registry
-from bench.data import DatasetError
-from bench.registry import SpecError
-from bench.streaming import SquareUint8, stream, to_rgb
+from bench.core import registry
+from bench.core.data import DatasetError
+from bench.core.registry import SpecError
+from bench.embed.streaming import SquareUint8, stream, to_rgb
 
 
 def _folder(root, n=6, rows=(), ids=None):
@@ -51,7 +51,7 @@ def test_zero_padded_ids_stay_text(plugins, cache, tmp_path):
     # vectors keyed by the same ids in a CSV are matched as text, not as integers
     csv = tmp_path / "vectors.csv"
     pd.DataFrame({"id": data.ids, "a": np.arange(6.0), "b": 1.0}).to_csv(csv, index=False)
-    from bench.config import get_profile
+    from bench.core.config import get_profile
 
     vectors = plugins.build_extractor(f"precomputed:{csv}", get_profile("quick"))
     assert vectors.embed(data, np.arange(6))[:, 0].tolist() == [0, 1, 2, 3, 4, 5]

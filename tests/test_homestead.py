@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import registry
-from bench.cache import Cache
-from bench.data import DatasetError
+from bench.core import registry
+from bench.core.cache import Cache
+from bench.core.data import DatasetError
 
 SMALL = dict(image_size=32, n_products=120, n_covers=160, n_queries=40, n_users=20, n_days=3,
              impressions_per_user_day=8, seed=0)

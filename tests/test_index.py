@@ -1,4 +1,4 @@
-"""bench.index against brute-force references (scikit-learn, numpy) on random data."""
+"""bench.search.index against brute-force references (scikit-learn, numpy) on random data."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from bench import index as bi
+from bench.search import index as bi
 
 
 def _data(n=600, d=16, seed=0):

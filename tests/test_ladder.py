@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import registry
-from bench.cache import Cache
-from bench.config import LADDER, get_profile
-from bench.data import Dataset, array_image_source
-from bench.runner import RunSpec, run_benchmark
-from bench.verdicts import ladder_level
+from bench.core import registry
+from bench.core.cache import Cache
+from bench.core.config import LADDER, get_profile
+from bench.core.data import Dataset, array_image_source
+from bench.run.runner import RunSpec, run_benchmark
+from bench.scoring.verdicts import ladder_level
 
 QUICK_WORLD = get_profile("quick").dataset_options("homestead")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import index as bi
-from bench.distributed import World
-from bench.metric_info import MetricBook, describe
+from bench.core.distributed import World
+from bench.core.metric_info import MetricBook, describe
 from bench.perf.scale import synthetic_catalogue
+from bench.search import index as bi
 from bench.tasks import TaskContext, get_task
 
 
@@ -126,8 +126,8 @@ def test_index_recall_matches_a_scikit_learn_reference():
 
 
 def test_bench_run_task_options_reach_the_profile_and_bad_ones_are_refused():
-    from bench.cli import build_parser, run_request, run_spec
-    from bench.registry import SpecError
+    from bench.cli.main import build_parser, run_request, run_spec
+    from bench.core.registry import SpecError
 
     args = build_parser().parse_args(["run", "--profile", "quick", "--task-option",
                                       "knn.index=auto", "--task-option", "knn.nprobe=16",

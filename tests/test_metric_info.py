@@ -9,16 +9,16 @@ import textwrap
 import pandas as pd
 import pytest
 
-from bench.cache import Cache
-from bench.config import get_profile
-from bench.metric_info import MetricBook, MetricInfo, UndeclaredMetric, cost, describe
+from bench.core.cache import Cache
+from bench.core.config import get_profile
+from bench.core.metric_info import MetricBook, MetricInfo, UndeclaredMetric, cost, describe
 from bench.report import build_report, read_run
 from bench.report.tables import all_tables
-from bench.runner import RunSpec, run_benchmark
+from bench.run.runner import RunSpec, run_benchmark
 
 TOY_TASK = textwrap.dedent('''
     import numpy as np
-    from bench.metric_info import MetricInfo
+    from bench.core.metric_info import MetricInfo
     from bench.tasks import task
 
     class Toy:

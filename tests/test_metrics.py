@@ -1,4 +1,4 @@
-"""bench.metrics against independent references: scikit-learn and brute-force numpy loops."""
+"""bench.scoring.metrics against independent references: scikit-learn and brute-force numpy loops."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score, top_k_accuracy_score
 from sklearn.neighbors import NearestNeighbors
 
-from bench import metrics as bm
+from bench.scoring import metrics as bm
 
 
 def _rng(seed=0):

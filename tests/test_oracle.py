@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.config import get_profile
-from bench.runner import RunSpec, run_benchmark
+from bench.core.config import get_profile
+from bench.run.runner import RunSpec, run_benchmark
 
 
 def oracle_vectors(dataset, label: str) -> np.ndarray:

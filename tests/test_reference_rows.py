@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import registry
-from bench.cache import Cache
-from bench.config import get_profile
-from bench.runner import RunSpec, reference_order, run_benchmark
+from bench.core import registry
+from bench.core.cache import Cache
+from bench.core.config import get_profile
+from bench.run.runner import RunSpec, reference_order, run_benchmark
 from bench.tasks.ctr import BASELINE
 from bench.tasks.ctr.synthetic import make_log
 from tests.test_finetune import TinyExtractor

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from bench import registry
-from bench.config import get_profile
+from bench.core import registry
+from bench.core.config import get_profile
 
 
 def test_builtin_plugins_are_found(plugins):
@@ -22,7 +22,7 @@ def test_plugin_file_registers_and_broken_plugin_is_reported(tmp_path, plugins):
     good = tmp_path / "mean_colour.py"
     good.write_text(textwrap.dedent("""
         import numpy as np
-        from bench.registry import extractor
+        from bench.core.registry import extractor
 
         class MeanColour:
             name, dim, modalities = "mean_colour", 3, ("image",)
@@ -85,7 +85,7 @@ def _write_package(folder, files: dict[str, str]):
 
 TWO_MODULE_EXTRACTOR = {
     "__init__.py": """
-        from bench.registry import extractor
+        from bench.core.registry import extractor
 
         from .model import MeanRows
 
@@ -127,7 +127,7 @@ def test_plugin_folder_loads_packages_beside_files(tmp_path, monkeypatch):
     folder = tmp_path / "datasets"
     _write_package(folder / "toy_world", {
         "__init__.py": """
-            from bench.registry import dataset
+            from bench.core.registry import dataset
 
             from .build import make_toy
 
@@ -139,7 +139,7 @@ def test_plugin_folder_loads_packages_beside_files(tmp_path, monkeypatch):
             import numpy as np
             import pandas as pd
 
-            from bench.data import Dataset, array_image_source
+            from bench.core.data import Dataset, array_image_source
 
             def make_toy(n):
                 table = pd.DataFrame({"id": [f"t{i}" for i in range(n)], "split": "test"})
@@ -174,7 +174,7 @@ def test_broken_plugin_package_is_one_line_and_leaves_no_half_module(tmp_path, p
 
 
 def test_package_plugin_digest_covers_its_helper_modules(tmp_path, plugins):
-    from bench.extractor import code_digest, source_digest
+    from bench.core.extractor import code_digest, source_digest
 
     package = _write_package(tmp_path / "digest_pkg", {
         **TWO_MODULE_EXTRACTOR,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import pictures
 from bench.report import build_report
+from bench.run import pictures
 from tests.test_report_plots import synthetic_dataset, synthetic_embeddings
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists()

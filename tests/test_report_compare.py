@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main as bench_main
+from bench.cli.main import main as bench_main
 from bench.report.compare import compare_results
 
 FIXTURES = Path(__file__).parent / "fixtures"

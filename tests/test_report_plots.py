@@ -13,12 +13,12 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from bench import pictures
-from bench.data import Dataset, array_image_source
-from bench.embeddings import Embeddings
+from bench.core.data import Dataset, array_image_source
+from bench.embed.embeddings import Embeddings
 from bench.report import artifacts, build_report, plots
 from bench.report.plots import PlotContext, make_plots
 from bench.report.tables import aggregate
+from bench.run import pictures
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -7,16 +7,16 @@ import shutil
 
 import pytest
 
-from bench import pictures
-from bench.cli import main
+from bench.cli.main import main
 from bench.report import artifacts
+from bench.run import pictures
 
 PLUGIN = """
 import numpy as np
 import pandas as pd
 
-from bench.data import Dataset, array_image_source
-from bench.registry import dataset
+from bench.core.data import Dataset, array_image_source
+from bench.core.registry import dataset
 
 
 @dataset("report_tiny")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.metric_info import MetricBook
+from bench.core.metric_info import MetricBook
 from bench.report import build_report, plots
 from bench.report.html import tables_html
 from bench.report.tables import (

@@ -1,4 +1,4 @@
-"""Runs that resume: cells, rows and settings kept across sessions (``bench.resume``), and a
+"""Runs that resume: cells, rows and settings kept across sessions (``bench.run.resume``), and a
 real SIGINT followed by ``bench run --resume`` giving the rows of an uninterrupted run."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from bench.config import get_profile
-from bench.resume import ROW_KEY, config_changes, load_previous, merge_rows, run_config
+from bench.cli.main import main
+from bench.core.config import get_profile
+from bench.run.resume import ROW_KEY, config_changes, load_previous, merge_rows, run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,8 +29,8 @@ NAPPER = textwrap.dedent('''
     import numpy as np
     import pandas as pd
 
-    from bench.data import Dataset, array_image_source
-    from bench.registry import dataset, extractor
+    from bench.core.data import Dataset, array_image_source
+    from bench.core.registry import dataset, extractor
 
 
     class Napper:

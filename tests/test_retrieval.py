@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import finetune as ft
-from bench.backbones import embed_images
-from bench.data import Dataset, array_image_source
-from bench.embeddings import Embeddings
-from bench.metrics import map_at_r, recall_at_n
+from bench.core.data import Dataset, array_image_source
+from bench.embed.embeddings import Embeddings
+from bench.scoring.metrics import map_at_r, recall_at_n
 from bench.tasks import TaskContext, get_task
 from bench.tasks.finetune import PairSampler, retrieval_scores, training_groups
 from bench.tasks.retrieval import query_and_gallery
+from bench.train import finetune as ft
+from bench.train.backbones import embed_images
 from tests.test_finetune import TinyExtractor, same_state, state
 
 METRICS = {"recall@1", "recall@5", "recall@10", "recall@15", "recall@20", "map@r"}

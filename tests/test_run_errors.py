@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import registry
-from bench.cli import main
+from bench.cli.main import main
+from bench.core import registry
 from tests.conftest import tiny_dataset
 
 TINY_MOCO = "moco_v2:arch=resnet18,width=8,image_size=16,batch_size=8,epochs=2"
@@ -81,7 +81,7 @@ def test_a_cut_training_is_marked_never_cached_and_the_next_run_finishes_it(tmp_
 
 
 def test_capped_fine_tuning_rows_carry_the_reason():
-    from bench.finetune import result_rows
+    from bench.train.finetune import result_rows
 
     capped = {"metrics": {"finetune_top1": 0.5, "finetune_steps": 3.0}, "capped": True,
               "planned_steps": 10, "budget": {"max_seconds": 5.0}}
@@ -182,7 +182,7 @@ def test_editing_a_plugin_invalidates_its_cached_embeddings(tmp_path, capsys, ti
     own file here, as this process imports a plugin file once."""
     source = textwrap.dedent('''
         import numpy as np
-        from bench.registry import extractor
+        from bench.core.registry import extractor
 
         class Plugged:
             name, dim, modalities = "plugged", 3, ("image",)
@@ -219,7 +219,7 @@ def test_editing_a_plugin_invalidates_its_cached_embeddings(tmp_path, capsys, ti
 
 
 def test_a_failed_ams_mode_is_a_failed_row_never_a_best(tmp_path):
-    from bench.ams_cli import result_rows, summary_lines, write_run
+    from bench.cli.ams import result_rows, summary_lines, write_run
 
     def summary(image: float) -> dict:
         return {"iterations": 3, "image_bytes_per_iter": image,
@@ -266,7 +266,7 @@ def test_a_truncated_embeddings_file_is_moved_aside_and_recomputed(tmp_path, cap
 
 
 def test_a_truncated_dataset_cache_is_regenerated(tmp_path, capsys, plugins):
-    from bench.cache import Cache
+    from bench.core.cache import Cache
 
     cache = Cache(tmp_path / "cache")
     options = dict(image_size=16, n_products=40, n_covers=12, n_queries=4, n_users=5,
@@ -293,7 +293,7 @@ def test_a_truncated_dataset_cache_is_regenerated(tmp_path, capsys, plugins):
 ])
 def test_user_mistakes_are_one_line_with_a_run_record(tmp_path, capsys, plugins, args,
                                                       message):
-    from bench.data import DatasetError
+    from bench.core.data import DatasetError
 
     def broken(cache, **_):
         raise DatasetError("broken-18: manifest.csv has no 'path' column")
@@ -314,7 +314,7 @@ def test_an_out_folder_that_is_a_file_or_read_only_is_refused(tmp_path, capsys, 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("bench.runner.tempfile.TemporaryFile", read_only)
+    monkeypatch.setattr("bench.run.runner.tempfile.TemporaryFile", read_only)
     status, _, err = bench_run(capsys, tmp_path / "ro", "--run-id", "r")
     assert status == 2
     assert err == [f"error: cannot write the run folder {tmp_path / 'ro' / 'r'}: "
@@ -350,8 +350,8 @@ def test_a_failed_extractor_gives_status_1_and_keeps_the_other_rows(tmp_path, ca
 
 
 def test_an_empty_npz_and_zero_padded_csv_ids(tmp_path, capsys, tiny, plugins):
-    from bench.data import Dataset, array_image_source
-    from bench.embeddings import EmbeddingError
+    from bench.core.data import Dataset, array_image_source
+    from bench.embed.embeddings import EmbeddingError
 
     empty = tmp_path / "empty.npz"
     empty.write_bytes(b"")
@@ -380,7 +380,7 @@ def test_an_empty_npz_and_zero_padded_csv_ids(tmp_path, capsys, tiny, plugins):
 def test_ams_refuses_a_remote_host_without_allow_remote(capsys):
     import argparse
 
-    from bench.ams_cli import check_network
+    from bench.cli.ams import check_network
     from bench.tasks.ctr.ams.launch import AmsOptions
 
     assert main(["ams", "--synthetic", "--host", "0.0.0.0"]) == 2

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import registry
-from bench.cache import Cache
-from bench.cli import main as bench_main
-from bench.config import get_profile
-from bench.embeddings import Embeddings
-from bench.registry import REPO_ROOT
-from bench.runner import embed_cached, embeddings_path
+from bench.cli.main import main as bench_main
+from bench.core import registry
+from bench.core.cache import Cache
+from bench.core.config import get_profile
+from bench.core.registry import REPO_ROOT
+from bench.embed.embeddings import Embeddings
+from bench.run.runner import embed_cached, embeddings_path
 
 PLUGIN = Path(__file__).parent / "fixtures" / "plugins" / "dying_extractor.py"
 
@@ -100,8 +100,8 @@ def test_a_dead_rank_leaves_its_shards_unfinished_and_a_rerun_embeds_only_those(
 
 @pytest.mark.parametrize("world_size", [2])
 def test_two_rank_sharded_search_finds_the_neighbours_of_one(world_size):
-    from bench import index as faiss_index
     from bench.perf.scale import sharded_neighbours
+    from bench.search import index as faiss_index
 
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((301, 8)).astype(np.float32)  # no ties among distances

@@ -1,4 +1,4 @@
-"""bench.stats: bootstrap intervals over units, seed spread, paired tests (known answers)."""
+"""bench.scoring.stats: bootstrap intervals over units, seed spread, paired tests (known answers)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from bench import stats
-from bench.metrics import auc, gauc, logloss
+from bench.scoring import stats
+from bench.scoring.metrics import auc, gauc, logloss
 
 
 def test_resampled_auc_equals_sklearn_with_sample_weights_and_ties():

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import bench  # noqa: F401 - patches torchvision before lightly imports it
-from bench.augment import ViewSpec, augment, lightly_view, to_unit
-from bench.backbones import build_backbone, embed_images, images_to_tensor
-from bench.cache import Cache
-from bench.config import get_profile
-from bench.training import (
+from bench.core.cache import Cache
+from bench.core.config import get_profile
+from bench.train.augment import ViewSpec, augment, lightly_view, to_unit
+from bench.train.backbones import build_backbone, embed_images, images_to_tensor
+from bench.train.loop import (
     CheckpointError,
     StepInfo,
     TrainConfig,
@@ -290,7 +290,7 @@ def test_log_dir_is_optional(tmp_path):
 
 
 def test_fit_loop_calls_its_hooks_and_keeps_to_max_steps():
-    from bench.training import Hooks, Plan, fit_loop, seeded_epochs
+    from bench.train.loop import Hooks, Plan, fit_loop, seeded_epochs
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
@@ -319,7 +319,7 @@ def test_fit_loop_calls_its_hooks_and_keeps_to_max_steps():
 
 
 def test_fit_loop_refuses_a_loss_that_is_not_finite():
-    from bench.training import Plan, fit_loop, seeded_epochs
+    from bench.train.loop import Plan, fit_loop, seeded_epochs
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import stats, verdicts
-from bench.metric_info import MetricBook
+from bench.core.metric_info import MetricBook
 from bench.report import build_report
+from bench.scoring import stats, verdicts
 
 QUERIES = np.array([f"q{i:03d}" for i in range(300)])
 
@@ -108,7 +108,7 @@ def test_report_shows_intervals_marks_and_the_validity_table(tmp_path: Path) -> 
 
 
 def test_bootstrap_draws_are_cached_by_the_evidence(tmp_path, monkeypatch):
-    from bench.cache import Cache
+    from bench.core.cache import Cache
 
     ids = np.array([f"q{i}" for i in range(300)])
     cells = [stats.Cell((name, "raw"), [stats.mean_evidence("query", ids, hits(rate, 0))])

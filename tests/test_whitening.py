@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.data import Dataset, array_image_source
-from bench.embeddings import Embeddings
-from bench.variants import for_task, train_rows
-from bench.whitening import SHRINKAGE_GRID, candidate_name, choose, fit_whitening, k_grid
+from bench.core.data import Dataset, array_image_source
+from bench.embed.embeddings import Embeddings
+from bench.vectors.variants import for_task, train_rows
+from bench.vectors.whitening import SHRINKAGE_GRID, candidate_name, choose, fit_whitening, k_grid
 
 
 def test_whitening_with_k_keeps_the_top_k_train_covariance_directions():
@@ -171,8 +171,8 @@ def test_knn_task_queries_test_items_against_every_item_of_the_role():
 
 
 def test_the_choice_of_k_is_cached_by_its_inputs(tmp_path, monkeypatch):
-    from bench import variants
-    from bench.cache import Cache
+    from bench.core.cache import Cache
+    from bench.vectors import variants
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(60, 8))
@@ -189,9 +189,9 @@ def test_the_choice_of_k_is_cached_by_its_inputs(tmp_path, monkeypatch):
 
 
 def test_the_sweep_uses_the_chosen_shrinkage_and_is_cached(tmp_path):
-    from bench import variants
-    from bench.cache import Cache
+    from bench.core.cache import Cache
     from bench.tasks import TaskContext, get_task
+    from bench.vectors import variants
 
     dataset = dataset_with_roles()
     rng = np.random.default_rng(7)
@@ -215,7 +215,7 @@ def test_the_sweep_uses_the_chosen_shrinkage_and_is_cached(tmp_path):
 
 
 def test_a_task_option_narrows_the_variants_a_task_runs():
-    from bench import variants
+    from bench.vectors import variants
 
     task = ContentTask()
     assert variants.scheduled(task, {}) == ("raw", "w")

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.metrics import auc
+from bench.scoring.metrics import auc
 from bench.tasks.ctr import CtrTask, load
 from bench.tasks.ctr.data import CtrData
 from bench.tasks.ctr.train import CtrConfig, build_model, evaluate, fit, torch_threads
@@ -49,9 +49,9 @@ def _dataset(args: argparse.Namespace) -> tuple[Any, np.ndarray]:
     """(dataset, image vectors per dataset row): homestead with ``pixels``, or synthetic."""
     profile_name = "quick" if args.small else "default"
     if args.dataset == "homestead":
-        from bench import registry
-        from bench.cache import Cache
-        from bench.config import get_profile
+        from bench.core import registry
+        from bench.core.cache import Cache
+        from bench.core.config import get_profile
 
         registry.load_plugins()
         if "homestead" in registry.DATASETS:

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench import registry
-from bench.backbones import amp_context, images_to_tensor
-from bench.config import get_profile
-from bench.data import Dataset, array_image_source
+from bench.core import registry
+from bench.core.config import get_profile
+from bench.core.data import Dataset, array_image_source
+from bench.train.backbones import amp_context, images_to_tensor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from bench.registry import REPO_ROOT
+from bench.core.registry import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "benchmarks" / "knn_perf.py"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.registry import REPO_ROOT
+from bench.core.registry import REPO_ROOT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def embed_once(ranks: int, args: argparse.Namespace, cache: Path) -> dict:
 
 
 def extraction_figure(args: argparse.Namespace) -> None:
-    from bench.embeddings import Embeddings
+    from bench.embed.embeddings import Embeddings
 
     with tempfile.TemporaryDirectory(prefix="bench-perf-scale-") as tmp:
         one = embed_once(1, args, Path(tmp) / "one")
@@ -99,8 +99,8 @@ def synthetic_catalogue(n: int, dim: int, n_queries: int, seed: int = 0):
     small isotropic noise (low intrinsic dimension, as learned embeddings have); style (12
     values, 20% flipped at random) and scene (8 values) labels follow the clusters;
     ``n_queries`` random rows are the test-split queries."""
-    from bench.data import Dataset, array_image_source
-    from bench.embeddings import Embeddings
+    from bench.core.data import Dataset, array_image_source
+    from bench.embed.embeddings import Embeddings
 
     rng = np.random.default_rng(seed)
     n_clusters, latent = 2000, 16
@@ -123,7 +123,7 @@ def synthetic_catalogue(n: int, dim: int, n_queries: int, seed: int = 0):
 
 
 def knn_figure(args: argparse.Namespace) -> None:
-    from bench import index as faiss_index
+    from bench.search import index as faiss_index
     from bench.tasks import TaskContext
     from bench.tasks.knn import KnnConsistency
 
@@ -165,8 +165,8 @@ def sharded_rank(rank: int, world_size: int, port: int, vectors: np.ndarray,
     """One rank of a loopback sharded search; rank 0 saves the merged neighbours."""
     import torch.distributed as dist
 
-    from bench import index as faiss_index
-    from bench.distributed import World
+    from bench.core.distributed import World
+    from bench.search import index as faiss_index
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
@@ -192,7 +192,7 @@ def sharded_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int,
 
 
 def sharded_figure(args: argparse.Namespace) -> None:
-    from bench import index as faiss_index
+    from bench.search import index as faiss_index
 
     _, embeddings = synthetic_catalogue(20_000, 64, 1000, seed=1)
     queries = np.arange(0, 20_000, 20)

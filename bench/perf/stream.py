@@ -7,7 +7,7 @@ a folder dataset (e.g. ``bench export homestead --image-size 224``):
   decoding and the model's preprocessing in DataLoader workers, the eval forward, shards
   written to disk), in a fresh process per catalogue size (``--n 5000 --n 20000``: the first
   items of the folder, its rows repeated with new ids past its end, see
-  ``bench.export.subset``), with that process's peak RSS and its workers' peak RSS;
+  ``bench.cli.export.subset``), with that process's peak RSS and its workers' peak RSS;
 - ``bare``: images/s of the same model's eval forward on tensors already preprocessed and in
   memory, before and after the whole-path runs (the mean is the reference; the two show drift);
 - ``decode``: images/s of decoding and preprocessing alone in the same workers, to show whether
@@ -50,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup(args: argparse.Namespace):
-    from bench import registry
-    from bench.cache import Cache
-    from bench.config import get_profile
+    from bench.core import registry
+    from bench.core.cache import Cache
+    from bench.core.config import get_profile
 
     registry.load_plugins()
     extractor = registry.build_extractor(args.extractor, get_profile("default"))
@@ -67,8 +67,8 @@ def _setup(args: argparse.Namespace):
 
 def child(args: argparse.Namespace) -> int:
     """One whole-path run over the first ``args.n[0]`` items, in this fresh process."""
-    from bench.embed_store import embed_resumable
-    from bench.export import subset
+    from bench.cli.export import subset
+    from bench.embed.store import embed_resumable
 
     n = args.n[0]
     with tempfile.TemporaryDirectory(prefix="perf-stream-") as tmp:
@@ -104,7 +104,7 @@ def bare_forward(extractor, dataset, n: int, batch_size: int) -> tuple[float, li
 
 
 def decode_rate(extractor, dataset, n: int, batch_size: int, workers: int) -> float:
-    from bench.streaming import stream
+    from bench.embed.streaming import stream
 
     rows = np.arange(min(n, len(dataset)))
     start = time.perf_counter()

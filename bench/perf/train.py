@@ -1,4 +1,4 @@
-"""``bench perf train``: images/s of our training loop (``bench.training.train``) against a bare
+"""``bench perf train``: images/s of our training loop (``bench.train.loop.train``) against a bare
 loop written like lightly's MoCo and SwAV examples, on the same backbone, batch, data and
 augmentation output, in one run; the ratio is the figure (target >= 0.9). With
 ``--transforms`` it also times lightly's own per-image PIL transforms (``MoCoV2Transform``,
@@ -20,12 +20,12 @@ from lightly.loss import NTXentLoss, SwaVLoss
 from lightly.models.utils import update_momentum
 from lightly.utils.scheduler import cosine_schedule
 
-from bench import registry
-from bench.augment import augment, to_unit
-from bench.backbones import amp_context
-from bench.cache import Cache
-from bench.config import get_profile
-from bench.training import TrainConfig, train
+from bench.core import registry
+from bench.core.cache import Cache
+from bench.core.config import get_profile
+from bench.train.augment import augment, to_unit
+from bench.train.backbones import amp_context
+from bench.train.loop import TrainConfig, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

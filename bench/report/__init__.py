@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.cache import atomic_path, write_json, write_text
-from bench.metric_info import MetricBook
+from bench.core.cache import atomic_path, write_json, write_text
+from bench.core.metric_info import MetricBook
 from bench.report.tables import (
     aggregate,
     all_tables,

@@ -1,4 +1,4 @@
-"""Reads the run-time pictures the runner wrote (``bench/pictures.py``): the embedding-map sample
+"""Reads the run-time pictures the runner wrote (``bench/run/pictures.py``): the embedding-map sample
 and the KNN picture grid. The report never computes them."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cache import load_npz
-from bench.pictures import GRID_FILE, SAMPLE_FILE  # the writer names its files
+from bench.core.cache import load_npz
+from bench.run.pictures import GRID_FILE, SAMPLE_FILE  # the writer names its files
 
 
 def load_sample(run_dir: str | Path) -> dict[str, np.ndarray] | None:

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.metric_info import MetricBook
+from bench.core.metric_info import MetricBook
 from bench.report.tables import format_number
-from bench.stats import Z
+from bench.scoring.stats import Z
 
 KEYS = ["task", "extractor", "variant", "metric"]
 COLUMNS = [*KEYS, "mean_a", "mean_b", "change", "pooled_std", "se_a", "se_b", "noise", "n_a",

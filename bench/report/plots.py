@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bench.metric_info import MetricBook
+from bench.core.metric_info import MetricBook
 from bench.report import artifacts
 from bench.report.tables import MARKS, VARIANT_LABELS
 

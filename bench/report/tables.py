@@ -7,7 +7,7 @@ in the table's note), nothing when the difference is within noise; without it, `
 seeds when there are several. Per column the best value is marked bold and the second
 underlined (metrics whose direction is ``lower``, such as logloss and time, rank the other
 way); chance columns appear once per task and are never ranked, nor are counts. What each metric
-means comes from run.json's ``metrics`` (declared by its task, ``bench.metric_info``). A row or
+means comes from run.json's ``metrics`` (declared by its task, ``bench.core.metric_info``). A row or
 column the run did not produce reads "not run". Reads only the run folder's files, never the
 tasks.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.metric_info import MetricBook
-from bench.verdicts import ladder_level
+from bench.core.metric_info import MetricBook
+from bench.scoring.verdicts import ladder_level
 
 VARIANT_LABELS = {"raw": "raw", "w": "+w", "ft": "fine-tuned"}
 # Variants that are columns of an extractor's row (``ft``: the metric name already says

@@ -2,10 +2,10 @@
 implements ``evaluate``; the runner adds run, dataset, extractor, variant and seed to its rows
 (a row names only its metric, value and optional evidence and ``cut``).
 
-Two optional declarations, both read by the runner (bench/runner.py), never decided inside a task:
+Two optional declarations, both read by the runner (bench/run/runner.py), never decided inside a task:
 
 - ``extractor_protocol``: a runtime-checkable protocol the extractor must satisfy (the
-  fine-tuning tasks need ``bench.extractor.BackboneExtractor``); an extractor that does not is
+  fine-tuning tasks need ``bench.core.extractor.BackboneExtractor``); an extractor that does not is
   skipped for the task with that reason.
 - ``references(extractors, options)`` and ``evaluate_reference(reference, embeddings, dataset,
   ctx)``: rows that belong to no extractor of the run (ctr's ID-only ranker and its ablations,
@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bench.cache import Cache
-from bench.data import Dataset
-from bench.embeddings import Embeddings
+from bench.core.cache import Cache
+from bench.core.data import Dataset
+from bench.embed.embeddings import Embeddings
 
 BUILTIN_TASKS = {
     "knn": "bench.tasks.knn",
@@ -43,7 +43,7 @@ TASKS: dict[str, Callable[[], Any]] = {}
 class TaskContext:
     """What a task may use besides the embeddings: seed, options, the extractor (only tasks
     that declare an ``extractor_protocol`` use it), and the device the run resolved (CUDA when
-    present, as for the extractors: ``bench.backbones.pick_device``)."""
+    present, as for the extractors: ``bench.train.backbones.pick_device``)."""
 
     seed: int = 0
     variant: str = "raw"

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.cache import Cache, array_digest, load_npz, read_cached, save_npz
-from bench.data import Dataset
-from bench.embeddings import Embeddings
-from bench.metric_info import MetricInfo
-from bench.metrics import topk_accuracy, topk_hits
-from bench.stats import Evidence, mean_evidence
+from bench.core.cache import Cache, array_digest, load_npz, read_cached, save_npz
+from bench.core.data import Dataset
+from bench.core.metric_info import MetricInfo
+from bench.embed.embeddings import Embeddings
+from bench.scoring.metrics import topk_accuracy, topk_hits
+from bench.scoring.stats import Evidence, mean_evidence
 from bench.tasks import TaskContext, task
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -170,7 +170,7 @@ class Classify:
     needs = ("vectors", "category on train and test product shots")
     seeded = True
     variants = ("raw", "w")
-    whitening_labels = ("category",)  # what k=auto agrees with (bench/variants.py)
+    whitening_labels = ("category",)  # what k=auto agrees with (bench/vectors/variants.py)
     defaults = {
         "quick": dict(val_fraction=0.2, probe_max_iter=100),
         "default": dict(val_fraction=0.2, probe_max_iter=200),

@@ -3,7 +3,7 @@ trained further on the task? (Visual4Rec Tables 5 and 6, fine-tuned rows.)
 
 Both tasks declare ``extractor_protocol = BackboneExtractor``: the runner checks it and skips
 an extractor without ``backbone()`` with that reason. They train a copy of the backbone
-(``bench.finetune``: one budgeted SGD loop, augmentations, cached results) once per seed and
+(``bench.train.finetune``: one budgeted SGD loop, augmentations, cached results) once per seed and
 report variant ``ft`` (their only variant: they read no vectors, only the backbone):
 
 - ``finetune_classify``: the whole network plus a linear head, cross-entropy on the train-split
@@ -33,14 +33,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bench import finetune as ft
-from bench.data import Dataset
-from bench.embeddings import Embeddings
-from bench.extractor import BackboneExtractor
-from bench.metric_info import MetricInfo, cost, count
+from bench.core.data import Dataset
+from bench.core.extractor import BackboneExtractor
+from bench.core.metric_info import MetricInfo, cost, count
+from bench.embed.embeddings import Embeddings
 from bench.tasks import Reference, TaskContext, task
 from bench.tasks.classify import Classify, Split, accuracy_metrics, make_split
 from bench.tasks.retrieval import IdentityRetrieval, query_and_gallery, retrieval_metrics
+from bench.train import finetune as ft
 
 FINETUNED = "ft"  # the variant of every fine-tuned row (and of the scratch rows)
 

@@ -9,12 +9,12 @@ as evidence for the interval, and the chance level beside it. ``neighbours=test`
 the test items only (the protocol before it was aligned with the reference study).
 
 Large catalogues: ``index=flat|ivf|ivfpq|hnsw|auto`` (with ``nlist``, ``nprobe``, ``m``,
-``auto_threshold``; ``bench.index.choose``) searches with an approximate FAISS index instead;
-``auto`` stays exact below ``bench.index.AUTO_THRESHOLD`` items. An approximate search also
+``auto_threshold``; ``bench.search.index.choose``) searches with an approximate FAISS index instead;
+``auto`` stays exact below ``bench.search.index.AUTO_THRESHOLD`` items. An approximate search also
 reports ``index_recall@k``: its neighbours' recall against exact search on a sample of
 ``recall_queries`` queries (a property of the index, not of the embedding: no interval, never
 ranked). Inside a joined process group (torchrun) each rank indexes its shard of the items and
-rank 0 merges the top-k lists (``bench.index.sharded_knn``).
+rank 0 merges the top-k lists (``bench.search.index.sharded_knn``).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from bench import distributed
-from bench import index as faiss_index
-from bench.data import Dataset
-from bench.embeddings import Embeddings
-from bench.metric_info import MetricInfo, chance, check
-from bench.metrics import knn_chance, neighbour_agreement
-from bench.stats import mean_evidence
+from bench.core import distributed
+from bench.core.data import Dataset
+from bench.core.metric_info import MetricInfo, chance, check
+from bench.embed.embeddings import Embeddings
+from bench.scoring.metrics import knn_chance, neighbour_agreement
+from bench.scoring.stats import mean_evidence
+from bench.search import index as faiss_index
 from bench.tasks import TaskContext, task
 
 LABELS = ("style", "scene", "category")
@@ -50,7 +50,7 @@ class KnnConsistency:
     needs = ("vectors", "one of: style, scene, category")
     seeded = False
     variants = ("raw", "w")
-    whitening_labels = LABELS  # what k=auto agrees with (bench/variants.py)
+    whitening_labels = LABELS  # what k=auto agrees with (bench/vectors/variants.py)
     # whitening_sweep: also score +w at every whitening dimension k (the report's sweep plot)
     defaults = {profile: dict(k=10, neighbours="all", whitening_sweep=True)
                 for profile in ("quick", "default", "full")}
@@ -107,7 +107,7 @@ class KnnConsistency:
                    params: dict[str, Any], world: distributed.World, ctx: TaskContext,
                    measure_recall: bool = True) -> tuple[np.ndarray, dict[str, Any] | None]:
         """Each query's k neighbours (self excluded; exact search unless an index is chosen,
-        as ``bench.metrics.knn_agreement`` searches), over the ranks of a joined process group
+        as ``bench.scoring.metrics.knn_agreement`` searches), over the ranks of a joined process group
         when there is one, and for an approximate index the row of its recall against exact
         search when ``measure_recall`` (else None)."""
         if world.distributed:

@@ -6,7 +6,7 @@ item with the query's ``identity``. Reports Identity Recall@1/5/10/15/20 and MAP
 Datasets without roles use test items as queries against the other labelled items.
 
 Large galleries: ``index=flat|ivf|ivfpq|hnsw|auto`` (with ``nlist``, ``nprobe``, ``m``,
-``auto_threshold``; ``bench.index.choose``) searches the gallery with an approximate FAISS index
+``auto_threshold``; ``bench.search.index.choose``) searches the gallery with an approximate FAISS index
 (the frozen raw and w metrics; fine-tuned features are searched exactly), and reports
 ``index_recall@10``, the index's recall of the exact top 10 on a sample of ``recall_queries``
 queries (no interval, never ranked).
@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from bench import index as faiss_index
-from bench.data import Dataset
-from bench.embeddings import Embeddings
-from bench.metric_info import MetricInfo, check
-from bench.metrics import average_precision_at_r, recall_hits
-from bench.stats import Evidence, mean_evidence
+from bench.core.data import Dataset
+from bench.core.metric_info import MetricInfo, check
+from bench.embed.embeddings import Embeddings
+from bench.scoring.metrics import average_precision_at_r, recall_hits
+from bench.scoring.stats import Evidence, mean_evidence
+from bench.search import index as faiss_index
 from bench.tasks import TaskContext, task
 
 RECALL_NS = (1, 5, 10, 15, 20)
@@ -75,7 +75,7 @@ class IdentityRetrieval:
     needs = ("vectors", "identity", "queries whose identity is in the gallery")
     seeded = False  # exact or index search of fixed vectors: no randomness to repeat
     variants = ("raw", "w")
-    whitening_labels = ("identity",)  # what k=auto agrees with (bench/variants.py)
+    whitening_labels = ("identity",)  # what k=auto agrees with (bench/vectors/variants.py)
     defaults: dict[str, dict[str, Any]] = {}  # index options only (``index``, ``nlist``, ...)
 
     def population(self, dataset: Dataset) -> np.ndarray:

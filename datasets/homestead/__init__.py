@@ -44,9 +44,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.cache import Cache, fingerprint
-from bench.data import Dataset, DatasetError, array_image_source
-from bench.registry import dataset
+from bench.core.cache import Cache, fingerprint
+from bench.core.data import Dataset, DatasetError, array_image_source
+from bench.core.registry import dataset
 
 from .cache import TABLES, read_entry, write_entry
 from .vocabulary import COARSE, LEAF_NAMES, LEAVES, SCENES, STYLES

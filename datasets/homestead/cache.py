@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.cache import READ_ERRORS, atomic_path, load_npz, quarantine, save_npz, write_json
+from bench.core.cache import READ_ERRORS, atomic_path, load_npz, quarantine, save_npz, write_json
 
 TABLES = ("items", "impressions", "users", "item_latents", "latents")
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.cache import Cache, atomic_path, fingerprint, load_npz, save_npz
-from bench.data import Dataset
-from bench.embeddings import Embeddings
-from bench.metric_info import MetricInfo
+from bench.core.cache import Cache, atomic_path, fingerprint, load_npz, save_npz
+from bench.core.data import Dataset
+from bench.core.metric_info import MetricInfo
+from bench.embed.embeddings import Embeddings
 from bench.tasks import Reference, TaskContext, task
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import AGGREGATORS, FEATURE_SETS
@@ -53,7 +53,7 @@ class CtrTask:
     needs = ("vectors", "logs['impressions'] (user_id, item_id, day, click, detail, conversion)")
     seeded = True
     variants = ("raw", "w")
-    whitening_labels = ("style", "scene")  # what k=auto agrees with (bench/variants.py)
+    whitening_labels = ("style", "scene")  # what k=auto agrees with (bench/vectors/variants.py)
     defaults = {
         "quick": {**_COMMON, "epochs": 2, "batch_size": 256, "history_length": 10,
                   "feature_sets": [], "aggregators": []},

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.data import Dataset, array_image_source
-from bench.embeddings import Embeddings
+from bench.core.data import Dataset, array_image_source
+from bench.embed.embeddings import Embeddings
 
 
 def make_log(n_users: int = 200, n_items: int = 300, n_days: int = 4, per_day: int = 15,

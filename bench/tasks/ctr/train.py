@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.metrics import auc, gauc, logloss
-from bench.stats import Evidence, mean_evidence
+from bench.scoring.metrics import auc, gauc, logloss
+from bench.scoring.stats import Evidence, mean_evidence
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import DICM, HEADS, ImageTower, loss, probabilities
 

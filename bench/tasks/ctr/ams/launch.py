@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
-from bench.cache import save_npz, write_json
+from bench.core.cache import save_npz, write_json
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.ams import server as ams_server
 from bench.tasks.ctr.ams.accounting import Meter, peak_rss_mb, summarize

@@ -1,0 +1,188 @@
+"""``bench embed``: embed a dataset with extractors into the cache ``bench run`` reads, over ranks.
+
+Why: a catalogue of millions of images takes many GPUs to embed. Under
+``torchrun --nproc-per-node N -m bench embed --dataset ... --extractors ...`` every rank embeds
+every N-th unfinished shard of ``bench.embed.store``'s plan on its own device (cuda:LOCAL_RANK,
+else the CPU) and writes its shard files beside the cached embeddings; rank 0 then merges them
+by id (every id present exactly once) into the cached ``Embeddings`` at ``embeddings_path``, so
+a later ``bench run`` with the same dataset and extractor is a cache hit. Started without
+torchrun it is the same code with world size 1. A rank that dies leaves its shards unfinished;
+running the command again embeds only those (split over the ranks of the new run).
+
+Training extractors are fitted on rank 0 first (weights cached), then loaded by the others.
+The ranks must share the cache folder (one machine, or a shared file system across nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.core import distributed, registry
+from bench.core.cache import Cache, read_cached, write_json
+from bench.core.data import Dataset
+from bench.core.distributed import World
+from bench.core.extractor import FitContext
+from bench.embed.embeddings import EmbeddingError, Embeddings
+from bench.embed.store import ShardPlan, embed_shards, merge, prepare, read_shard, shard_folder
+
+_logger = logging.getLogger(__name__)
+
+
+def log(world: World, message: str) -> None:
+    """A message through stdlib logging, naming the rank under torchrun."""
+    _logger.info(f"rank {world.rank}/{world.size}: {message}" if world.distributed else message)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=None, help="quick | default | full (default: full "
+                        "with CUDA, else default): dataset options and training budgets")
+    parser.add_argument("--dataset", default=None,
+                        help="homestead (default) | digits | folder:PATH | a plugin dataset")
+    parser.add_argument("--extractors", help="comma-separated specs (default: the profile's)")
+    parser.add_argument("--plugin", action="append", default=None,
+                        help="extra plugin: a .py file or a package folder")
+    parser.add_argument("--cache", help="cache folder shared by every rank (default: "
+                        "$BENCH_CACHE_DIR or ./.cache/bench)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="rows per shard (default: $BENCH_SHARD_SIZE or 1024)")
+    parser.add_argument("--summary", help="write what was done (per extractor: path, shards "
+                        "embedded now per rank, seconds) to this JSON file (rank 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def embed_over_ranks(extractor: Any, dataset: Dataset, cache: Cache, world: World,
+                     shard_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Embed ``dataset`` with ``extractor`` into its cached ``Embeddings``, this rank taking
+    every ``world.size``-th unfinished shard; every rank must call it. Returns, on every rank,
+    what was done: ``path``, ``cached`` (a cache hit: nothing embedded), ``shards`` (embedded
+    now, per rank), ``rows``, ``embed_s`` (first to last rank's shard, wall clock), ``n``,
+    ``dim``."""
+    from bench.run.runner import embeddings_key, embeddings_meta, embeddings_path, keep_train_log
+
+    key = embeddings_key(extractor, dataset)
+    keys = world.gather(key)
+    if len(set(keys)) > 1:
+        raise EmbeddingError(f"{extractor.name}: the ranks build different extractors or "
+                             f"datasets (embeddings keys {keys}); give every rank the same "
+                             "command, code and files")
+    path = embeddings_path(extractor, dataset, cache, key)
+    cached = read_cached(path, Embeddings.load) if world.is_main else None
+    hit = world.broadcast(cached is not None)
+    summary: dict[str, Any] = {"extractor": extractor.name, "path": str(path), "cached": hit,
+                               "world_size": world.size, "n": len(dataset)}
+    if hit:
+        log(world, f"{extractor.name}: embeddings already cached at {path}")
+        if cached is not None:
+            summary["dim"] = cached.dim
+        return world.broadcast(summary)
+    with tempfile.TemporaryDirectory(prefix="bench-embed-log-") as log_dir:
+        fit_in_turn(extractor, dataset, cache, world, Path(log_dir))
+        plan = ShardPlan.for_dataset(dataset, shard_size)
+        folder = shard_folder(path)
+        todo = None
+        if world.is_main:
+            prepare(folder, plan)
+            todo = [s for s in range(plan.n_shards) if read_shard(folder, s, plan) is None]
+            log(world, f"{extractor.name}: {len(todo)} of {plan.n_shards} shards to embed "
+                       f"over {world.size} rank(s) into {folder}")
+        todo = world.broadcast(todo)
+        mine = todo[world.rank::world.size]
+        world.barrier()
+        start = time.perf_counter()
+        done = embed_shards(extractor, dataset, folder, plan, mine, progress=progress)
+        rows = sum(len(plan.rows(s)) for s in done)
+        own_s = time.perf_counter() - start
+        log(world, f"{extractor.name}: embedded shards {done} ({rows} rows) on "
+                   f"{world.device()} in {own_s:.1f} s")
+        world.barrier()
+        summary |= {"embed_s": time.perf_counter() - start,
+                    "shards": world.gather(done), "rows": sum(world.gather(rows)),
+                    "n_shards": plan.n_shards}
+        if world.is_main:
+            meta = embeddings_meta(extractor, dataset, key) | {"world_size": world.size}
+            embeddings = merge(folder, dataset, plan, meta)
+            embeddings.save(path)
+            shutil.rmtree(folder, ignore_errors=True)
+            keep_train_log(path, Path(log_dir), restore=False)
+            summary["dim"] = embeddings.dim
+            log(world, f"{extractor.name}: merged {len(embeddings)} ids x {embeddings.dim} "
+                       f"dims into {path}")
+        summary = world.broadcast(summary)
+        world.barrier()  # nobody leaves before the merged file is there
+    return summary
+
+
+def fit_in_turn(extractor: Any, dataset: Dataset, cache: Cache, world: World,
+                log_dir: Path) -> None:
+    """Fit on rank 0 first (a training caches its weights), then on the others (a cache hit).
+    A training cut by its time cap is refused: its embeddings are never cached."""
+    ctx = FitContext(cache=cache, seed=0, log_dir=log_dir, device=str(world.device()))
+    if world.is_main:
+        extractor.fit(dataset, ctx)
+    world.barrier()
+    if not world.is_main:
+        extractor.fit(dataset, ctx)
+    cut = getattr(extractor, "fit_cut", None)
+    if cut:
+        raise EmbeddingError(f"{extractor.name}: training was cut short ({cut}); embeddings of "
+                             "a cut training are never cached, so bench embed stops here "
+                             "(raise the time cap, or let bench run embed it)")
+
+
+def build_inputs(args: argparse.Namespace, world: World) -> tuple[Dataset, list[Any], Cache]:
+    """The dataset (built by rank 0 first, so a generated one is cached once) and extractors."""
+    from bench.cli.main import _specs, run_spec
+    from bench.run.runner import build_dataset
+
+    request = {"profile": args.profile, "dataset": args.dataset,
+               "extractors": None if args.extractors is None else list(_specs(args.extractors)),
+               "plugin": args.plugin}
+    spec = run_spec(request, "results")
+    registry.load_plugins(spec.plugins)
+    cache = Cache(args.cache)
+    extractors = [registry.build_extractor(text, spec.profile) for text in spec.extractors]
+    dataset = build_dataset(spec, cache) if world.is_main else None
+    world.barrier()
+    if not world.is_main:
+        dataset = build_dataset(spec, cache)
+    assert dataset is not None
+    return dataset, extractors, cache
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.shard_size is not None and args.shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {args.shard_size}")
+    with distributed.joined() as world:
+        dataset, extractors, cache = build_inputs(args, world)
+        summaries = []
+        for extractor in extractors:
+            summary = embed_over_ranks(extractor, dataset, cache, world, args.shard_size,
+                                       progress=not args.no_progress and world.is_main)
+            summaries.append(summary)
+            if world.is_main:
+                print(describe(summary), flush=True)
+        if world.is_main and args.summary:
+            write_json(Path(args.summary), {
+                "dataset": dataset.name, "n": len(dataset), "world_size": world.size,
+                "time": dt.datetime.now().isoformat(timespec="seconds"),
+                "extractors": summaries})
+    return 0
+
+
+def describe(summary: dict[str, Any]) -> str:
+    if summary["cached"]:
+        return f"{summary['extractor']}: cached, {summary['path']}"
+    per_rank = "; ".join(f"rank {r}: {len(s)}" for r, s in enumerate(summary["shards"]))
+    rate = summary["rows"] / max(summary["embed_s"], 1e-9)
+    return (f"{summary['extractor']}: {summary['n']} ids x {summary.get('dim')} dims, "
+            f"{summary['rows']} rows in {sum(map(len, summary['shards']))} of "
+            f"{summary['n_shards']} shards embedded now ({per_rank}) in "
+            f"{summary['embed_s']:.1f} s ({rate:.1f} img/s), {summary['path']}")
+

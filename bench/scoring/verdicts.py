@@ -1,0 +1,190 @@
+"""A run's intervals, paired verdicts and ladder validity, from the evidence it kept.
+
+The runner stores each task row's :class:`bench.scoring.stats.Evidence` under
+``evidence/<task>/<extractor>/<variant>-seed<N>.npz``. After the run (and on ``bench report``),
+:func:`compute` groups the evidence by (task, metric): all cells of one group were scored on
+the same units, so one set of bootstrap draws serves every cell's interval and every paired
+comparison. It writes
+
+- ``verdicts.csv``: per (task, extractor, variant, metric) the value, standard error, 95%
+  interval, seeds and units, and against the task's reference row (IDs only for ctr, ``random``
+  elsewhere, the scratch backbone for fine-tuned rows, or the one the user names) the paired
+  difference, its interval, p-value, verdict (better / worse / same) and the test's name;
+- ``validity.csv``: per task and metric, the known-answer ladder (``ladder:clean``, its noise
+  rungs, ``ladder:random``): the floor-to-ceiling gap in standard errors, whether the rungs
+  come out in order, and how many adjacent pairs are separated at 95%.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.core.cache import Cache, array_digest, atomic_path, load_npz, read_cached, save_npz
+from bench.scoring import stats
+
+VERDICT_COLUMNS = ["task", "extractor", "variant", "metric", "value", "se", "ci_low",
+                   "ci_high", "n_seeds", "unit", "n_units", "reference", "diff", "diff_low",
+                   "diff_high", "p_value", "verdict", "test"]
+VALIDITY_COLUMNS = ["task", "variant", "metric", "rungs", "floor", "ceiling", "gap_se",
+                    "in_order", "adjacent_separated", "adjacent_pairs", "verdict"]
+DEFAULT_REFERENCE = "random"
+LADDER = re.compile(r"^ladder:(?:(clean)|(random)|noise=([0-9.]+))$")
+SEP = "::"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_") or "_"
+
+
+def save_evidence(run_dir: Path, task: str, extractor: str, variant: str, seed: int,
+                  evidence: dict[str, stats.Evidence]) -> Path:
+    """One npz per (task, extractor, variant, seed): every metric's evidence, and the cell."""
+    path = Path(run_dir) / "evidence" / task / slug(extractor) / f"{slug(variant)}-seed{seed}.npz"
+    arrays: dict[str, np.ndarray] = {"cell": np.array(json.dumps(
+        {"task": task, "extractor": extractor, "variant": variant, "seed": seed,
+         "metrics": sorted(evidence)}))}
+    for metric, item in evidence.items():
+        arrays.update(item.to_arrays(f"{metric}{SEP}"))
+    return save_npz(path, **arrays)
+
+
+def load_cells(run_dir: Path) -> dict[tuple[str, str], list[stats.Cell]]:
+    """(task, metric) -> cells keyed (extractor, variant), seeds in seed order."""
+    found: dict[tuple[str, str, str, str], dict[int, stats.Evidence]] = {}
+    for path in sorted((Path(run_dir) / "evidence").glob("*/*/*.npz")):
+        arrays = load_npz(path)
+        cell = json.loads(str(arrays["cell"]))
+        for metric in cell["metrics"]:
+            key = (cell["task"], metric, cell["extractor"], cell["variant"])
+            found.setdefault(key, {})[int(cell["seed"])] = stats.Evidence.from_arrays(
+                arrays, f"{metric}{SEP}")
+    groups: dict[tuple[str, str], list[stats.Cell]] = {}
+    for (task, metric, extractor, variant), seeds in found.items():
+        groups.setdefault((task, metric), []).append(
+            stats.Cell((extractor, variant), [seeds[s] for s in sorted(seeds)]))
+    return groups
+
+
+def ladder_level(extractor: str) -> float | None:
+    """A ladder rung's noise: 0 for ``ladder:clean``, inf for ``ladder:random``, else None."""
+    match = LADDER.match(extractor)
+    if match is None:
+        return None
+    if match.group(1):
+        return 0.0
+    return math.inf if match.group(2) else float(match.group(3))
+
+
+def reference_for(task: str, extractor: str, variant: str, cells: dict[tuple[str, str], Any],
+                  references: dict[str, str],
+                  paired: dict[str, dict[str, str]] | None = None) -> tuple[str, str] | None:
+    """The row a cell is compared with: the reference the task paired with this extractor
+    (``paired``: task -> extractor -> reference row, e.g. each fine-tuned backbone with the
+    scratch baseline of its own architecture; a fine-tuned row of an older run folder without
+    that record: the one scratch row, if there is only one), else the task's reference extractor
+    in the same variant (None when absent)."""
+    own = (paired or {}).get(task, {}).get(extractor)
+    scratch = [k for k in cells if k[0].startswith("scratch:") and k[1] == variant]
+    if own is None and variant == "ft" and len(scratch) == 1:
+        own = scratch[0][0]  # a run folder from before the pairing was recorded
+    key = (own, variant) if own is not None else (references.get(task, DEFAULT_REFERENCE),
+                                                  variant)
+    if key not in cells or key == (extractor, variant):
+        return None
+    return key
+
+
+def cached_resample(cells: list[stats.Cell], n_resamples: int,
+                    cache: Cache | None = None) -> np.ndarray:
+    """``stats.resample``, cached under a hash of every cell's key and evidence: a re-run whose
+    tasks left the same evidence (warm caches) reuses the bootstrap draws."""
+    if cache is None:
+        return stats.resample(cells, n_resamples)
+    parts: list[Any] = [n_resamples, stats.BOOTSTRAP_SEED]
+    for cell in cells:
+        parts.append(list(cell.key))
+        for i, evidence in enumerate(cell.seeds):
+            for name, array in sorted(evidence.to_arrays(f"s{i}").items()):
+                parts += [name, np.asarray(array)]
+    path = cache.path("bootstrap", array_digest(*parts), ".npz")
+    found = read_cached(path, load_npz)
+    if found is not None and "draws" in found:
+        return found["draws"]
+    draws = stats.resample(cells, n_resamples)
+    save_npz(path, draws=draws)
+    return draws
+
+
+def compute(run_dir: Path, references: dict[str, str] | None = None,
+            lower_is_better: Callable[[str], bool] = lambda metric: False,
+            n_resamples: int = stats.N_RESAMPLES,
+            cache: Cache | None = None,
+            paired: dict[str, dict[str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``verdicts.csv`` and ``validity.csv`` of a run folder (written, and returned); with a
+    ``cache`` the bootstrap draws of unchanged evidence are reused; ``paired``: per task, the
+    reference row of particular extractors (see :func:`reference_for`)."""
+    references = references or {}
+    rows, validity = [], []
+    for (task, metric), cells in load_cells(run_dir).items():
+        draws = cached_resample(cells, n_resamples, cache)
+        by_key = {c.key: (c, d) for c, d in zip(cells, draws)}
+        lower = lower_is_better(metric)
+        for cell, cell_draws in zip(cells, draws):
+            iv = stats.interval(cell, cell_draws)
+            row = {"task": task, "extractor": cell.key[0], "variant": cell.key[1],
+                   "metric": metric, "value": iv.value, "se": iv.se, "ci_low": iv.low,
+                   "ci_high": iv.high, "n_seeds": iv.n_seeds, "unit": iv.unit,
+                   "n_units": iv.n_units}
+            ref = reference_for(task, *cell.key, by_key, references, paired)
+            if ref is not None:
+                test = stats.compare(cell, cell_draws, *by_key[ref], lower_is_better=lower)
+                row |= {"reference": ref[0], "diff": test.diff, "diff_low": test.low,
+                        "diff_high": test.high, "p_value": test.p_value,
+                        "verdict": test.verdict, "test": test.test}
+            rows.append(row)
+        validity += ladder_validity(task, metric, by_key, lower)
+    verdicts = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+    checks = pd.DataFrame(validity, columns=VALIDITY_COLUMNS)
+    for name, frame in (("verdicts.csv", verdicts), ("validity.csv", checks)):
+        with atomic_path(Path(run_dir) / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    return verdicts, checks
+
+
+def ladder_validity(task: str, metric: str, by_key: dict[tuple[str, str], tuple],
+                    lower: bool) -> list[dict[str, Any]]:
+    """Per variant with at least a ceiling and a floor: the ladder's order and separation."""
+    out = []
+    for variant in sorted({k[1] for k in by_key}):
+        rungs = sorted(((level, key) for key in by_key if key[1] == variant
+                        and (level := ladder_level(key[0])) is not None), key=lambda t: t[0])
+        if len(rungs) < 2 or rungs[0][0] != 0 or not math.isinf(rungs[-1][0]):
+            continue
+        values = [by_key[key][0].seed_values().mean() for _, key in rungs]
+        sign = -1 if lower else 1  # rungs go from best (clean) to worst (random)
+        # in order: no rung beats the one above it at 95% (two rungs within each other's noise
+        # are tied, whichever mean happens to be higher); resolves: every pair separated too
+        separated = reversed_pairs = 0
+        for (_, better), (_, worse) in zip(rungs, rungs[1:]):
+            test = stats.compare(*by_key[better], *by_key[worse], lower_is_better=lower)
+            separated += test.verdict == "better"
+            reversed_pairs += test.verdict == "worse"
+        in_order = reversed_pairs == 0
+        span = stats.compare(*by_key[rungs[0][1]], *by_key[rungs[-1][1]], lower_is_better=lower)
+        gap_se = span.diff / span.se if span.se > 0 else math.inf
+        pairs = len(rungs) - 1
+        out.append({"task": task, "variant": variant, "metric": metric,
+                    "rungs": " > ".join(k[0] for _, k in rungs), "floor": values[-1],
+                    "ceiling": values[0], "gap_se": sign * gap_se, "in_order": in_order,
+                    "adjacent_separated": separated, "adjacent_pairs": pairs,
+                    "verdict": "resolves" if in_order and separated == pairs else
+                    "in order" if in_order else "out of order"})
+    return out
