@@ -64,7 +64,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.core.cache import write_json
-from bench.core.extractor import FitContext, source_digest
+from bench.core.code import source_digest
+from bench.core.extractor import FitContext
 from bench.core.registry import extractor
 from bench.train.augment import ViewSpec, augment, to_unit
 from bench.train.backbones import (
@@ -74,20 +75,22 @@ from bench.train.backbones import (
     images_to_tensor,
     pick_device,
 )
-from bench.train.loop import (
+from bench.train.checkpoint import (
     CheckpointError,
+    checkpoint_key,
+    checkpoint_path,
+    restore_checkpoint,
+)
+from bench.train.loop import (
     Checkpointing,
     Hooks,
     LoopState,
     Plan,
     StepInfo,
-    checkpoint_key,
-    checkpoint_path,
     fit_loop,
-    resolve_options,
-    restore_checkpoint,
     seeded_epochs,
 )
+from bench.train.options import resolve_options
 
 NAME = "m6_moe"
 VERSION = "3"  # bump when training or the checkpoint's content changes meaning (3: steps only)

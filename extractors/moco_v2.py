@@ -33,7 +33,9 @@ from torch import nn
 
 from bench.core.registry import extractor
 from bench.train.augment import ViewSpec, augment, lightly_view, to_unit
-from bench.train.loop import BackboneEmbedder, StepInfo, resolve_options
+from bench.train.loop import StepInfo
+from bench.train.options import resolve_options
+from bench.train.ssl import BackboneEmbedder
 
 NAME = "moco_v2"
 _COMMON = dict(arch="resnet18", lr=0.06, momentum=0.9, weight_decay=5e-4, temperature=0.2,

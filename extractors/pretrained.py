@@ -31,14 +31,10 @@ from bench.core.extractor import FitContext
 from bench.core.registry import extractor
 from bench.train.augment import ViewSpec, augment, to_unit
 from bench.train.backbones import build_backbone, pick_device
-from bench.train.loop import (
-    BackboneEmbedder,
-    StepInfo,
-    TrainConfig,
-    checkpoint_key,
-    resolve_options,
-    train,
-)
+from bench.train.checkpoint import checkpoint_key
+from bench.train.loop import StepInfo
+from bench.train.options import resolve_options
+from bench.train.ssl import BackboneEmbedder, TrainConfig, train
 
 NAME = "pretrained"
 LABEL_COLUMNS = ("coarse_category", "category")

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 
 from bench.cli.main import main
-from bench.run.runner import RESULT_COLUMNS
+from bench.run.folder import RESULT_COLUMNS
 
 
 def test_run_on_digits_writes_results_summary_and_run_json(tmp_path, capsys):

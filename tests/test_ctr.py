@@ -332,7 +332,7 @@ def test_ablation_function_covers_feature_sets_and_aggregators(small, cache):
 
 def test_runner_writes_ctr_rows_with_one_baseline_per_seed(tmp_path, cache, plugins):
     from bench.core.config import get_profile
-    from bench.run.runner import RunSpec, run_benchmark
+    from bench.run import RunSpec, run_benchmark
 
     dataset, _ = make_log(**SMALL, seed=4)
     plugins.DATASETS["ctr-synthetic-test"] = lambda cache, **_: dataset

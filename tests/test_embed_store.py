@@ -8,8 +8,9 @@ import pytest
 
 from bench.embed import store as embed_store
 from bench.embed.embeddings import EmbeddingError
-from bench.embed.store import ShardPlan, embed_resumable, embed_shards, merge, prepare
-from bench.run.runner import embed_cached
+from bench.embed.key import embeddings_path
+from bench.embed.ranks import embed_dataset
+from bench.embed.store import ShardPlan, embed_shards, merge, prepare
 from tests.conftest import tiny_dataset
 
 
@@ -40,17 +41,17 @@ def test_an_interrupted_run_resumes_at_the_next_unfinished_shard(cache, tmp_path
     data = tiny_dataset(60)  # 4 shards: 16, 16, 16, 12 rows
     stopped = CountingExtractor(stop_at_call=2)
     with pytest.raises(KeyboardInterrupt):
-        embed_cached(stopped, data, cache, tmp_path / "log")
+        embed_dataset(stopped, data, cache, tmp_path / "log")
     assert [c[0] for c in stopped.calls] == [0, 16]  # shards 0 and 1 were written
     resumed = CountingExtractor()
-    embeddings, timings = embed_cached(resumed, data, cache, tmp_path / "log")
+    embeddings = embed_dataset(resumed, data, cache, tmp_path / "log").embeddings
     assert [(c[0], len(c)) for c in resumed.calls] == [(32, 16), (48, 12)]  # only 2 and 3
     expected = data.images().mean(axis=(1, 2)).astype(np.float32)
     np.testing.assert_array_equal(embeddings.vectors, expected)
     assert embeddings.ids.tolist() == data.ids.tolist()
     assert not list((cache.root / "embeddings").glob("*.shards"))  # merged and cleaned up
     again = CountingExtractor()
-    embed_cached(again, data, cache, tmp_path / "log")
+    embed_dataset(again, data, cache, tmp_path / "log")
     assert again.calls == []  # a cache hit
 
 
@@ -90,18 +91,18 @@ def test_a_damaged_shard_is_moved_aside_and_redone(cache, tmp_path, capsys):
 
 def test_another_plan_starts_afresh(cache, tmp_path):
     data = tiny_dataset(40)
-    path = tmp_path / "e.npz"
+    path = embeddings_path(CountingExtractor(), data, cache)
     folder = embed_store.shard_folder(path)
     plan = ShardPlan.for_dataset(data, shard_size=16)
     prepare(folder, plan)
     embed_shards(CountingExtractor(stop_at_call=None), data, folder, plan, shards=[0],
                  progress=False)
     other = CountingExtractor()
-    embed_resumable(other, data, path, {"source": "x"}, shard_size=10, progress=False)
+    embed_dataset(other, data, cache, tmp_path / "log", shard_size=10, progress=False)
     assert len(other.calls) == 4  # the 16-row shard of the old plan was not reused
 
 
-def test_embed_returning_the_wrong_shape_is_refused(tmp_path):
+def test_embed_returning_the_wrong_shape_is_refused(cache, tmp_path):
     class Broken(CountingExtractor):
         def embed(self, dataset, rows):
             return np.zeros((len(rows) - 1, 3), dtype=np.float32)
@@ -109,4 +110,4 @@ def test_embed_returning_the_wrong_shape_is_refused(tmp_path):
     data = tiny_dataset(20)
     with pytest.raises(EmbeddingError, match=r"counting: embed returned shape \(15, 3\) for the "
                                              r"16 rows of shard 0"):
-        embed_resumable(Broken(), data, tmp_path / "e.npz", {}, shard_size=16, progress=False)
+        embed_dataset(Broken(), data, cache, tmp_path / "log", shard_size=16, progress=False)

@@ -13,7 +13,7 @@ from bench.core import registry
 from bench.core.cache import Cache
 from bench.core.config import LADDER, get_profile
 from bench.core.data import Dataset, array_image_source
-from bench.run.runner import RunSpec, run_benchmark
+from bench.run import RunSpec, run_benchmark
 from bench.scoring.verdicts import ladder_level
 
 QUICK_WORLD = get_profile("quick").dataset_options("homestead")

@@ -21,7 +21,7 @@ from bench.core.cache import Cache
 from bench.core.config import get_profile
 from bench.core.data import Dataset, array_image_source
 from bench.core.extractor import FitContext
-from bench.train.loop import CheckpointError, load_checkpoint, save_checkpoint
+from bench.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 registry.load_file(registry.REPO_ROOT / "extractors" / "m6_moe.py")
 m6 = sys.modules["bench_plugins.extractors.m6_moe"]

@@ -14,7 +14,7 @@ from bench.core.config import get_profile
 from bench.core.metric_info import MetricBook, MetricInfo, UndeclaredMetric, cost, describe
 from bench.report import build_report, read_run
 from bench.report.tables import all_tables
-from bench.run.runner import RunSpec, run_benchmark
+from bench.run import RunSpec, run_benchmark
 
 TOY_TASK = textwrap.dedent('''
     import numpy as np

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core.config import get_profile
-from bench.run.runner import RunSpec, run_benchmark
+from bench.run import RunSpec, run_benchmark
 
 
 def oracle_vectors(dataset, label: str) -> np.ndarray:

@@ -13,7 +13,8 @@ import pytest
 from bench.core import registry
 from bench.core.cache import Cache
 from bench.core.config import get_profile
-from bench.run.runner import RunSpec, reference_order, run_benchmark
+from bench.run import RunSpec, run_benchmark
+from bench.run.schedule import reference_order
 from bench.tasks.ctr import BASELINE
 from bench.tasks.ctr.synthetic import make_log
 from tests.test_finetune import TinyExtractor

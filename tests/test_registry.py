@@ -174,7 +174,8 @@ def test_broken_plugin_package_is_one_line_and_leaves_no_half_module(tmp_path, p
 
 
 def test_package_plugin_digest_covers_its_helper_modules(tmp_path, plugins):
-    from bench.core.extractor import code_digest, source_digest
+    from bench.core.code import source_digest
+    from bench.embed.key import code_digest
 
     package = _write_package(tmp_path / "digest_pkg", {
         **TWO_MODULE_EXTRACTOR,

@@ -314,7 +314,7 @@ def test_an_out_folder_that_is_a_file_or_read_only_is_refused(tmp_path, capsys, 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("bench.run.runner.tempfile.TemporaryFile", read_only)
+    monkeypatch.setattr("bench.run.prepare.tempfile.TemporaryFile", read_only)
     status, _, err = bench_run(capsys, tmp_path / "ro", "--run-id", "r")
     assert status == 2
     assert err == [f"error: cannot write the run folder {tmp_path / 'ro' / 'r'}: "

@@ -18,7 +18,8 @@ from bench.core.cache import Cache
 from bench.core.config import get_profile
 from bench.core.registry import REPO_ROOT
 from bench.embed.embeddings import Embeddings
-from bench.run.runner import embed_cached, embeddings_path
+from bench.embed.key import embeddings_path
+from bench.embed.ranks import embed_dataset
 
 PLUGIN = Path(__file__).parent / "fixtures" / "plugins" / "dying_extractor.py"
 
@@ -66,9 +67,9 @@ def test_torchrun_embed_equals_one_process_and_bench_run_hits_its_cache(exported
                                      **profile.dataset_options("folder"))
     extractor = registry.build_extractor("pixels", profile)
     assert embeddings_path(extractor, dataset, Cache(two)) == Path(merged["path"])
-    embeddings, timings = embed_cached(extractor, dataset, Cache(two), tmp_path / "log")
-    assert timings.get("cached") == 1.0
-    np.testing.assert_array_equal(embeddings.vectors, b.vectors)
+    embedded = embed_dataset(extractor, dataset, Cache(two), tmp_path / "log")
+    assert embedded.cached and embedded.timings.get("cached") == 1.0
+    np.testing.assert_array_equal(embedded.embeddings.vectors, b.vectors)
 
 
 def test_a_dead_rank_leaves_its_shards_unfinished_and_a_rerun_embeds_only_those(

@@ -17,7 +17,8 @@ from bench.core.config import get_profile
 from bench.core.data import Dataset, array_image_source
 from bench.core.extractor import FitContext
 from bench.train.augment import ViewSpec
-from bench.train.loop import StepInfo, TrainConfig, train
+from bench.train.loop import StepInfo
+from bench.train.ssl import TrainConfig, train
 
 TINY = "arch=resnet18,width=8,image_size=16,batch_size=8,epochs=1,max_seconds=0"
 NAMES = ("pretrained", "moco_v2", "swav")
@@ -240,9 +241,9 @@ def test_ssl_methods_train_on_their_train_role(tmp_path, monkeypatch, capsys):
         sizes.append((len(images), targets))
         return train(method, images, targets, config, **kw)
 
-    import bench.train.loop
+    import bench.train.ssl
 
-    monkeypatch.setattr(bench.train.loop, "train", spy)  # the shared self-supervised fit calls it
+    monkeypatch.setattr(bench.train.ssl, "train", spy)  # the shared self-supervised fit calls it
     every, covers = len(data.rows(split="train")), len(data.rows(role="content", split="train"))
     assert 2 <= covers < every
     for name, role in (("moco_v2", ""), ("swav", ""), ("moco_v2", ",train_role=content"),
@@ -265,12 +266,13 @@ def test_ssl_methods_train_on_their_train_role(tmp_path, monkeypatch, capsys):
 def test_config_carries_the_training_version(name, monkeypatch):
     """The runner keys cached embeddings by ``config()``: a change to the shared training loop
     (a ``TRAINING_VERSION`` bump) must retire the embeddings its old weights gave."""
-    import bench.train.loop
+    import bench.train.checkpoint
+    import bench.train.ssl
 
     before = build(f"{name}:{TINY}").config()
-    assert before["training_version"] == bench.train.loop.TRAINING_VERSION
+    assert before["training_version"] == bench.train.checkpoint.TRAINING_VERSION
     assert "device" not in before and "weights" not in before
-    monkeypatch.setattr(bench.train.loop, "TRAINING_VERSION", "test")
+    monkeypatch.setattr(bench.train.ssl, "TRAINING_VERSION", "test")
     assert build(f"{name}:{TINY}").config() != before
 
 

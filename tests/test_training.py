@@ -17,16 +17,15 @@ from bench.core.cache import Cache
 from bench.core.config import get_profile
 from bench.train.augment import ViewSpec, augment, lightly_view, to_unit
 from bench.train.backbones import build_backbone, embed_images, images_to_tensor
-from bench.train.loop import (
+from bench.train.checkpoint import (
     CheckpointError,
-    StepInfo,
-    TrainConfig,
     checkpoint_path,
     load_checkpoint,
-    resolve_options,
     save_checkpoint,
-    train,
 )
+from bench.train.loop import StepInfo
+from bench.train.options import resolve_options
+from bench.train.ssl import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,19 +18,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.core import distributed, registry
-from bench.core.cache import Cache, read_cached, write_json
+from bench.core.cache import Cache, write_json
 from bench.core.data import Dataset
 from bench.core.distributed import World
-from bench.core.extractor import FitContext
-from bench.embed.embeddings import EmbeddingError, Embeddings
-from bench.embed.store import ShardPlan, embed_shards, merge, prepare, read_shard, shard_folder
+from bench.embed.ranks import embed_dataset
 
 _logger = logging.getLogger(__name__)
 
@@ -57,89 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def embed_over_ranks(extractor: Any, dataset: Dataset, cache: Cache, world: World,
-                     shard_size: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Embed ``dataset`` with ``extractor`` into its cached ``Embeddings``, this rank taking
-    every ``world.size``-th unfinished shard; every rank must call it. Returns, on every rank,
-    what was done: ``path``, ``cached`` (a cache hit: nothing embedded), ``shards`` (embedded
-    now, per rank), ``rows``, ``embed_s`` (first to last rank's shard, wall clock), ``n``,
-    ``dim``."""
-    from bench.run.runner import embeddings_key, embeddings_meta, embeddings_path, keep_train_log
-
-    key = embeddings_key(extractor, dataset)
-    keys = world.gather(key)
-    if len(set(keys)) > 1:
-        raise EmbeddingError(f"{extractor.name}: the ranks build different extractors or "
-                             f"datasets (embeddings keys {keys}); give every rank the same "
-                             "command, code and files")
-    path = embeddings_path(extractor, dataset, cache, key)
-    cached = read_cached(path, Embeddings.load) if world.is_main else None
-    hit = world.broadcast(cached is not None)
-    summary: dict[str, Any] = {"extractor": extractor.name, "path": str(path), "cached": hit,
-                               "world_size": world.size, "n": len(dataset)}
-    if hit:
-        log(world, f"{extractor.name}: embeddings already cached at {path}")
-        if cached is not None:
-            summary["dim"] = cached.dim
-        return world.broadcast(summary)
-    with tempfile.TemporaryDirectory(prefix="bench-embed-log-") as log_dir:
-        fit_in_turn(extractor, dataset, cache, world, Path(log_dir))
-        plan = ShardPlan.for_dataset(dataset, shard_size)
-        folder = shard_folder(path)
-        todo = None
-        if world.is_main:
-            prepare(folder, plan)
-            todo = [s for s in range(plan.n_shards) if read_shard(folder, s, plan) is None]
-            log(world, f"{extractor.name}: {len(todo)} of {plan.n_shards} shards to embed "
-                       f"over {world.size} rank(s) into {folder}")
-        todo = world.broadcast(todo)
-        mine = todo[world.rank::world.size]
-        world.barrier()
-        start = time.perf_counter()
-        done = embed_shards(extractor, dataset, folder, plan, mine, progress=progress)
-        rows = sum(len(plan.rows(s)) for s in done)
-        own_s = time.perf_counter() - start
-        log(world, f"{extractor.name}: embedded shards {done} ({rows} rows) on "
-                   f"{world.device()} in {own_s:.1f} s")
-        world.barrier()
-        summary |= {"embed_s": time.perf_counter() - start,
-                    "shards": world.gather(done), "rows": sum(world.gather(rows)),
-                    "n_shards": plan.n_shards}
-        if world.is_main:
-            meta = embeddings_meta(extractor, dataset, key) | {"world_size": world.size}
-            embeddings = merge(folder, dataset, plan, meta)
-            embeddings.save(path)
-            shutil.rmtree(folder, ignore_errors=True)
-            keep_train_log(path, Path(log_dir), restore=False)
-            summary["dim"] = embeddings.dim
-            log(world, f"{extractor.name}: merged {len(embeddings)} ids x {embeddings.dim} "
-                       f"dims into {path}")
-        summary = world.broadcast(summary)
-        world.barrier()  # nobody leaves before the merged file is there
-    return summary
-
-
-def fit_in_turn(extractor: Any, dataset: Dataset, cache: Cache, world: World,
-                log_dir: Path) -> None:
-    """Fit on rank 0 first (a training caches its weights), then on the others (a cache hit).
-    A training cut by its time cap is refused: its embeddings are never cached."""
-    ctx = FitContext(cache=cache, seed=0, log_dir=log_dir, device=str(world.device()))
-    if world.is_main:
-        extractor.fit(dataset, ctx)
-    world.barrier()
-    if not world.is_main:
-        extractor.fit(dataset, ctx)
-    cut = getattr(extractor, "fit_cut", None)
-    if cut:
-        raise EmbeddingError(f"{extractor.name}: training was cut short ({cut}); embeddings of "
-                             "a cut training are never cached, so bench embed stops here "
-                             "(raise the time cap, or let bench run embed it)")
-
-
 def build_inputs(args: argparse.Namespace, world: World) -> tuple[Dataset, list[Any], Cache]:
     """The dataset (built by rank 0 first, so a generated one is cached once) and extractors."""
     from bench.cli.main import _specs, run_spec
-    from bench.run.runner import build_dataset
+    from bench.run.prepare import build_dataset
 
     request = {"profile": args.profile, "dataset": args.dataset,
                "extractors": None if args.extractors is None else list(_specs(args.extractors)),
@@ -163,8 +80,10 @@ def main(args: argparse.Namespace) -> int:
         dataset, extractors, cache = build_inputs(args, world)
         summaries = []
         for extractor in extractors:
-            summary = embed_over_ranks(extractor, dataset, cache, world, args.shard_size,
-                                       progress=not args.no_progress and world.is_main)
+            with tempfile.TemporaryDirectory(prefix="bench-embed-log-") as log_dir:
+                summary = embed_dataset(extractor, dataset, cache, Path(log_dir), world,
+                                        args.shard_size, progress=not args.no_progress,
+                                        fit_on_hit=False, cut_ok=False).summary
             summaries.append(summary)
             if world.is_main:
                 print(describe(summary), flush=True)

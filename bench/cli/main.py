@@ -21,7 +21,7 @@ from bench.core.config import LADDER, PROFILES, get_profile
 from bench.core.registry import SpecError
 
 if TYPE_CHECKING:
-    from bench.run.runner import RunSpec
+    from bench.run import RunSpec
 
 LAZY_COMMANDS = {
     "report": ("bench.report.cli", "rebuild tables, plots and report.html of a run folder"),
@@ -128,7 +128,7 @@ def run_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_spec(request: dict[str, Any], out: str) -> RunSpec:
-    from bench.run.runner import RunSpec
+    from bench.run import RunSpec
 
     profile = get_profile(request["profile"])
     if request.get("ctr_backend"):
@@ -196,7 +196,7 @@ def command_run(args: argparse.Namespace) -> int:
     errors listed last); 2 bad input, refused before anything ran (one line on stderr, and
     the run folder's run.json says why); 130 (Ctrl-C) or 143 (SIGTERM) interrupted, with
     ``status: interrupted`` in run.json (``bench run --resume ID`` finishes it)."""
-    from bench.run.runner import RunInterrupted, RunRefused, execute_run, prepare_run
+    from bench.run import RunInterrupted, RunRefused, execute_run, prepare_run
 
     try:
         spec = run_spec(run_request(args), args.out)
@@ -252,7 +252,7 @@ def command_validate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bench.report.tables import main_validity, validity_markdown
-    from bench.run.runner import RunRefused, run_benchmark
+    from bench.run import RunRefused, run_benchmark
 
     try:
         request = run_request(args)
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # report, compare, perf, ams, list: bad input is one line too
         return int(args.handler(args) or 0)
     except (ValueError, OSError, KeyError) as error:
-        from bench.run.runner import describe_error
+        from bench.run.prepare import describe_error
 
         return _refuse(describe_error(error))
     except KeyboardInterrupt:

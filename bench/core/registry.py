@@ -222,10 +222,25 @@ def _unknown(kind: str, name: str, known: Any) -> SpecError:
 
 
 def build_extractor(spec: str, profile: Any) -> Any:
+    """The extractor ``spec`` names, built by its plugin's factory. The factory's module is
+    recorded on it as ``built_by`` (an adapter's factory builds a class defined elsewhere), so
+    the embeddings key covers the plugin that made it (``bench.embed.key``)."""
     name, options = parse_spec(spec)
     if name not in EXTRACTORS:
         raise _unknown("extractor", name, EXTRACTORS)
-    return EXTRACTORS[name](options, profile)
+    factory = EXTRACTORS[name]
+    built = factory(options, profile)
+    try:
+        object.__setattr__(built, "built_by", getattr(factory, "__module__", None))
+    except (AttributeError, TypeError):
+        pass  # a class with __slots__: its own module is all the key can follow
+    return built
+
+
+def built_by(extractor: Any) -> str | None:
+    """The module of the factory that built ``extractor`` (None when it was built by hand)."""
+    value = getattr(extractor, "built_by", None)
+    return value if isinstance(value, str) else None
 
 
 def dataset_options(factory: DatasetFactory, name: str, options: dict[str, Any]

@@ -197,17 +197,3 @@ def merge(folder: Path, dataset: Dataset, plan: ShardPlan, meta: dict[str, Any])
                              f"{dataset.ids[bad[0]]!r} ({int(seen[bad[0]])} times)")
     assert vectors is not None
     return Embeddings(dataset.ids, vectors, meta)
-
-
-def embed_resumable(extractor: Any, dataset: Dataset, path: Path, meta: dict[str, Any],
-                    shard_size: int | None = None, progress: bool = True) -> Embeddings:
-    """Embed every row of ``dataset`` shard by shard beside ``path``, merge, save the usual
-    cached ``Embeddings`` at ``path`` and remove the shard folder."""
-    plan = ShardPlan.for_dataset(dataset, shard_size)
-    folder = shard_folder(path)
-    prepare(folder, plan)
-    embed_shards(extractor, dataset, folder, plan, progress=progress)
-    embeddings = merge(folder, dataset, plan, meta)
-    embeddings.save(path)
-    shutil.rmtree(folder, ignore_errors=True)
-    return embeddings

@@ -68,15 +68,15 @@ def _setup(args: argparse.Namespace):
 def child(args: argparse.Namespace) -> int:
     """One whole-path run over the first ``args.n[0]`` items, in this fresh process."""
     from bench.cli.export import subset
-    from bench.embed.store import embed_resumable
+    from bench.embed.ranks import embed_dataset
 
     n = args.n[0]
     with tempfile.TemporaryDirectory(prefix="perf-stream-") as tmp:
         args.folder = str(subset(Path(args.folder), Path(tmp) / "catalogue", n))
         extractor, dataset, cache = _setup(args)
         start = time.perf_counter()
-        embeddings = embed_resumable(extractor, dataset, Path(tmp) / "vectors.npz",
-                                     {"source": extractor.name}, progress=False)
+        embeddings = embed_dataset(extractor, dataset, cache, Path(tmp) / "log",
+                                   progress=False).embeddings
         seconds = time.perf_counter() - start
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -1,4 +1,4 @@
-"""``bench perf train``: images/s of our training loop (``bench.train.loop.train``) against a bare
+"""``bench perf train``: images/s of our training loop (``bench.train.ssl.train``) against a bare
 loop written like lightly's MoCo and SwAV examples, on the same backbone, batch, data and
 augmentation output, in one run; the ratio is the figure (target >= 0.9). With
 ``--transforms`` it also times lightly's own per-image PIL transforms (``MoCoV2Transform``,
@@ -25,7 +25,7 @@ from bench.core.cache import Cache
 from bench.core.config import get_profile
 from bench.train.augment import augment, to_unit
 from bench.train.backbones import amp_context
-from bench.train.loop import TrainConfig, train
+from bench.train.ssl import TrainConfig, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

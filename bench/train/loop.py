@@ -16,91 +16,32 @@ loss of one batch, plus optional ``Hooks``:
 
 Augmentations live in ``bench.train.augment``, the embedding function in ``bench.train.backbones``.
 
-Checkpoints live under ``cache.path("checkpoints", f"{name}-{key}", ".pt")``, keyed by a
-fingerprint of the extractor's config, the dataset and the code version. One is written
-atomically after every epoch (with every buffer, memory banks too), so an interrupted or cut
-training resumes from its last complete epoch (``seeded_epochs``: every epoch's order and
-augmentations follow from the seed and the epoch alone) and ends with the weights an
-uninterrupted one would have; a finished one is a cache hit that skips training.
-``restore_checkpoint`` is the one way back: a checkpoint that cannot be read (truncated, not a
-checkpoint, another model) is refused with a message naming the file, moved aside to
-``*.corrupt`` and training starts again.
+Checkpoints: ``bench.train.checkpoint``; options: ``bench.train.options``; the supervised and
+self-supervised trainings and ``BackboneEmbedder``: ``bench.train.ssl``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from bench.core.cache import CODE_VERSION, Cache, atomic_path, fingerprint, write_json
-from bench.core.extractor import FitContext, source_digest
 from bench.train.backbones import (
     amp_context,
-    batched_images,
-    build_backbone,
-    embed_images,
-    images_to_tensor,
-    pick_device,
+)
+from bench.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    buffers_of,
+    save_checkpoint,
 )
 
-TRAINING_VERSION = "3"  # bump when a checkpoint's meaning changes (3: steps-only schedule)
-CHECKPOINT_FORMAT = 1
-NOT_TRAINED = ("device", "max_seconds")  # options that never change a finished training
-
-
-log = logging.getLogger(__name__).info
-
-
-# --------------------------------------------------------------------------------------------
-# Options: profile budget + plugin defaults + the spec's ``key=value`` options
-# --------------------------------------------------------------------------------------------
-
-def resolve_options(name: str, defaults: dict[str, dict[str, Any]], profile: Any,
-                    options: dict[str, str], extra: Iterable[str] = ()) -> dict[str, Any]:
-    """The profile's budget for ``name`` (``profile.budget(name, defaults)``) overridden by the
-    spec's string options, each cast to the type of the budget value it replaces. Unknown keys
-    are refused so a typo never silently trains the default model."""
-    budget = profile.budget(name, defaults)
-    merged = dict(budget)
-    for key, text in options.items():
-        if key in extra:
-            merged[key] = text
-            continue
-        if key not in budget:
-            known = ", ".join(sorted([*budget, *extra]))
-            raise ValueError(f"{name}: unknown option {key!r}; known: {known}")
-        merged[key] = _cast(text, budget[key], f"{name}: option {key}")
-    return merged
-
-
-def _cast(text: str, like: Any, where: str) -> Any:
-    if isinstance(like, bool):
-        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-            raise ValueError(f"{where}: expected true/false, got {text!r}")
-        return text.lower() in ("1", "true", "yes")
-    try:
-        if isinstance(like, int):
-            return int(text)
-        if isinstance(like, float) or like is None:
-            return float(text)
-    except ValueError as error:
-        raise ValueError(f"{where}: expected a number, got {text!r}") from error
-    return text
-
-
-# --------------------------------------------------------------------------------------------
-# Methods and the loop
-# --------------------------------------------------------------------------------------------
 
 @dataclass
 class StepInfo:
@@ -112,33 +53,6 @@ class StepInfo:
     steps_per_epoch: int
     generator: torch.Generator  # for augmentations (on the device), seeded per epoch
     cpu_generator: torch.Generator | None = None  # CPU draws (word dropout), seeded per epoch
-
-
-class Method(Protocol):
-    """A training method: ``model`` holds every trained tensor (checkpointed), ``loss`` returns
-    the scalar loss of one batch of uint8 NHWC images (on the device) and optional targets."""
-
-    model: nn.Module
-
-    def loss(self, images: torch.Tensor, targets: torch.Tensor | None,
-             info: StepInfo) -> torch.Tensor: ...
-
-
-@dataclass
-class TrainConfig:
-    """The budget of a backbone pretraining (``train``): SGD settings, epochs, seed."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.06          # SGD learning rate per 128 images (scaled linearly with the batch)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    max_seconds: float = 0.0  # a safety stop per session, not a budget (SafetyStop); 0: none
-    seed: int = 0
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> TrainConfig:
-        return cls(**{k: options[k] for k in cls.__dataclass_fields__ if k in options})
 
 
 @dataclass
@@ -163,116 +77,10 @@ class SafetyStop:
                 f"after {done} of {epochs} epochs; the next run resumes it")
 
 
-def buffers_of(*modules: Any) -> dict[str, torch.Tensor]:
-    """Every buffer of these modules, non-persistent ones too (lightly's memory banks and
-    queues are not in ``state_dict``), so a resumed training continues exactly."""
-    out = {}
-    for index, module in enumerate(modules):
-        if isinstance(module, nn.Module):
-            out.update({f"{index}.{name}": b.detach().cpu().clone()
-                        for name, b in module.named_buffers()})
-    return out
-
-
-def restore_buffers(saved: dict[str, torch.Tensor], *modules: Any) -> None:
-    for index, module in enumerate(modules):
-        if isinstance(module, nn.Module):
-            for name, buffer in module.named_buffers():
-                value = saved.get(f"{index}.{name}")
-                if value is not None and value.shape == buffer.shape:
-                    buffer.copy_(value.to(buffer.device))
-
-
-@dataclass
-class TrainResult:
-    losses: list[float]
-    epochs: int
-    wall_s: float
-    images_seen: int
-    cached: bool
-    stopped_by: str
-    device: str
-    checkpoint: str
-    extra: dict[str, Any] = field(default_factory=dict)
-    cut: str | None = None  # set when the max_seconds safety stop ended training early
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images_seen / self.wall_s if self.wall_s > 0 else 0.0
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used; the message names the file and why."""
-
-
-def checkpoint_key(name: str, config: dict[str, Any], dataset_fingerprint: str,
-                   n_items: int) -> str:
-    """What a trained model depends on: its config, the data and the code version."""
-    return fingerprint(name, config, dataset_fingerprint, n_items, CODE_VERSION,
-                       TRAINING_VERSION)
-
-
-def checkpoint_path(cache: Cache, name: str, key: str) -> Path:
-    return cache.path("checkpoints", f"{name}-{key}", ".pt")
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path, key: str | None = None) -> dict[str, Any]:
-    """The checkpoint at ``path`` (tensors and plain values only, ``weights_only=True``);
-    raises ``CheckpointError`` naming the file when it is unreadable or not ours."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - every way of failing means "unusable"
-        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable "
-                              f"({type(error).__name__}: {error})") from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a bench training checkpoint "
-                              f"(format {CHECKPOINT_FORMAT})")
-    missing = [k for k in ("model", "optimizer", "epoch", "losses", "done") if k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
-    if key is not None and state.get("key") != key:
-        raise CheckpointError(f"checkpoint {path} belongs to key {state.get('key')!r}, "
-                              f"not {key!r}")
-    return state
-
-
-def restore_checkpoint(path: Path, key: str, model: nn.Module,
-                       optimizer: torch.optim.Optimizer | None = None, modules: tuple = (),
-                       check: Callable[[dict[str, Any]], None] | None = None
-                       ) -> dict[str, Any] | None:
-    """The checkpoint of ``key`` at ``path`` loaded into ``model``, ``optimizer`` and the
-    buffers of ``model`` and ``modules`` (a loss's memory bank), or None when there is none.
-    ``check`` may refuse it (``CheckpointError``). An unusable file is moved aside to
-    ``*.corrupt`` with a message naming it, and training starts from scratch."""
-    if not path.exists():
-        return None
-    try:
-        state = load_checkpoint(path, key)
-        if check is not None:
-            check(state)
-        model.load_state_dict(state["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        if not isinstance(error, CheckpointError):
-            error = CheckpointError(f"checkpoint {path} does not fit the model: {error}")
-        bad = path.with_suffix(".corrupt")
-        log(f"refusing {error}; moved it to {bad.name} and training from scratch")
-        path.replace(bad)
-        return None
-    restore_buffers(state.get("buffers", {}), model, *modules)
-    if not state["done"]:
-        log(f"resuming {path.name} after epoch {state['epoch']}")
-    return state
-
-
 # What the loop needs each epoch: (order of the items, generator on the device, CPU generator).
 Shuffle = Callable[[int], tuple[torch.Tensor, torch.Generator, torch.Generator]]
+
+
 # One step's loss: ``loss`` is backpropagated, any other entry is averaged into the history.
 StepLoss = Callable[[torch.Tensor, StepInfo], "torch.Tensor | dict[str, torch.Tensor]"]
 
@@ -466,173 +274,3 @@ def _progress_bar(total: int, initial: int, name: str, enabled: bool):
     return tqdm(total=total, initial=initial, desc=f"train {name}", unit="step",
                 disable=None if enabled else True, leave=False, mininterval=1.0,
                 file=sys.stderr)
-
-
-def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config: TrainConfig,
-          *, name: str, key: str, cache: Cache, device: torch.device | str,
-          log_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train ``method.model`` on uint8 NHWC ``images`` (and integer ``targets``) with
-    ``fit_loop``, or load the finished checkpoint of ``key``; resumes an unfinished one. SGD
-    with momentum, a cosine learning rate over ``epochs`` x steps (never over time) and a
-    checkpoint after every epoch. ``max_seconds`` is a safety stop (``SafetyStop``): a cut
-    training returns ``cut`` set and leaves its checkpoint unfinished, so the next call
-    resumes it."""
-    device = torch.device(device)
-    path = checkpoint_path(cache, name, key)
-    model = method.model.to(device)
-    criterion = getattr(method, "criterion", None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    batch_size = min(config.batch_size, len(images))
-    base_lr = config.lr * batch_size / 128
-    optimizer = torch.optim.SGD(params, lr=base_lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    saved = restore_checkpoint(path, key, model, optimizer, (criterion,))
-    if saved is not None and saved["done"]:
-        result = _result(saved, path, device, cached=True)
-        _write_log(log_dir, name, key, result)
-        log(f"{name}: trained weights from cache {path.name}")
-        return result
-
-    steps_per_epoch = max(1, len(images) // batch_size)
-    plan = Plan(config.epochs, steps_per_epoch, batch_size, max_seconds=config.max_seconds)
-    total_steps = plan.total_steps
-    data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    labels = None if targets is None else torch.as_tensor(targets, dtype=torch.long).to(device)
-
-    def step_loss(idx: torch.Tensor, info: StepInfo) -> torch.Tensor:
-        return method.loss(data[idx], None if labels is None else labels[idx], info)
-
-    def lr_at(step: int) -> float:
-        return base_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-
-    def record(state: LoopState) -> dict[str, Any]:
-        return {"epoch": state.epoch, "losses": state.history.get("loss", []),
-                "wall_s": state.wall_s, "images_seen": state.images_seen, "done": state.done,
-                "stopped_by": state.stopped_by, "cut": state.cut}
-
-    def on_epoch_end(epoch: int, state: LoopState) -> None:
-        _write_log(log_dir, name, key, _result(record(state), path, device, cached=False))
-
-    resumed = None if saved is None else LoopState.resumed(
-        saved, {"loss": saved["losses"]}, steps_per_epoch)
-    state = fit_loop(model, optimizer, step_loss, plan, name=name, device=device, lr_at=lr_at,
-                     shuffle=seeded_epochs(len(images), config.seed, device),
-                     checkpoint=Checkpointing(path, key, name, (criterion,),
-                                              lambda _: {"config": asdict(config)}),
-                     resumed=resumed, hooks=Hooks(on_epoch_end=on_epoch_end),
-                     progress=progress)
-    result = _result(record(state), path, device, cached=False)
-    losses = result.losses
-    if result.cut:
-        log(result.cut)
-    else:
-        log(f"{name}: {len(losses)} epochs in {result.wall_s:.1f} s "
-            f"({result.images_per_s:.0f} img/s, loss {losses[0]:.3f} -> {losses[-1]:.3f})")
-    return result
-
-
-def _result(state: dict[str, Any], path: Path, device: torch.device, cached: bool) -> TrainResult:
-    return TrainResult(losses=[float(v) for v in state["losses"]], epochs=int(state["epoch"]),
-                       wall_s=float(state["wall_s"]), images_seen=int(state["images_seen"]),
-                       cached=cached, stopped_by=str(state.get("stopped_by", "epochs")),
-                       device=str(device), checkpoint=str(path), cut=state.get("cut"))
-
-
-def _write_log(log_dir: Path | None, name: str, key: str, result: TrainResult) -> None:
-    """``train_log.json`` beside the run's artefacts, for the report's loss plots."""
-    if log_dir is None:
-        return
-    write_json(Path(log_dir) / "train_log.json", {
-        "extractor": name, "key": key, "epochs": list(range(1, len(result.losses) + 1)),
-        "loss": result.losses, "wall_s": round(result.wall_s, 3),
-        "images_per_s": round(result.images_per_s, 2), "images_seen": result.images_seen,
-        "cached": result.cached, "stopped_by": result.stopped_by, "cut": result.cut,
-        "device": result.device, "checkpoint": result.checkpoint})
-
-
-def unlabelled_rows(dataset: Any, name: str, role: str = "all") -> np.ndarray:
-    """The rows self-supervised methods learn from: the ``train``-split items of ``role``
-    (``"all"``: every role). A dataset without a role column lends all of its train items; one
-    without train items of that role does too, said so; one without a train split lends all of
-    its rows, said so."""
-    rows = dataset.rows(split="train")
-    if role != "all":
-        of_role = dataset.rows(role=role, split="train")
-        if len(of_role) >= 2:
-            return of_role
-        log(f"{name}: dataset {dataset.name!r} has no train items of role {role!r}; "
-            f"learning from all {len(rows)} train items")
-    if len(rows) >= 2:
-        return rows
-    if len(dataset) < 2:
-        raise ValueError(f"{name}: dataset {dataset.name!r} has {len(dataset)} images; "
-                         "self-supervised training needs at least 2")
-    log(f"{name}: dataset {dataset.name!r} has no train split; learning from all "
-        f"{len(dataset)} images (no labels are used)")
-    return np.arange(len(dataset))
-
-
-# --------------------------------------------------------------------------------------------
-# Extractors whose embedding is a backbone's pooled features
-# --------------------------------------------------------------------------------------------
-
-class BackboneEmbedder:
-    """``backbone()``, ``preprocess()`` and ``embed()`` for extractors whose embedding is a
-    backbone's pooled features (never a projection head, as in lightly's benchmarks), and the
-    self-supervised ``fit`` that trains a subclass's ``method`` on unlabelled train images."""
-
-    modalities = ("image",)
-    model: nn.Module
-    image_size: int
-    device: torch.device
-    batch_size: int = 256
-
-    def __init__(self, options: dict[str, Any], batch_size: int = 256):
-        """A fresh backbone from the resolved options (arch, width, stem, seed, image_size)."""
-        self.options = options
-        self.image_size = int(options["image_size"])
-        self.batch_size = batch_size
-        self.device = pick_device(options["device"] or None)
-        self.model = build_backbone(options["arch"], options["width"], stem=options["stem"],
-                                    seed=options["seed"]).to(self.device)
-        self.dim = self.model.feature_dim
-        self.training_result = None
-
-    def config(self) -> dict[str, Any]:
-        """Every option but the device and the ``max_seconds`` safety stop (neither changes a
-        finished training), the training code's version and the digest of the plugin's source
-        file, so cached weights and embeddings follow the code that made them."""
-        options = {k: v for k, v in self.options.items() if k not in NOT_TRAINED}
-        return options | {"training_version": TRAINING_VERSION,
-                          "source": source_digest(type(self))}
-
-    @property
-    def fit_cut(self) -> str | None:
-        """Why the last ``fit`` stopped before its budget (the safety stop), else None."""
-        return getattr(self.training_result, "cut", None)
-
-    def method(self, n_items: int) -> Method:
-        """The training objective (self-supervised extractors define it)."""
-        raise NotImplementedError
-
-    def fit(self, dataset: Any, ctx: FitContext) -> None:
-        """Self-supervised: train ``method`` on the ``train``-split images (of the role the
-        ``train_role`` option names, if any), no labels (cached by config and data)."""
-        rows = unlabelled_rows(dataset, self.name, str(self.options.get("train_role", "all")))
-        key = checkpoint_key(self.name, self.config(), dataset.fingerprint, len(rows))
-        self.training_result = train(
-            self.method(len(rows)), dataset.images(rows), None,
-            TrainConfig.from_options(self.options), name=self.name, key=key, cache=ctx.cache,
-            device=self.device, log_dir=ctx.log_dir, progress=ctx.progress)
-
-    def backbone(self) -> nn.Module:
-        """The trainable torch module (images -> pooled features); trained after ``fit``."""
-        return self.model
-
-    def preprocess(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 NHWC images -> the normalised tensor ``backbone()`` expects."""
-        return images_to_tensor(images, self.image_size, self.device)
-
-    def embed(self, dataset: Any, rows: np.ndarray) -> np.ndarray:
-        batches = batched_images(dataset, rows, self.batch_size)
-        return embed_images(self.model, batches, self.image_size, self.device)

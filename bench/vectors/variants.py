@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from bench.core.cache import Cache, array_digest, read_cached, write_json
+from bench.core.code import files_digest, source_files
 from bench.core.data import LABEL_COLUMNS, Dataset
-from bench.core.extractor import files_digest, source_files
 from bench.embed.embeddings import Embeddings
 from bench.scoring import metrics
 from bench.search import index
