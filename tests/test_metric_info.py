@@ -19,11 +19,12 @@ from bench.run import RunSpec, run_benchmark
 TOY_TASK = textwrap.dedent('''
     import numpy as np
     from bench.core.metric_info import MetricInfo
-    from bench.tasks import task
+    from bench.tasks import Task, task
 
-    class Toy:
+    class Toy(Task):
         """Two metrics whose names say nothing about their direction."""
         name, main_score, seeded, variants = "toy", "hits", False, ("raw",)
+        description = "Counts toy hits and misses."
         metrics = (MetricInfo("hits", "higher", "score", "item"),
                    MetricInfo("misses", "lower", "score", "item"))
 

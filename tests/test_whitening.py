@@ -8,6 +8,7 @@ import pytest
 
 from bench.core.data import Dataset, array_image_source
 from bench.embed.embeddings import Embeddings
+from bench.tasks import Task
 from bench.vectors.variants import for_task, train_rows
 from bench.vectors.whitening import SHRINKAGE_GRID, candidate_name, choose, fit_whitening, k_grid
 
@@ -107,7 +108,7 @@ def dataset_with_roles() -> Dataset:
     return Dataset("roles", table, array_image_source(images), 4, "fp")
 
 
-class ContentTask:
+class ContentTask(Task):
     name, variants = "contentish", ("raw", "w")
 
     def population(self, dataset: Dataset) -> np.ndarray:
@@ -203,7 +204,7 @@ def test_the_sweep_uses_the_chosen_shrinkage_and_is_cached(tmp_path):
     assert [r["k"] for r in rows if r["metric"] == "style_consistency"] == k_grid(6)
     assert {r["shrinkage"] for r in rows} == {chosen["shrinkage"]}
 
-    class Refuses:
+    class Refuses(Task):
         name, variants, population = "knn", ("raw", "w"), task.population
         whitening_labels = task.whitening_labels
 

@@ -48,6 +48,10 @@ COST_METRICS = ("image_bytes_per_iter", "image_grad_bytes_per_iter", "key_bytes_
                 "worker_peak_rss_mb", "server_peak_rss_mb", "worker_held_mb", "server_held_mb")
 
 
+AMS_DESCRIPTION = ("Distributed CTR training with image features held by parameter servers: "
+                   "bytes and time per iteration per mode.")
+
+
 class AmsCosts:
     """What the rows of task ``ams`` mean (the ctr rows are the ctr task's own metrics)."""
 
@@ -171,7 +175,7 @@ def build_job(args: argparse.Namespace) -> tuple[AmsJob, dict[str, Any]]:
 
     log, table, known_ids, vectors_for, dataset_name, extractor_name = load_source(args)
     profile = get_profile(args.profile)
-    task_options = profile.options("ctr", CtrTask.defaults)
+    task_options = CtrTask().options(profile)
     overrides = {"image_hidden": args.hidden, "image_dim": args.out_dim}
     for key in ("feature_set", "aggregator", "epochs", "batch_size", "lr"):
         if getattr(args, key) is not None:
@@ -286,6 +290,8 @@ def write_run(run_dir: Path, result: dict[str, Any], meta: dict[str, Any], run: 
                        k: meta[k] for k in ("extractor_dim", "history_length", "item_fields")
                        if k in meta}},
         "metrics": book, "environment": environment(),
+        "task_info": {"ams": {"description": AMS_DESCRIPTION},
+                      "ctr": {"description": CtrTask.description}},
         "timings": {"ams": {"wall_s": result.get("wall_s", float("nan"))}},
         "errors": errors})
     try:

@@ -63,8 +63,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="homestead (default) | digits | folder:PATH | a plugin dataset")
     parser.add_argument("--extractors", help="comma-separated specs, e.g. pixels,random,"
                         "precomputed:vecs.npz (default: the profile's)")
-    parser.add_argument("--tasks", help="comma-separated: knn,retrieval,classify,"
-                        "finetune_classify,finetune_retrieval,ctr")
+    parser.add_argument("--tasks", help="comma-separated task names (default: the profile's; "
+                        "bench list names every task, plugins' too)")
     parser.add_argument("--seeds", type=int, help="number of seeds for seeded tasks (>= 1)")
     parser.add_argument("--out", default="results", help="folder for run outputs")
     parser.add_argument("--run-id", help="name of the run folder (default: time-profile-dataset); "
@@ -270,13 +270,17 @@ def command_validate(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    from bench.tasks import BUILTIN_TASKS
-
+    """Every extractor, dataset and task the registry holds (plugins' too), and the profiles;
+    then one line per task: its stage, main score and description."""
     registry.load_plugins(tuple(args.plugin))
+    names = registry.task_names()
     print("extractors:", ", ".join(sorted(registry.EXTRACTORS)))
     print("datasets:  ", ", ".join(sorted(registry.DATASETS)))
-    print("tasks:     ", ", ".join(BUILTIN_TASKS))
+    print("tasks:     ", ", ".join(names))
     print("profiles:  ", ", ".join(PROFILES))
+    for name in names:
+        task = registry.find_task(name)
+        print(f"  {name} ({task.stage}; main score {task.main_score}): {task.description}")
     for problem in registry.load_errors:
         print(f"warning: {problem}", file=sys.stderr)
     return 0

@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,41 @@ def read_cached(path: str | os.PathLike, reader: Callable[[Path], Any]) -> Any:
     except READ_ERRORS as error:
         quarantine(path, error)
         return None
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one kind of cached result is stored: a suffix, a reader and an atomic writer."""
+
+    suffix: str
+    read: Callable[[Path], Any]
+    write: Callable[[Path, Any], Any]
+
+
+JSON = Codec(".json", lambda path: json.loads(path.read_text(encoding="utf-8")), write_json)
+NPZ = Codec(".npz", load_npz, lambda path, arrays: save_npz(path, **arrays))
+
+
+def cached(cache: Cache | None, kind: str, key: str | None, compute: Callable[[], Any], *,
+           codec: Codec = JSON, valid: Callable[[Any], bool] | None = None,
+           keep: Callable[[Any], bool] | None = None) -> Any:
+    """``compute()`` once per (``kind``, ``key``): the one compute-or-read every cached result
+    goes through (probes, whitening choices and sweeps, bootstrap draws, fine-tunes, ctr
+    models). A damaged entry, or one ``valid`` refuses, is moved aside (``quarantine``) and
+    recomputed; a result ``keep`` refuses (e.g. a training its time cap cut short) is returned
+    but not stored. No cache or no key: always computed."""
+    if cache is None or key is None:
+        return compute()
+    path = cache.path(kind, key, codec.suffix)
+    found = read_cached(path, codec.read)
+    if found is not None:
+        if valid is None or valid(found):
+            return found
+        quarantine(path, "not the expected content")
+    result = compute()
+    if keep is None or keep(result):
+        codec.write(path, result)
+    return result
 
 
 def default_cache_root() -> Path:

@@ -30,8 +30,12 @@ class Profile:
 
     def budget(self, extractor: str, defaults: dict[str, dict[str, Any]] | None = None
                ) -> dict[str, Any]:
-        """Training budget for an extractor: the plugin's own per-profile ``defaults`` (keyed
-        by profile name), then this profile's shared ``*`` section, then its named section."""
+        """Training budget for an extractor, later sources winning: this profile's shared
+        ``*`` section (what every extractor's backbone shares: size, width, architecture,
+        device), then the plugin's own per-profile ``defaults`` (keyed by profile name: its
+        epochs, batch size and safety stop), then this profile's section named after the
+        extractor. ``*`` therefore fills only what a plugin leaves unset (``random``, whose
+        backbone must match the learned ones', reads all of it; tests/test_config.py)."""
         merged = dict(self.train.get("*", {}))
         merged.update((defaults or {}).get(self.name, {}))
         merged.update(self.train.get(extractor, {}))
@@ -65,7 +69,7 @@ _QUICK = Profile(
                 "m6_moe_image_only"),
     tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
     seeds=1,
-    train={"*": dict(epochs=1, batch_size=64, max_seconds=10, image_size=32, width=16)},
+    train={"*": dict(image_size=32, width=16)},
 )
 
 _DEFAULT = Profile(
@@ -81,7 +85,7 @@ _DEFAULT = Profile(
                 "m6_moe_image_only", *LADDER),
     tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
     seeds=2,  # with bootstrap intervals over units; 3 seeds did not fit 15 minutes (docs/metrics.md)
-    train={"*": dict(epochs=10, batch_size=128, max_seconds=180, image_size=32, width=32)},
+    train={"*": dict(image_size=32, width=32)},
 )
 
 _FULL = Profile(
@@ -96,8 +100,7 @@ _FULL = Profile(
                 "m6_moe_image_only", *LADDER),
     tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
     seeds=3,
-    train={"*": dict(epochs=50, batch_size=256, max_seconds=1800, image_size=64, width=64,
-                     arch="resnet18")},
+    train={"*": dict(image_size=64, width=64, arch="resnet18")},
     embed_batch_size=512,
 )
 

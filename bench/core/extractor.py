@@ -10,7 +10,10 @@ Optional, checked with ``getattr``: ``fit_cut`` (after ``fit``: a one-line reaso
 safety stop ended training before its budget, else None; the runner then marks the
 extractor's cells and does not cache its embeddings) and ``validate(dataset)`` (raise a
 ``ValueError`` naming the problem when the extractor cannot serve this dataset, e.g. vectors
-whose ids do not match; called before the run starts, so bad input fails fast with status 2).
+whose ids do not match; called before the run starts, so bad input fails fast with status 2),
+``kind`` (``"reference"`` for rows a team cannot deploy, such as the known-answer ladder made
+from ground truth; run.json ``row_kinds`` records it and the report never ranks such a row)
+and ``built_by`` (set by the registry: the module of the factory that built it).
 """
 
 from __future__ import annotations

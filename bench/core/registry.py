@@ -1,6 +1,9 @@
-"""Finds extractor and dataset plugins: the plugin folders, entry points and ``--plugin PATH``.
+"""The one registry of extractors, datasets and tasks, and where their plugins come from.
 
-Plugins register factories with the ``@extractor(name)`` / ``@dataset(name)`` decorators. A
+Plugins come from the plugin folders, entry points (groups ``bench.extractors``,
+``bench.datasets``, ``bench.tasks``) and ``--plugin PATH``. They register factories with the
+``@extractor(name)`` / ``@dataset(name)`` decorators and ``bench.tasks.task(name)`` (which checks
+a task's declaration first); the built-in tasks are the modules of ``bench.tasks``. A
 plugin is a file (``extractors/pixels.py``) or a package, a folder holding ``__init__.py``
 (``datasets/homestead/``) whose modules import each other relatively (``from .render import
 render``). Both are imported by path under the private ``bench_plugins`` namespace, so
@@ -11,9 +14,11 @@ is recorded in ``load_errors`` with a one-line message and the rest load as usua
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import inspect
 import os
+import pkgutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -23,14 +28,27 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_FOLDERS = {"extractors": REPO_ROOT / "extractors", "datasets": REPO_ROOT / "datasets"}
-ENTRY_POINT_GROUPS = {"extractors": "bench.extractors", "datasets": "bench.datasets"}
+INSTALLED = Path(__file__).resolve().parents[1] / "plugins"  # a wheel's copy (pyproject.toml)
+
+
+def builtin_folder(name: str) -> Path:
+    """A top-level folder of the checkout (``extractors``, ``datasets``, ``benchmarks``), or
+    its copy inside an installed wheel (``bench/plugins/<name>``) when there is no checkout."""
+    installed = INSTALLED / name
+    return installed if installed.is_dir() else REPO_ROOT / name
+
+
+PLUGIN_FOLDERS = {"extractors": builtin_folder("extractors"),
+                  "datasets": builtin_folder("datasets")}
+ENTRY_POINT_GROUPS = {"extractors": "bench.extractors", "datasets": "bench.datasets",
+                      "tasks": "bench.tasks"}
 
 ExtractorFactory = Callable[..., Any]
 DatasetFactory = Callable[..., Any]
 
 EXTRACTORS: dict[str, ExtractorFactory] = {}
 DATASETS: dict[str, DatasetFactory] = {}
+TASKS: dict[str, Callable[[], Any]] = {}  # bench.tasks.task registers them, checked
 
 
 class SpecError(ValueError):
@@ -159,6 +177,12 @@ def load_plugins(extra_files: tuple[str, ...] | list[str] = ()) -> list[PluginEr
             _loaded_sources.add(source)
             try:
                 factory = point.load()
+                if group.endswith("tasks"):
+                    from bench.tasks import task  # checks the declaration, then registers
+
+                    if callable(factory) and point.name not in TASKS:
+                        task(point.name)(factory)
+                    continue
                 target = EXTRACTORS if group.endswith("extractors") else DATASETS
                 if callable(factory) and point.name not in target:
                     target[point.name] = factory
@@ -282,11 +306,35 @@ def build_dataset(name: str, cache: Any, **options: Any) -> Any:
     return factory(cache, **dataset_options(factory, name, options))
 
 
+def builtin_task_modules() -> dict[str, str]:
+    """The built-in task modules (every module and package of ``bench.tasks``), by name."""
+    import bench.tasks
+
+    return {info.name: f"bench.tasks.{info.name}"
+            for info in pkgutil.iter_modules(bench.tasks.__path__) if not info.name.startswith("_")}
+
+
+def add_task(name: str, factory: Callable[[], Any]) -> None:
+    """Register a task factory (``bench.tasks.task`` checks the declaration first)."""
+    TASKS[name] = factory
+
+
+def load_builtin_tasks() -> None:
+    """Import every built-in task module once (each registers its tasks)."""
+    for module in builtin_task_modules().values():
+        importlib.import_module(module)
+
+
+def task_names() -> list[str]:
+    """Every registered task (built-in and plugins'), by name."""
+    load_builtin_tasks()
+    return sorted(TASKS)
+
+
 def find_task(name: str) -> Any:
     """The task registered as ``name``; ``SpecError`` naming the known ones otherwise."""
-    from bench.tasks import BUILTIN_TASKS, TASKS, get_task
-
-    try:
-        return get_task(name)
-    except KeyError:
-        raise _unknown("task", name, set(TASKS) | set(BUILTIN_TASKS)) from None
+    if name not in TASKS:
+        load_builtin_tasks()
+    if name not in TASKS:
+        raise _unknown("task", name, TASKS)
+    return TASKS[name]()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from bench.core.registry import REPO_ROOT
+from bench.core.registry import builtin_folder
 
-SCRIPT = REPO_ROOT / "benchmarks" / "knn_perf.py"
+SCRIPT = builtin_folder("benchmarks") / "knn_perf.py"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

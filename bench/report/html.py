@@ -29,24 +29,10 @@ from bench.report.tables import (
     validity_markdown,
 )
 
-TASK_NOTES = {
-    "knn": "Do a content's 10 nearest neighbours share its labels? Mean share over test "
-           "contents (Euclidean, self excluded); the chance column is the share expected from "
-           "label frequencies alone.",
-    "retrieval": "Image search: does a scene-crop query find the same product among the product "
-                 "shots? Identity Recall@N and MAP@R.",
-    "classify": "Leaf-category classification: linear probe on frozen embeddings.",
-    "finetune_classify": "Leaf-category classification by the whole backbone fine-tuned with a "
-                         "linear head, against the same architecture trained from scratch "
-                         "with the same budget (scratch:*).",
-    "finetune_retrieval": "Image search with the backbone metric-learned on train identity "
-                          "pairs, against the same architecture trained from scratch with the "
-                          "same budget (scratch:*).",
-    "ctr": "Ranking model (DICM harness) with each extractor's image features: AUC, GAUC and "
-           "logloss on the last day; cold_* on items first published that day.",
-    "ams": "Distributed CTR training with image features held by parameter servers: bytes and "
-           "time per iteration per mode.",
-}
+
+def task_note(task: str, run_info: dict[str, Any]) -> str:
+    """The task's own description, as its declaration recorded it in run.json ``task_info``."""
+    return str(run_info.get("task_info", {}).get(task, {}).get("description", ""))
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;
@@ -269,7 +255,7 @@ def _tables_section(tables: dict[str, TaskTable], tasks: list[str],
                            for ext in ("csv", "json", "md")) if task in tables else ""
         reference = reference_note(task, verdicts).strip()
         parts.append(f'<h3 id="table-{escape(task)}">{escape(task)}</h3>'
-                     f'<p class="note">{escape(TASK_NOTES.get(task, ""))} {links}</p>'
+                     f'<p class="note">{escape(task_note(task, run_info))} {links}</p>'
                      + (f'<p class="note">{escape(reference)}</p>' if reference else ""))
         parts.append(tables_html(tables[task]) if task in tables else
                      f'<p class="notrun">{NOT_RUN}: {escape(not_run_reason(task, run_info))}</p>')

@@ -117,8 +117,8 @@ def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepare
     tasks = [(name, registry.find_task(name)) for name in dict.fromkeys(spec.tasks)]
     try:  # bad whitening or ``variants`` options are refused before anything runs
         variants.check_options(spec.profile.whitening)
-        for name, task in tasks:
-            variants.scheduled(task, spec.profile.options(name, getattr(task, "defaults", None)))
+        for _, task in tasks:
+            variants.scheduled(task, task.options(spec.profile))
     except ValueError as error:
         raise registry.SpecError(str(error)) from None
     extractors = [(text, registry.build_extractor(text, spec.profile))

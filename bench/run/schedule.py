@@ -126,6 +126,7 @@ def run_extractor(run: Run, spec_text: str, extractor: Any, pictures: RunArtifac
         run.save()
         return
     run.not_started.remove(spec_text)
+    run.info.setdefault("row_kinds", {})[extractor.name] = row_kind(extractor)
     evaluate_tasks(run, spec_text, extractor, embeddings, cache)
     pictures.add(extractor.name, embeddings)
     cache_file = embeddings.meta.get("cache_file")  # read back for references, not kept
@@ -143,7 +144,7 @@ def evaluate_tasks(run: Run, spec_text: str, extractor: Any, embeddings: Embeddi
     for name, task in run.active:
         if protocol_gap(task, extractor):
             continue  # said once, when the run began (Run.__init__)
-        options = run.spec.profile.options(name, getattr(task, "defaults", None))
+        options = task.options(run.spec.profile)
         wanted = variants.scheduled(task, options)
         cells = [Cell(spec_text, variant, name, seed) for variant in wanted
                  for seed in run.seeds_of(task)]
@@ -248,7 +249,7 @@ def reference_sources(run: Run, task: Any, cache: Cache) -> list[tuple[str, Any]
     """The extractors a task's ``references`` may draw on, in reference order: every one this
     run embedded; with an ``extractor_protocol``, only those satisfying it, fitted (one an
     earlier session finished is fitted here from its caches: the task may read its model)."""
-    protocol = getattr(task, "extractor_protocol", None)
+    protocol = task.extractor_protocol
     out = []
     for spec, (extractor, _) in run.sources.items():
         if protocol is None:
@@ -270,16 +271,15 @@ def evaluate_references(run: Run, cache: Cache) -> None:
     fine-tuning tasks' scratch backbones), after every extractor's own cells: each reference
     once per variant and seed, under its label, its cells not done yet."""
     for name, task in run.active:
-        declare = getattr(task, "references", None)
-        if not callable(declare):
-            continue
-        options = run.spec.profile.options(name, getattr(task, "defaults", None))
+        options = task.options(run.spec.profile)
         try:
-            references = declare(reference_sources(run, task, cache), run.dataset, options)
+            references = task.references(reference_sources(run, task, cache), run.dataset,
+                                         options)
         except Exception as error:  # noqa: BLE001
             run.error(f"references of task {name}", error)
             continue
         for reference in references:
+            run.info.setdefault("row_kinds", {})[reference.label] = "reference"
             for member in reference.reference_of:
                 run.info.setdefault("paired_references", {}).setdefault(name, {})[member] = \
                     reference.label
@@ -320,11 +320,11 @@ def evaluate_reference(run: Run, name: str, task: Any, reference: Reference,
 
 def task_references(tasks: list[str], reference: str | None) -> dict[str, str]:
     """Per task, the row every other row is tested against: ``--reference``, else the task's
-    own (``reference`` attribute: IDs only for ctr), else ``random``."""
+    declared ``reference`` (IDs only for ctr, ``random`` by default)."""
     out = {}
     for name in tasks:
         try:
-            declared = getattr(registry.find_task(name), "reference", verdicts.DEFAULT_REFERENCE)
+            declared = registry.find_task(name).reference
         except (KeyError, registry.SpecError):
             continue
         out[name] = reference or declared
@@ -354,6 +354,12 @@ def unservable(extractor: Any, dataset: Dataset) -> str | None:
         return (f"dataset {dataset.name!r} has no ground-truth latents, so the known-answer "
                 "ladder (and its validity check) cannot run on it")
     return None
+
+
+def row_kind(extractor: Any) -> str:
+    """``reference`` for an extractor that declares it is one (the known-answer ladder: made
+    from the dataset's ground truth, never deployable), else ``extractor``."""
+    return "reference" if getattr(extractor, "kind", "extractor") == "reference" else "extractor"
 
 
 def write_outputs(run: Run, full: bool = True) -> None:

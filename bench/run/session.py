@@ -50,7 +50,7 @@ class RunInterrupted(KeyboardInterrupt):
 
 # what an earlier session recorded per extractor, kept when a resumed session skips it
 CARRIED_INFO = ("whitening", "extractor_configs", "embeddings", "embeddings_fingerprints",
-                "metrics", "paired_references")
+                "metrics", "paired_references", "row_kinds", "task_info")
 
 
 class Run:
@@ -83,6 +83,8 @@ class Run:
                                      "cache": str(prepared.cache.root),
                                      "plugins": list(spec.plugins),
                                      **{key: old[key] for key in CARRIED_INFO if old.get(key)}}
+        self.info["task_info"] = {**self.info.get("task_info", {}),
+                                  **{name: declared(task) for name, task in prepared.tasks}}
         self.environment = environment()  # once: save() runs after every cell
         self.device = run_device(spec.profile)  # what tasks train on (ctx.device)
         # extractors ready for reference rows: (extractor, embeddings or their cache file)
@@ -111,7 +113,7 @@ class Run:
         may give a costly task fewer seeds: its intervals then rest on the bootstrap alone)."""
         if not task.seeded:
             return range(1)
-        options = self.spec.profile.options(task.name, getattr(task, "defaults", None))
+        options = task.options(self.spec.profile)
         return range(min(self.spec.seeds, int(options.get("max_seeds", self.spec.seeds))))
 
     def spend(self, label: str, key: str, start: float) -> None:
@@ -239,11 +241,17 @@ def protocol_gap(task: Any, extractor: Any) -> str | None:
     """Why the extractor cannot serve the task (None when it can): the task's declared
     ``extractor_protocol``, checked at run time (``isinstance`` on a runtime-checkable
     protocol such as ``bench.core.extractor.BackboneExtractor``)."""
-    protocol = getattr(task, "extractor_protocol", None)
+    protocol = task.extractor_protocol
     if protocol is None or isinstance(extractor, protocol):
         return None
     return (f"task {task.name} needs an extractor that satisfies {protocol.__name__} (see "
             f"bench/core/extractor.py); {extractor.name} does not")
+
+
+def declared(task: Any) -> dict[str, Any]:
+    """What run.json records of a task's declaration, for the report (which reads files only)."""
+    return {"description": task.description, "stage": task.stage,
+            "main_score": task.main_score, "reference": task.reference}
 
 
 def run_device(profile: Profile) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.core.cache import Cache, array_digest, atomic_path, load_npz, read_cached, save_npz
+from bench.core.cache import NPZ, Cache, array_digest, atomic_path, cached, load_npz, save_npz
 from bench.scoring import stats
 
 VERDICT_COLUMNS = ["task", "extractor", "variant", "metric", "value", "se", "ci_low",
@@ -114,13 +114,9 @@ def cached_resample(cells: list[stats.Cell], n_resamples: int,
         for i, evidence in enumerate(cell.seeds):
             for name, array in sorted(evidence.to_arrays(f"s{i}").items()):
                 parts += [name, np.asarray(array)]
-    path = cache.path("bootstrap", array_digest(*parts), ".npz")
-    found = read_cached(path, load_npz)
-    if found is not None and "draws" in found:
-        return found["draws"]
-    draws = stats.resample(cells, n_resamples)
-    save_npz(path, draws=draws)
-    return draws
+    return cached(cache, "bootstrap", array_digest(*parts),
+                  lambda: {"draws": stats.resample(cells, n_resamples)}, codec=NPZ,
+                  valid=lambda v: "draws" in v)["draws"]
 
 
 def compute(run_dir: Path, references: dict[str, str] | None = None,

@@ -1,42 +1,55 @@
-"""Tasks score embeddings. Each declares its metadata (name, what it needs, main score) and
-implements ``evaluate``; the runner adds run, dataset, extractor, variant and seed to its rows
-(a row names only its metric, value and optional evidence and ``cut``).
+"""The task contract: what a task declares and the one method it implements.
 
-Two optional declarations, both read by the runner (bench/run/runner.py), never decided inside a task:
+A task subclasses ``Task`` (one level, MTEB-style: metadata as class attributes, one
+``evaluate``) and registers with ``@task(name)``. ``check_task`` validates the declaration when
+it registers, so a plugin task with a missing or inconsistent field is one plugin error line
+naming it, never a failure halfway through a run. The runner reads only what the contract
+declares, never an optional attribute with ``getattr``.
 
-- ``extractor_protocol``: a runtime-checkable protocol the extractor must satisfy (the
-  fine-tuning tasks need ``bench.core.extractor.BackboneExtractor``); an extractor that does not is
-  skipped for the task with that reason.
-- ``references(extractors, options)`` and ``evaluate_reference(reference, embeddings, dataset,
-  ctx)``: rows that belong to no extractor of the run (ctr's ID-only ranker and its ablations,
-  fine-tuning's scratch backbones). The runner asks for them once, after every extractor's own
-  cells, with the run's extractors in ``reference order`` (the profile's list, then by name), and
-  evaluates each once per variant and seed under its declared ``label``.
+Declared (class attributes):
 
-A task is found by name in ``TASKS``; modules register with ``@task``. Built-in task modules are
-imported lazily by ``get_task`` so a broken or heavy task never slows the others down.
+- ``name``, ``description`` (one or two sentences, shown on the report page), ``stage`` (the
+  question it answers: ``recall``, ``ranking``, ``image search``, ``transfer`` or ``other``);
+- ``needs``: what the dataset must have, in words (``skip_reason`` says when it does not);
+- ``metrics``: ``MetricInfo`` entries covering every metric name it emits; ``main_score``: one
+  of them, what the report ranks the extractors by;
+- ``variants``: of ``raw``, ``w`` (whitened) and ``ft`` (fine-tuned); ``seeded``: whether its
+  rows depend on the seed; ``defaults``: options per profile name;
+- ``reference``: the row every other row is tested against; ``extractor_protocol``: a
+  runtime-checkable protocol the extractor must satisfy (the fine-tuning tasks need
+  ``bench.core.extractor.BackboneExtractor``), or None;
+- ``whitening_labels``: label columns the whitening dimension ``k=auto`` agrees with.
+
+Implemented: ``evaluate(embeddings, dataset, ctx)``; optionally ``population(dataset)`` (the
+rows the whitening is fitted on: all rows by default), ``skip_reason(dataset)``, and
+``references(extractors, dataset, options)`` with ``evaluate_reference(reference, embeddings,
+dataset, ctx)``: rows that belong to no extractor of the run (ctr's ID-only ranker and its
+ablations, fine-tuning's scratch backbones). The runner asks for those once, after every
+extractor's own cells, with the run's extractors in reference order (the profile's list, then
+by name), and evaluates each once per variant and seed under its declared ``label``.
+
+Built-in tasks are the modules of this package, imported on first use (``bench.core.registry``
+holds every task, built-in or plugin, beside the extractors and datasets).
 """
 
 from __future__ import annotations
 
-import importlib
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
+import numpy as np
+
+from bench.core import registry
 from bench.core.cache import Cache
-from bench.core.data import Dataset
+from bench.core.data import LABEL_COLUMNS, Dataset
+from bench.core.metric_info import MetricInfo
 from bench.embed.embeddings import Embeddings
 
-BUILTIN_TASKS = {
-    "knn": "bench.tasks.knn",
-    "retrieval": "bench.tasks.retrieval",
-    "classify": "bench.tasks.classify",
-    "finetune_classify": "bench.tasks.finetune",
-    "finetune_retrieval": "bench.tasks.finetune",
-    "ctr": "bench.tasks.ctr",
-}
-TASKS: dict[str, Callable[[], Any]] = {}
+STAGES = ("recall", "ranking", "image search", "transfer", "other")
+VARIANTS = ("raw", "w", "ft")
+PROFILE_NAMES = ("quick", "default", "full")
 
 
 @dataclass
@@ -77,39 +90,106 @@ class Reference:
         return dict(self.settings).get(key, default)
 
 
-class Task(Protocol):
-    name: str
-    main_score: str
-    needs: tuple[str, ...]
-    seeded: bool
-    variants: tuple[str, ...]
+class Task:
+    """The base every task subclasses; see the module docstring for each field."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    stage: ClassVar[str] = "other"
+    needs: ClassVar[tuple[str, ...]] = ("vectors",)
+    metrics: ClassVar[tuple[MetricInfo, ...]] = ()
+    main_score: ClassVar[str] = ""
+    variants: ClassVar[tuple[str, ...]] = ("raw", "w")
+    seeded: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    reference: ClassVar[str] = "random"
+    extractor_protocol: ClassVar[type | None] = None
+    whitening_labels: ClassVar[tuple[str, ...]] = LABEL_COLUMNS
+
+    def population(self, dataset: Dataset) -> np.ndarray:
+        """The rows the whitening of the ``w`` variant is fitted on (its train split)."""
+        return np.arange(len(dataset))
 
     def skip_reason(self, dataset: Dataset) -> str | None:
         """None when the dataset can serve the task, else why not (shown to the user)."""
-        ...
+        return None
 
     def evaluate(self, embeddings: Embeddings, dataset: Dataset,
                  ctx: TaskContext) -> list[dict[str, Any]]:
         """Metric rows: dicts with ``metric`` and ``value`` (optionally ``evidence`` and
         ``cut``); the cell says whose rows they are."""
-        ...
+        raise NotImplementedError
+
+    def references(self, extractors: list[tuple[str, Any]], dataset: Dataset,
+                   options: dict[str, Any]) -> list[Reference]:
+        """The reference rows of this run (none by default); ``extractors`` are (spec,
+        extractor) pairs in reference order."""
+        return []
+
+    def evaluate_reference(self, reference: Reference, embeddings: Embeddings | None,
+                           dataset: Dataset, ctx: TaskContext) -> list[dict[str, Any]]:
+        raise NotImplementedError(f"task {self.name} declares no reference rows")
+
+    def options(self, profile: Any) -> dict[str, Any]:
+        """This task's options in ``profile``: its ``defaults`` for the profile, then the
+        profile's own section for the task (``Profile.options``)."""
+        return profile.options(self.name, self.defaults)
 
 
-def task(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    def register(factory: Callable[[], Any]) -> Callable[[], Any]:
-        TASKS[name] = factory
+class TaskDeclarationError(ValueError):
+    """A task's declaration breaks the contract (found when it registers)."""
+
+
+def check_task(task: Any, name: str) -> None:
+    """Refuse a task whose declaration breaks the contract, naming the field."""
+    def refuse(problem: str) -> None:
+        raise TaskDeclarationError(f"task {name!r}: {problem}")
+
+    if not isinstance(task, Task):
+        refuse(f"{type(task).__name__} does not subclass bench.tasks.Task")
+    if task.name != name:
+        refuse(f"registered as {name!r} but its name is {task.name!r}")
+    if not isinstance(task.description, str) or not task.description.strip():
+        refuse("no description (one or two sentences for the report)")
+    if task.stage not in STAGES:
+        refuse(f"stage {task.stage!r} is not one of {', '.join(STAGES)}")
+    if not task.metrics or not all(isinstance(m, MetricInfo) for m in task.metrics):
+        refuse("metrics must be a non-empty tuple of MetricInfo")
+    if not any(fnmatch.fnmatchcase(task.main_score, m.pattern) for m in task.metrics
+               if m.kind == "score"):
+        refuse(f"main_score {task.main_score!r} is not covered by a declared score metric")
+    if not task.variants or set(task.variants) - set(VARIANTS):
+        refuse(f"variants {task.variants!r} must be a non-empty tuple of {', '.join(VARIANTS)}")
+    if not isinstance(task.seeded, bool):
+        refuse("seeded must be True or False")
+    unknown = set(task.defaults) - set(PROFILE_NAMES)
+    if not isinstance(task.defaults, dict) or unknown or not all(
+            isinstance(v, dict) for v in task.defaults.values()):
+        refuse(f"defaults must map profile names ({', '.join(PROFILE_NAMES)}) to option "
+               f"dicts{f'; unknown: {sorted(unknown)}' if unknown else ''}")
+    protocol = task.extractor_protocol
+    if protocol is not None and not getattr(protocol, "_is_runtime_protocol", False):
+        refuse("extractor_protocol must be a runtime-checkable Protocol or None")
+    own = type(task)
+    if own.references is not Task.references and own.evaluate_reference is Task.evaluate_reference:
+        refuse("declares references() but not evaluate_reference()")
+    if own.evaluate is Task.evaluate:
+        refuse("does not implement evaluate()")
+
+
+def task(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
+    """Register ``factory() -> Task`` under ``name``, after checking what it builds."""
+    def register(factory: Callable[[], Task]) -> Callable[[], Task]:
+        check_task(factory(), name)
+        registry.add_task(name, factory)
         return factory
 
     return register
 
 
-def get_task(name: str) -> Any:
-    if name not in TASKS and name in BUILTIN_TASKS:
-        importlib.import_module(BUILTIN_TASKS[name])
-    if name not in TASKS:
-        known = ", ".join(sorted(set(TASKS) | set(BUILTIN_TASKS)))
-        raise KeyError(f"unknown task {name!r}; known: {known}")
-    return TASKS[name]()
+def get_task(name: str) -> Task:
+    """The task registered as ``name`` (``registry.find_task``)."""
+    return registry.find_task(name)
 
 
 def rows(metrics: dict[str, float], **extra: Any) -> list[dict[str, Any]]:

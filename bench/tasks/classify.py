@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.core.cache import Cache, array_digest, load_npz, read_cached, save_npz
+from bench.core.cache import NPZ, Cache, array_digest, cached
 from bench.core.data import Dataset
 from bench.core.metric_info import MetricInfo
 from bench.embed.embeddings import Embeddings
 from bench.scoring.metrics import topk_accuracy, topk_hits
 from bench.scoring.stats import Evidence, mean_evidence
-from bench.tasks import TaskContext, task
+from bench.tasks import Task, TaskContext, task
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 TOP5 = 5
@@ -136,15 +136,14 @@ def cached_probe(cache: Cache | None, train_x: np.ndarray, train_y: np.ndarray,
     key = array_digest("probe", PROBE_VERSION, *map(np.asarray, (train_x, train_y, test_x, fit,
                                                                  val)),
                        n_classes, sorted(float(w) for w in weight_decays), max_iter)
-    path = cache.path("probes", key, ".npz") if cache is not None else None
-    found = read_cached(path, load_npz) if path is not None else None
-    if found is not None and "scores" in found:
-        return found["scores"]
-    scores, best = linear_probe(train_x, train_y, test_x, n_classes, fit, val, weight_decays,
-                                max_iter, device)
-    if path is not None:
-        save_npz(path, scores=scores, weight_decay=np.float64(best))
-    return scores
+
+    def compute() -> dict[str, np.ndarray]:
+        scores, best = linear_probe(train_x, train_y, test_x, n_classes, fit, val,
+                                    weight_decays, max_iter, device)
+        return {"scores": scores, "weight_decay": np.float64(best)}
+
+    return cached(cache, "probes", key, compute, codec=NPZ,
+                  valid=lambda v: "scores" in v)["scores"]
 
 
 def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, prefix: str, item_ids: np.ndarray
@@ -163,8 +162,10 @@ def scored_rows(metrics: dict[str, float], evidence: dict[str, Evidence]) -> lis
 
 
 
-class Classify:
+class Classify(Task):
     name = "classify"
+    description = "Leaf-category classification: linear probe on frozen embeddings."
+    stage = "transfer"
     main_score = "probe_top1"
     metrics = (MetricInfo("probe_top*", unit="item"),)
     needs = ("vectors", "category on train and test product shots")

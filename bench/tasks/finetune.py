@@ -37,7 +37,7 @@ from bench.core.data import Dataset
 from bench.core.extractor import BackboneExtractor
 from bench.core.metric_info import MetricInfo, cost, count
 from bench.embed.embeddings import Embeddings
-from bench.tasks import Reference, TaskContext, task
+from bench.tasks import Reference, Task, TaskContext, task
 from bench.tasks.classify import Classify, Split, accuracy_metrics, make_split
 from bench.tasks.retrieval import IdentityRetrieval, query_and_gallery, retrieval_metrics
 from bench.train import finetune as ft
@@ -70,7 +70,7 @@ def image_size(extractor: Any, dataset: Dataset) -> int | None:
     return getattr(extractor, "image_size", dataset.image_size)
 
 
-class _Finetune:
+class _Finetune(Task):
     """What both fine-tuning tasks share: the protocol they need, their one variant, the
     budget from their options, and the scratch reference rows."""
 
@@ -125,6 +125,10 @@ def classify_scores(backbone: nn.Module, dataset: Dataset, split: Split, budget:
 
 class FinetuneClassify(_Finetune):
     name = "finetune_classify"
+    description = ("Leaf-category classification by the whole backbone fine-tuned with a "
+                   "linear head, against the same architecture trained from scratch with the "
+                   "same budget (scratch:*).")
+    stage = "transfer"
     cache_name = "classify"
     main_score = "finetune_top1"
     metrics = (MetricInfo("finetune_top*", unit="item"), cost("finetune_s"),
@@ -233,6 +237,10 @@ def retrieval_scores(backbone: nn.Module, dataset: Dataset, groups: list, budget
 
 class FinetuneRetrieval(_Finetune):
     name = "finetune_retrieval"
+    description = ("Image search with the backbone metric-learned on train identity pairs, "
+                   "against the same architecture trained from scratch with the same budget "
+                   "(scratch:*).")
+    stage = "image search"
     cache_name = "retrieval"
     main_score = "finetune_recall@1"
     metrics = (MetricInfo("finetune_recall@*", unit="query"),

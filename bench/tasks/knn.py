@@ -30,7 +30,7 @@ from bench.embed.embeddings import Embeddings
 from bench.scoring.metrics import knn_chance, neighbour_agreement
 from bench.scoring.stats import mean_evidence
 from bench.search import index as faiss_index
-from bench.tasks import TaskContext, task
+from bench.tasks import Task, TaskContext, task
 
 LABELS = ("style", "scene", "category")
 NEIGHBOURS = ("all", "test")
@@ -42,8 +42,12 @@ def population(dataset: Dataset) -> np.ndarray:
     return content if len(content) else np.arange(len(dataset))
 
 
-class KnnConsistency:
+class KnnConsistency(Task):
     name = "knn"
+    description = ("Do a content's 10 nearest neighbours share its labels? Mean share over test "
+                   "contents (Euclidean, self excluded); the chance column is the share expected "
+                   "from label frequencies alone.")
+    stage = "recall"
     main_score = "style_consistency"
     metrics = (MetricInfo("*_consistency", unit="query"), chance("*_chance"),
                check("index_recall@*"))

@@ -28,7 +28,7 @@ from bench.embed.embeddings import Embeddings
 from bench.scoring.metrics import average_precision_at_r, recall_hits
 from bench.scoring.stats import Evidence, mean_evidence
 from bench.search import index as faiss_index
-from bench.tasks import TaskContext, task
+from bench.tasks import Task, TaskContext, task
 
 RECALL_NS = (1, 5, 10, 15, 20)
 
@@ -67,8 +67,11 @@ def retrieval_metrics(query_vectors: np.ndarray, query_ids: np.ndarray,
 
 
 
-class IdentityRetrieval:
+class IdentityRetrieval(Task):
     name = "retrieval"
+    description = ("Image search: does a scene-crop query find the same product among the "
+                   "product shots? Identity Recall@N and MAP@R.")
+    stage = "image search"
     main_score = "recall@1"
     metrics = (check("index_recall@*"), MetricInfo("recall@*", unit="query"),
                MetricInfo("map@r", unit="query"))

@@ -12,7 +12,6 @@ The extractor's own backbone is never modified: every run works on a ``copy.deep
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.core.cache import CODE_VERSION, Cache, fingerprint, read_cached, write_json
+from bench.core.cache import CODE_VERSION, Cache, cached, fingerprint
 from bench.scoring.stats import Evidence
 from bench.train.augment import CropFlip, augment
 from bench.train.backbones import embed_images, images_to_tensor
@@ -293,16 +292,8 @@ def cached_result(cache: Cache | None, kind: str, key: str | None,
     an unreadable entry is logged and recomputed. No cache or no key: always compute. A result
     marked ``"capped"`` (training cut short by its time cap, so it reflects the machine's load
     rather than the budget) is returned but not stored; a damaged entry is moved aside."""
-    if cache is None or key is None:
-        return compute()
-    path = cache.path(kind, key, ".json")
-    cached = read_cached(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
-    if isinstance(cached, dict):
-        return cached
-    result = compute()
-    if not result.get("capped"):
-        write_json(path, result)
-    return result
+    return cached(cache, kind, key, compute, valid=lambda v: isinstance(v, dict),
+                  keep=lambda result: not result.get("capped"))
 
 
 def result_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

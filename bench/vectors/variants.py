@@ -10,13 +10,12 @@ agreement of their neighbours on the task's own labels, ``task.whitening_labels`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.core.cache import Cache, array_digest, read_cached, write_json
+from bench.core.cache import Cache, array_digest, cached
 from bench.core.code import files_digest, source_files
 from bench.core.data import LABEL_COLUMNS, Dataset
 from bench.embed.embeddings import Embeddings
@@ -38,9 +37,8 @@ VECTOR_VARIANTS = ("raw", "w")  # what this module makes; other variants are the
 
 
 def population(task: Any, dataset: Dataset) -> np.ndarray:
-    """The task's population, or every row for a task that does not declare one."""
-    declared = getattr(task, "population", None)
-    return np.asarray(declared(dataset)) if callable(declared) else np.arange(len(dataset))
+    """The task's population (``Task.population``: every row unless the task says)."""
+    return np.asarray(task.population(dataset))
 
 
 def train_rows(task: Any, dataset: Dataset) -> np.ndarray:
@@ -78,14 +76,14 @@ def candidates(options: dict[str, Any], dim: int) -> tuple[list[int], tuple[floa
 def scheduled(task: Any, options: dict[str, Any] | None = None) -> tuple[str, ...]:
     """The task's declared variants, narrowed by its ``variants`` option (a list, or text such
     as ``raw`` or ``raw,w``): a profile may run a costly task on raw vectors only."""
-    declared = tuple(getattr(task, "variants", ("raw",)))
+    declared = tuple(task.variants)
     wanted = (options or {}).get("variants")
     if wanted is None:
         return declared
     wanted = [v.strip() for v in wanted.split(",")] if isinstance(wanted, str) else list(wanted)
     unknown = [v for v in wanted if v not in declared]
     if unknown or not wanted:
-        raise ValueError(f"task {getattr(task, 'name', '?')} option variants={','.join(wanted)}:"
+        raise ValueError(f"task {task.name} option variants={','.join(wanted)}:"
                          f" choose among its variants {', '.join(declared)}")
     return tuple(v for v in declared if v in wanted)
 
@@ -111,7 +109,7 @@ def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
     ks, shrinkages = candidates(options, vectors.shape[1])
     scores: dict[str, float] = {}
     if len(ks) * len(shrinkages) > 1:
-        columns = getattr(task, "whitening_labels", LABEL_COLUMNS)
+        columns = task.whitening_labels
         (k, shrinkage), scores = cached_choice(cache, vectors, train_labels(dataset, rows,
                                                                             columns),
                                                ks, shrinkages)
@@ -121,7 +119,7 @@ def fit_for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
     whitening.record.update({"k_option": str(options["k"]),
                              "shrinkage_option": str(options["shrinkage"]),
                              "fit_rows": "train split of "
-                             f"the {getattr(task, 'name', 'task')} population",
+                             f"the {task.name} population",
                              "selection_scores": scores})
     return whitening
 
@@ -136,13 +134,14 @@ def cached_choice(cache: Cache | None, vectors: np.ndarray, labels: dict[str, np
     key = array_digest(list(shrinkages), SELECTION_NEIGHBOURS, ks,
                        np.asarray(vectors, dtype=np.float64),
                        *[np.asarray(labels[c], dtype=str) for c in sorted(labels)], sorted(labels))
-    path = cache.path("whitening_choice", key, ".json")
-    found = read_cached(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
-    if isinstance(found, dict) and "k" in found and "shrinkage" in found:
-        return (int(found["k"]), float(found["shrinkage"])), dict(found["scores"])
-    (k, shrinkage), scores = choose(vectors, labels, shrinkages, ks)
-    write_json(path, {"k": k, "shrinkage": shrinkage, "scores": scores})
-    return (k, shrinkage), scores
+
+    def compute() -> dict[str, Any]:
+        (k, shrinkage), scores = choose(vectors, labels, shrinkages, ks)
+        return {"k": k, "shrinkage": shrinkage, "scores": scores}
+
+    found = cached(cache, "whitening_choice", key, compute,
+                   valid=lambda v: isinstance(v, dict) and {"k", "shrinkage", "scores"} <= set(v))
+    return (int(found["k"]), float(found["shrinkage"])), dict(found["scores"])
 
 
 def train_labels(dataset: Dataset, rows: np.ndarray,
@@ -162,7 +161,7 @@ def for_task(embeddings: Embeddings, dataset: Dataset, task: Any,
     no ``w`` variant, it is not ``wanted`` (default: the task's variants) or there are too few
     train rows. A declared variant that is no transform of the vectors (``ft``: the fine-tuning
     tasks train the backbone and read only the vectors' fingerprint) gets them unchanged."""
-    wanted = tuple(getattr(task, "variants", ())) if wanted is None else wanted
+    wanted = tuple(task.variants) if wanted is None else wanted
     out = {"raw": embeddings}
     out.update((name, embeddings) for name in wanted if name not in VECTOR_VARIANTS)
     if "w" not in wanted:
@@ -185,22 +184,20 @@ def sweep(embeddings: Embeddings, dataset: Dataset, task: Any, ctx: Any,
     if len(rows) < 2:
         return []
     code = files_digest([*source_files(type(task)), *(Path(m.__file__) for m in (metrics, index))])
-    key = array_digest(embeddings.vectors, dataset.fingerprint, getattr(task, "name", "task"),
+    key = array_digest(embeddings.vectors, dataset.fingerprint, task.name,
                        ctx.options, shrinkage, k_grid(embeddings.dim), code)
-    path = None if ctx.cache is None else ctx.cache.path("whitening_sweep", key, ".json")
-    found = None if path is None else read_cached(
-        path, lambda p: json.loads(p.read_text(encoding="utf-8")))
-    if isinstance(found, list):
-        return found
-    out = []
-    fitted = principal_axes(embeddings.take(rows))  # once: each k is a slice of it
-    for k in k_grid(embeddings.dim):
-        whitening = whitening_from(fitted, k, shrinkage)
-        whitened = embeddings.with_vectors(whitening.apply(embeddings.vectors))
-        for row in task.evaluate(whitened, dataset, ctx):
-            if "evidence" in row:  # scores, not chance levels
-                out.append({"k": k, "k_kept": whitening.k, "shrinkage": shrinkage,
-                            "metric": row["metric"], "value": float(row["value"])})
-    if path is not None:
-        write_json(path, out)
-    return out
+
+    def compute() -> list[dict[str, Any]]:
+        out = []
+        fitted = principal_axes(embeddings.take(rows))  # once: each k is a slice of it
+        for k in k_grid(embeddings.dim):
+            whitening = whitening_from(fitted, k, shrinkage)
+            whitened = embeddings.with_vectors(whitening.apply(embeddings.vectors))
+            for row in task.evaluate(whitened, dataset, ctx):
+                if "evidence" in row:  # scores, not chance levels
+                    out.append({"k": k, "k_kept": whitening.k, "shrinkage": shrinkage,
+                                "metric": row["metric"], "value": float(row["value"])})
+        return out
+
+    return cached(ctx.cache, "whitening_sweep", key, compute,
+                  valid=lambda v: isinstance(v, list))

@@ -21,15 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.core.cache import Cache, atomic_path, fingerprint, load_npz, save_npz
+from bench.core.cache import Cache, Codec, cached, fingerprint, load_npz, save_npz, write_json
 from bench.core.data import Dataset
 from bench.core.metric_info import MetricInfo
 from bench.embed.embeddings import Embeddings
-from bench.tasks import Reference, TaskContext, task
+from bench.tasks import Reference, Task, TaskContext, task
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import AGGREGATORS, FEATURE_SETS
 from bench.tasks.ctr.train import CtrConfig, evidence, prepare, scored, train_and_predict
@@ -44,8 +45,11 @@ _COMMON = dict(feature_set="dicm", aggregator="mqap", history_length=20, id_dim=
                ablation_extractor="auto", ablation_variants=["raw"])
 
 
-class CtrTask:
+class CtrTask(Task):
     name = "ctr"
+    description = ("Ranking model (DICM harness) with each extractor's image features: AUC, GAUC "
+                   "and logloss on the last day; cold_* on items first published that day.")
+    stage = "ranking"
     main_score = "ctr_auc"
     metrics = (MetricInfo("*_gauc", unit="user"), MetricInfo("*_auc", unit="user"),
                MetricInfo("*_logloss", "lower", unit="user"))
@@ -157,6 +161,25 @@ def load(dataset: Dataset, options: dict[str, Any]) -> ctr_data.CtrData:
     return _LOADED[key]
 
 
+def _read_result(path: Path) -> dict[str, Any]:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved["predictions"] = load_npz(path.with_suffix(".npz")) if saved.get("predictions") \
+        else None
+    return saved
+
+
+def _write_result(path: Path, result: dict[str, Any]) -> None:
+    predictions = result["predictions"]
+    if predictions is not None:  # first: the JSON marks a complete entry
+        save_npz(path.with_suffix(".npz"),
+                 **{h: p.astype(np.float32) for h, p in predictions.items()})
+    write_json(path, {**result, "predictions": predictions is not None})
+
+
+# a trained configuration: its metrics and settings as JSON, its predictions in an .npz beside
+RESULT = Codec(".json", _read_result, _write_result)
+
+
 def cached_score(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Dataset,
                  options: dict[str, Any], feature_set: str, aggregator: str, seed: int,
                  cache: Cache | None, device: str = "cpu"
@@ -175,33 +198,23 @@ def cached_score(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Da
         np.ascontiguousarray(vectors, dtype=np.float32).tobytes()).hexdigest()[:16]
     key = fingerprint("ctr", CTR_VERSION, dataset.fingerprint, options["history_length"],
                       options["item_fields"], settings, vector_hash, seed)
-    path = cache.path("ctr", key, ".json") if cache is not None else None
-    if path is not None and path.exists():
-        try:
-            saved = json.loads(path.read_text())
-            metrics = {k: float(v) for k, v in saved["metrics"].items()}
-            predictions = load_npz(path.with_suffix(".npz")) if saved.get("predictions") else None
-            return metrics, predictions
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            log.warning("ctr: discarding unreadable cached result %s (%s)", path, error)
-    predictions = None
-    if ams:  # backend "ams": trained by parameter servers and workers (bench/tasks/ctr/ams)
-        from bench.tasks.ctr.ams import train_and_evaluate as train_on_ams
 
-        metrics, stats = train_on_ams(data, vectors, config, seed, options.get("ams"),
-                                      keys=dataset.ids[data.item_rows])
-    else:
-        predictions, stats = train_and_predict(data, vectors, config, seed)
-        metrics = scored(data, predictions)
-    if path is not None:
-        if predictions is not None:  # first: the JSON marks a complete entry
-            save_npz(path.with_suffix(".npz"),
-                     **{h: p.astype(np.float32) for h, p in predictions.items()})
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"metrics": metrics, "stats": stats,
-                                       "settings": settings, "seed": seed,
-                                       "predictions": predictions is not None}, indent=1))
-    return metrics, predictions
+    def compute() -> dict[str, Any]:
+        predictions = None
+        if ams:  # backend "ams": trained by parameter servers and workers (tasks/ctr/ams)
+            from bench.tasks.ctr.ams import train_and_evaluate as train_on_ams
+
+            metrics, stats = train_on_ams(data, vectors, config, seed, options.get("ams"),
+                                          keys=dataset.ids[data.item_rows])
+        else:
+            predictions, stats = train_and_predict(data, vectors, config, seed)
+            metrics = scored(data, predictions)
+        return {"metrics": metrics, "stats": stats, "settings": settings, "seed": seed,
+                "predictions": predictions}
+
+    found = cached(cache, "ctr", key, compute, codec=RESULT,
+                   valid=lambda v: isinstance(v, dict) and "metrics" in v)
+    return {k: float(v) for k, v in found["metrics"].items()}, found["predictions"]
 
 
 def scored_rows(data: ctr_data.CtrData, metrics: dict[str, float],
