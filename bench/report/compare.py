@@ -184,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     from bench.report.glance import compare_lines  # the report's tie rule, same files
 
-    best = compare_lines(args.run_a, args.run_b)
+    best = compare_lines(args.run_a, args.run_b, args.changed_only)
     if best:
         print("\n" + "\n".join(best))
     return 0

@@ -274,9 +274,10 @@ def run_answers(run_dir: str | Path) -> list[Answer]:
     return answers(all_tables(results, run_info, verdicts, pairs), run_info, pairs, verdicts)
 
 
-def compare_lines(run_a: str | Path, run_b: str | Path) -> list[str]:
+def compare_lines(run_a: str | Path, run_b: str | Path, changed_only: bool = False) -> list[str]:
     """``bench compare``'s view of both runs' answers: per task, each run's tie group on its
-    main score by the same rule as the report (a run folder without results: nothing)."""
+    main score by the same rule as the report (a run folder without results: nothing); with
+    ``changed_only`` only the tasks whose group differs between the runs."""
     found = {}
     for name, run in (("A", Path(run_a)), ("B", Path(run_b))):
         folder = run if run.is_dir() else run.parent
@@ -285,6 +286,9 @@ def compare_lines(run_a: str | Path, run_b: str | Path) -> list[str]:
         except (FileNotFoundError, ValueError):
             found[name] = {}
     keys = list(dict.fromkeys([*found["A"], *found["B"]]))
+    if changed_only:
+        keys = [k for k in keys if k not in found["A"] or k not in found["B"]
+                or set(found["A"][k].group.tied) != set(found["B"][k].group.tied)]
     if not keys:
         return []
     lines = [f"Best deployable extractor per task's main score ({ties.RULE}):"]

@@ -5,7 +5,8 @@ holds the run's config, versions and hardware (from ``run.json``), every table a
 is missing), errors and skipped tasks, and relative links to the raw files beside it. A small
 inline script marks ``<body data-images-ok="true">`` once every image has decoded, and records
 the page's scroll width beside the window's (``data-page-width``, ``data-view-width``: no
-horizontal scroll when equal), which the browser test reads back.
+horizontal scroll when equal) and how many table boxes scroll sideways (``data-wide-boxes``),
+which the browser test reads back.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bench.report.tables import (
     VARIANT_LABELS,
     TaskTable,
     differences_markdown,
+    format_number,
     not_run_reason,
     reference_note,
     validity_markdown,
@@ -99,6 +101,9 @@ SCRIPT = """
  var root=document.documentElement;
  document.body.setAttribute('data-page-width',String(root.scrollWidth));
  document.body.setAttribute('data-view-width',String(root.clientWidth));
+ var boxes=document.querySelectorAll('.scroll'),wide=0;
+ for(var j=0;j<boxes.length;j++){if(boxes[j].scrollWidth>boxes[j].clientWidth+1){wide++;}}
+ document.body.setAttribute('data-wide-boxes',String(wide));
  }
  window.addEventListener('load',check);
 })();
@@ -124,7 +129,7 @@ def tables_html(table: TaskTable) -> str:
 def table_html(table: TaskTable, columns: list[Any]) -> str:
     """Two header rows: the metric spanning its ``raw``/``+w`` columns, then the variant (a
     column without variants spans both rows); ↓ marks costs, where lower is better. A cell's
-    interval goes on a second line, so that wide tables fit the page."""
+    interval (or seed std) goes on a second line, so that wide tables fit the page."""
     groups: list[tuple[str, list[Any]]] = []
     for column in columns:
         if groups and groups[-1][0] == column.metric and not column.chance:
@@ -146,9 +151,10 @@ def table_html(table: TaskTable, columns: list[Any]) -> str:
         for column in columns:
             text = table.text(row, column.key, "html")
             cell = table.cell(row, column.key)
-            if cell is not None and cell.interval:  # the interval on a line of its own
-                text = text.replace(escape(cell.interval),
-                                    f'<span class="ci">{escape(cell.interval)}</span>', 1)
+            rest = cell.text[len(head):] if cell is not None and cell.text.startswith(
+                head := format_number(cell.mean)) else ""
+            if rest.strip():  # the interval or seed std on a line of its own
+                text = text.replace(escape(rest), f'<span class="ci">{escape(rest)}</span>', 1)
             klass = "notrun" if text == NOT_RUN else ("chance" if column.chance else "")
             cells.append(f'<td class="{klass}">{text}</td>' if klass else f"<td>{text}</td>")
         body.append(f"<tr><td>{escape(row)}</td>{''.join(cells)}</tr>")
