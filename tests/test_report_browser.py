@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.report import build_report
@@ -28,9 +29,9 @@ pytestmark = pytest.mark.skipif(
     reason="chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
 
 
-def load_in_browser(page: Path, profile: Path) -> tuple[str, list[str]]:
+def load_in_browser(page: Path, profile: Path, *extra: str) -> tuple[str, list[str]]:
     """The DOM after load and the console lines of one headless chromium visit."""
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", *extra,
                "--no-first-run", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr",
                "--v=0", "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()]
@@ -55,7 +56,7 @@ def test_report_page_renders_in_chromium(tmp_path: Path) -> None:
     report = build_report(run)
     html = report.html.read_text()
     n_images = html.count("<img ")
-    assert n_images == len([p for p in report.plots if p.path is not None]) == 11
+    assert n_images == len([p for p in report.plots if p.path is not None]) + 1 == 12  # + glance
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing remote
     assert 'src="data:image/png;base64,' in html
 
@@ -66,6 +67,40 @@ def test_report_page_renders_in_chromium(tmp_path: Path) -> None:
     assert console == []
     for link in ("results.csv", "run.json", "summary.md", "tables/ctr.csv", "tables/knn.json"):
         assert f'href="{link}"' in dom and (run / link).is_file()
+
+
+def _with_intervals(run: Path) -> None:
+    """A verdicts.csv for the fixture run: every cell gets an interval and a mark, the widest
+    cells the tables show."""
+    results = pd.read_csv(run / "results.csv")
+    frame = results.groupby(["task", "extractor", "variant", "metric"], sort=False)[
+        "value"].mean().reset_index()
+    frame = frame.assign(se=0.01, ci_low=frame["value"] - 0.0196,
+                         ci_high=frame["value"] + 0.0196, n_seeds=3, unit="query", n_units=300,
+                         reference="random", diff=0.1, diff_low=0.08, diff_high=0.12,
+                         p_value=1e-4, verdict="better", test="paired bootstrap")
+    frame.to_csv(run / "verdicts.csv", index=False)
+
+
+@pytest.mark.parametrize("intervals", [False, True], ids=["fixture", "with-intervals"])
+def test_no_horizontal_scroll_at_1400_px(tmp_path: Path, intervals: bool) -> None:
+    """At 1400 px the page does not scroll sideways and no table needs its own scroll bar (a
+    wide table wraps its intervals onto a second line); the glance figure is on top."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "report_run_a", run)
+    if intervals:
+        _with_intervals(run)
+    report = build_report(run)
+    html = report.html.read_text()
+    assert html.index('id="plot-glance"') < html.index('id="validity"')
+    assert "best: {m6_moe, moco_v2} (tied at 95%)" in html
+    dom, console = load_in_browser(report.html, tmp_path / "profile", "--window-size=1400,1000")
+    body = _body(dom)
+    page = re.search(r'data-page-width="(\d+)"', body).group(1)
+    view = re.search(r'data-view-width="(\d+)"', body).group(1)
+    assert int(view) > 1300 and page == view, body
+    assert 'data-wide-boxes="0"' in body, body
+    assert console == []
 
 
 def test_broken_page_is_caught(tmp_path: Path) -> None:

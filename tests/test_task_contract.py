@@ -4,7 +4,6 @@ plugin file is listed, runs and gets its table, plot and description with no oth
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
@@ -104,3 +103,12 @@ def test_run_json_records_row_kinds(tmp_path):
     assert info["row_kinds"].get("pixels") == "extractor"
     # digits has no latents: the ladder is skipped, so it is never recorded as a row
     assert "ladder:clean" not in info["row_kinds"]
+
+
+def test_the_glance_takes_a_task_stage_from_its_declaration():
+    from bench.report.glance import OTHER_STAGE, stage_of
+
+    info = {"task_info": {"toy": {"stage": "ranking"}, "knn": {"stage": "other"}}}
+    assert stage_of("toy", info) == "ranking"  # declared, though no table names it
+    assert stage_of("knn", info) == OTHER_STAGE  # the declaration wins over the old table
+    assert stage_of("knn", {}) == "recall"  # a run folder written before task_info

@@ -1,7 +1,9 @@
 """Report: tables, plots and a self-contained HTML page built from a run folder's files alone.
 
-``results.csv`` is the only required input; ``run.json`` adds config, versions, hardware, errors
-and skipped tasks; ``artifacts/`` adds training logs, the embedding map and the KNN picture grid.
+``results.csv`` is the only required input; ``run.json`` adds config, versions, hardware, errors,
+skipped tasks and which rows are references (``row_kinds``); ``verdicts.csv`` intervals and
+``ties.csv`` the paired tests behind the tie groups of "At a glance" (``glance``); ``artifacts/``
+adds training logs, the embedding map and the KNN picture grid.
 Whatever is missing becomes a "not run" note, never a crash. Results a time cap cut short
 (``run.json`` ``time_capped``) keep their numbers, but their extractor is marked ``CUT_MARK``
 in that task's tables and plots, with the reason under the summary.
@@ -26,6 +28,7 @@ from bench.report.tables import (
     summary_markdown,
     task_order,
 )
+from bench.scoring import ties
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Report:
     tables: list[Path] = field(default_factory=list)
     plots: list[Any] = field(default_factory=list)
     seconds: float = 0.0
+    glance: Any = None  # the "At a glance" figure (a plots.PlotResult)
 
 
 def _log(message: str) -> None:
@@ -112,9 +116,16 @@ def time_cap_notes(run_info: dict[str, Any]) -> list[str]:
 
 def summary_text(results: pd.DataFrame, run_info: dict[str, Any], title: str,
                  verdicts: pd.DataFrame | None = None,
-                 validity: pd.DataFrame | None = None) -> str:
-    """``summary.md``: the tables, then the time-cap notes when a row was cut short."""
-    text = summary_markdown(results, title, run_info, verdicts, validity)
+                 validity: pd.DataFrame | None = None,
+                 pairs: pd.DataFrame | None = None) -> str:
+    """``summary.md``: the answers at a glance, the tables, then the time-cap notes when a row
+    was cut short."""
+    from bench.report import glance
+
+    found = glance.answers(all_tables(results, run_info, verdicts, pairs), run_info, pairs,
+                           verdicts)
+    text = summary_markdown(results, title, run_info, verdicts, validity, pairs,
+                            glance.markdown(found))
     notes = time_cap_notes(run_info)
     return text if not notes else text.rstrip("\n") + "\n\n" + "\n".join(notes)
 
@@ -126,13 +137,14 @@ def build_report(run_dir: str | Path, *, html: bool = True, tsne: bool = False) 
     run_dir = Path(run_dir)
     results, run_info = read_run(run_dir)
     verdicts, validity = read_verdicts(run_dir)
+    pairs = ties.read(run_dir)
     results = mark_time_capped(results, run_info)
     if verdicts is not None:  # so their rows still meet the marked results rows
         verdicts = mark_time_capped(verdicts, run_info)
     title = f"Run {run_info.get('run', run_dir.name)}"
     summary = write_text(run_dir / "summary.md",
-                         summary_text(results, run_info, title, verdicts, validity))
-    tables = all_tables(results, run_info, verdicts)
+                         summary_text(results, run_info, title, verdicts, validity, pairs))
+    tables = all_tables(results, run_info, verdicts, pairs)
     written = []
     for task, table in tables.items():
         written.append(write_text(run_dir / "tables" / f"{task}.md",
@@ -146,15 +158,19 @@ def build_report(run_dir: str | Path, *, html: bool = True, tsne: bool = False) 
             stale.unlink()
     report = Report(run_dir, None, summary, written)
     if html:
+        from bench.report import glance
         from bench.report import html as html_page
-        from bench.report.plots import PlotContext, make_plots
+        from bench.report.plots import PlotContext, make_glance, make_plots
 
         book = MetricBook.from_run_info(run_info)
         ctx = PlotContext(run_dir, aggregate(results, verdicts, book), run_info, tsne=tsne)
         report.plots = make_plots(ctx, log=_log)
+        found = glance.answers(tables, run_info, pairs, verdicts)
+        report.glance = make_glance(run_dir, found, log=_log)
         tasks = task_order(results, run_info.get("tasks", ()))
         page = html_page.render(run_dir, run_info, tables, tasks, report.plots,
-                                time.perf_counter() - start, verdicts, validity)
+                                time.perf_counter() - start, verdicts, validity,
+                                glance=found, glance_plot=report.glance)
         report.html = write_text(run_dir / "report.html", page)
     report.seconds = time.perf_counter() - start
     return report

@@ -8,7 +8,9 @@ runs are treated as independent, which is conservative when they scored the same
 Otherwise, as for old runs, against ``2 x pooled seed std`` with
 ``sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2))`` (sample stds, ddof 1); a
 single seed on both sides then gives ``n/a``. ``better`` / ``worse`` follow the metric's
-direction (lower is better for logloss, bytes and time). Printed as a table and written as CSV.
+direction (lower is better for logloss, bytes and time). Printed as a table and written as CSV,
+then each run's best deployable extractor per task's main score with its tie group, by the
+report's rule (:func:`bench.report.glance.compare_lines`, :func:`bench.scoring.ties.tie_group`).
 """
 
 from __future__ import annotations
@@ -180,4 +182,9 @@ def main(args: argparse.Namespace) -> int:
           f"in one run only: {counts.get('only in A', 0) + counts.get('only in B', 0)}; "
           f"noise: {' / '.join(used) or 'none'}")
     print(f"wrote {out}")
+    from bench.report.glance import compare_lines  # the report's tie rule, same files
+
+    best = compare_lines(args.run_a, args.run_b, args.changed_only)
+    if best:
+        print("\n" + "\n".join(best))
     return 0

@@ -3,8 +3,10 @@
 Inline CSS, plots embedded as base64 ``data:`` URIs, no external script or style sheet. The page
 holds the run's config, versions and hardware (from ``run.json``), every table and plot (or why it
 is missing), errors and skipped tasks, and relative links to the raw files beside it. A small
-inline script marks ``<body data-images-ok="true">`` once every image has decoded, which the
-browser test reads back.
+inline script marks ``<body data-images-ok="true">`` once every image has decoded, and records
+the page's scroll width beside the window's (``data-page-width``, ``data-view-width``: no
+horizontal scroll when equal) and how many table boxes scroll sideways (``data-wide-boxes``),
+which the browser test reads back.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import pandas as pd
 from bench.report.plots import PlotResult
 from bench.report.tables import (
     NOT_RUN,
+    RANK_NOTE,
     VARIANT_LABELS,
     TaskTable,
     differences_markdown,
+    format_number,
     not_run_reason,
     reference_note,
     validity_markdown,
@@ -50,13 +54,20 @@ p.note{color:#57606a;font-size:13px;margin:2px 0 8px}
 .notrun{color:#8c959f;font-style:italic}
 .box{border-left:4px solid #bf8700;background:#fff8c5;padding:6px 12px;margin:6px 0;font-size:14px}
 .box.error{border-color:#cf222e;background:#ffebe9}
-table{border-collapse:collapse;font-size:13px;margin:6px 0 4px;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;font-size:12px;margin:6px 0 4px;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #d0d7de;padding:3px 5px;text-align:right;white-space:nowrap}
 th{background:#f6f8fa}
 td:first-child,th:first-child{text-align:left}
 td.chance{color:#57606a;background:#fafbfc}
 p.part{font-weight:600;font-size:14px;margin:12px 0 2px}
-.scroll{overflow-x:auto}
+.scroll{overflow-x:auto;max-width:100%}
+span.ci{display:block;font-size:11px;color:#57606a;font-weight:normal;white-space:normal}
+ul.answers{padding-left:20px;font-size:14px}
+ul.answers li{margin:4px 0 10px}
+blockquote.decision{margin:4px 0;padding:4px 10px;border-left:4px solid #1f6feb;
+ background:#f1f8ff;font-size:14px}
+span.refs{color:#57606a;font-size:13px}
+h3.stage{text-transform:capitalize;margin:14px 0 2px}
 figure{margin:12px 0 20px}
 figure img{max-width:100%;height:auto;border:1px solid #d8dee4}
 figcaption{font-size:13px;color:#57606a}
@@ -73,6 +84,12 @@ SCRIPT = """
   for(var i=0;i<imgs.length;i++){if(!imgs[i].complete||imgs[i].naturalWidth===0){ok=false;}}
   document.body.setAttribute('data-images-ok',ok?'true':'false');
   document.body.setAttribute('data-images',String(imgs.length));
+ var root=document.documentElement;
+ document.body.setAttribute('data-page-width',String(root.scrollWidth));
+ document.body.setAttribute('data-view-width',String(root.clientWidth));
+ var boxes=document.querySelectorAll('.scroll'),wide=0;
+ for(var j=0;j<boxes.length;j++){if(boxes[j].scrollWidth>boxes[j].clientWidth+1){wide++;}}
+ document.body.setAttribute('data-wide-boxes',String(wide));
  }
  window.addEventListener('load',check);
 })();
@@ -97,7 +114,8 @@ def tables_html(table: TaskTable) -> str:
 
 def table_html(table: TaskTable, columns: list[Any]) -> str:
     """Two header rows: the metric spanning its ``raw``/``+w`` columns, then the variant (a
-    column without variants spans both rows); ↓ marks costs, where lower is better."""
+    column without variants spans both rows); ↓ marks costs, where lower is better. A cell's
+    interval (or seed std) goes on a second line, so that wide tables fit the page."""
     groups: list[tuple[str, list[Any]]] = []
     for column in columns:
         if groups and groups[-1][0] == column.metric and not column.chance:
@@ -118,6 +136,11 @@ def table_html(table: TaskTable, columns: list[Any]) -> str:
         cells = []
         for column in columns:
             text = table.text(row, column.key, "html")
+            cell = table.cell(row, column.key)
+            rest = cell.text[len(head):] if cell is not None and cell.text.startswith(
+                head := format_number(cell.mean)) else ""
+            if rest.strip():  # the interval or seed std on a line of its own
+                text = text.replace(escape(rest), f'<span class="ci">{escape(rest)}</span>', 1)
             klass = "notrun" if text == NOT_RUN else ("chance" if column.chance else "")
             cells.append(f'<td class="{klass}">{text}</td>' if klass else f"<td>{text}</td>")
         body.append(f"<tr><td>{escape(row)}</td>{''.join(cells)}</tr>")
@@ -128,31 +151,18 @@ def table_html(table: TaskTable, columns: list[Any]) -> str:
             "</table></div>")
 
 
-def headlines_html(tables: dict[str, TaskTable], main_scores: dict[str, str] | None = None
-                   ) -> str:
-    """Per task, who leads on its main score (run.json ``main_scores``; the first ranked
-    metric for a run that does not name it), raw and +w, with the leader's interval."""
-    items = []
-    for task, table in tables.items():
-        ranked = [c for _, columns in table.parts() for c in columns if c.ranked]
-        if not ranked:
-            continue
-        declared = (main_scores or {}).get(task)
-        metric = declared if any(c.metric == declared for c in ranked) else ranked[0].metric
-        parts = []
-        for column in (c for c in ranked if c.metric == metric):
-            best = [r for r in table.rows if (cell := table.cell(r, column.key)) and cell.rank == 1]
-            if best:
-                label = f"{VARIANT_LABELS[column.variant]}: " if column.variant else ""
-                parts.append(f"{escape(label)}<b>{escape(', '.join(best))}</b> "
-                             f"({escape(table.cell(best[0], column.key).text)})")
-        if parts:
-            items.append(f'<li><a href="#table-{escape(task)}">{escape(task)}</a>, '
-                         f"{escape(metric)}: {'; '.join(parts)}</li>")
-    if not items:
-        return '<p class="notrun">no metric with two or more extractors to compare</p>'
-    return "<p class=note>Best extractor on each task's main metric.</p><ul>" + \
-        "".join(items) + "</ul>"
+def glance_html(found: list[Any], plot: PlotResult | None = None) -> str:
+    """The "At a glance" section: the comparison figure, then one answer per stage."""
+    from bench.report import glance
+
+    figure = ""
+    if plot is not None and plot.path is not None:
+        figure = (f'<figure id="plot-glance"><img src="{_image(plot.path)}" '
+                  f'alt="{escape(plot.title)}"><figcaption>{escape(plot.caption)} '
+                  f'<a href="plots/{escape(plot.path.name)}">PNG</a></figcaption></figure>')
+    elif plot is not None and plot.note:
+        figure = f'<p class="notrun">comparison figure {escape(plot.note)}</p>'
+    return glance.html(found, figure)
 
 
 def _image(path: Path) -> str:
@@ -249,7 +259,8 @@ def _tables_section(tables: dict[str, TaskTable], tasks: list[str],
         legend = "Mean over seeds (± sample std with several seeds)."
     parts = [
         f"<p class=note>{legend} Per column <b>bold</b> is the best and <u>underlined</u> the "
-        "second; ↓ marks columns where lower is better. Chance columns are not ranked.</p>"]
+        "second; ↓ marks columns where lower is better. Chance columns are not ranked. "
+        f"{escape(RANK_NOTE.replace('**bold**', 'bold').replace('`', ''))}</p>"]
     for task in tasks:
         links = " · ".join(f'<a href="tables/{escape(task)}.{ext}">{ext.upper()}</a>'
                            for ext in ("csv", "json", "md")) if task in tables else ""
@@ -311,12 +322,13 @@ def markdown_table_html(text: str) -> str:
 
 def render(run_dir: Path, run_info: dict[str, Any], tables: dict[str, TaskTable],
            tasks: list[str], plots: list[PlotResult], build_seconds: float,
-           verdicts: pd.DataFrame | None = None, validity: pd.DataFrame | None = None) -> str:
-    """The whole page as a string."""
+           verdicts: pd.DataFrame | None = None, validity: pd.DataFrame | None = None,
+           glance: list[Any] | None = None, glance_plot: PlotResult | None = None) -> str:
+    """The whole page as a string; ``glance``: the answers of :mod:`bench.report.glance`."""
     run_id = escape(str(run_info.get("run", run_dir.name)))
     problems, n_problems = _problems_html(run_info, plots)
     sections = [
-        ("glance", "At a glance", headlines_html(tables, run_info.get("main_scores"))),
+        ("glance", "At a glance", glance_html(glance or [], glance_plot)),
         ("validity", "Validity: the known-answer ladder", validity_html(validity, run_info)),
         ("tables", "Tables", _tables_section(tables, tasks, run_info, verdicts)),
         ("plots", "Plots", "".join(_plot_html(p) for p in plots)),

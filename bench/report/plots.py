@@ -567,6 +567,34 @@ def default_plots(ctx: PlotContext) -> list[tuple[str, str, str, Callable[[PlotC
             for t in tasks]
 
 
+def _draw(key: str, title: str, caption: str, path: Path, draw: Callable[[], Figure],
+          log: Callable[[str], None]) -> PlotResult:
+    start = time.perf_counter()
+    result = PlotResult(key, title, caption)
+    try:
+        fig = draw()
+        fig.savefig(path, dpi=DPI, facecolor="white")
+        result.path = path
+    except NotRun as reason:
+        result.note = f"not run: {reason}"
+    except Exception as error:  # noqa: BLE001 - one broken plot must not sink the report
+        result.note = f"could not be drawn: {type(error).__name__}: {error}"
+        log(f"plot {key}: {result.note}")
+    if result.path is None:
+        path.unlink(missing_ok=True)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def make_glance(run_dir: Path, found: list[Any],
+                log: Callable[[str], None] = lambda _: None) -> PlotResult:
+    """``plots/glance.png``: :func:`glance_figure` of the answers, shown atop the page."""
+    folder = Path(run_dir) / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return _draw("glance", "Extractors by stage", GLANCE_CAPTION, folder / "glance.png",
+                 lambda: glance_figure(found), log)
+
+
 def make_plots(ctx: PlotContext, log: Callable[[str], None] = lambda _: None) -> list[PlotResult]:
     """Draw every plot into ``run_dir/plots/<key>.png``; stale PNGs of plots not drawn now are
     removed so the folder always matches the page."""
@@ -574,20 +602,62 @@ def make_plots(ctx: PlotContext, log: Callable[[str], None] = lambda _: None) ->
     folder.mkdir(parents=True, exist_ok=True)
     results = []
     for key, title, caption, draw in [*PLOTS, *default_plots(ctx)]:
-        start = time.perf_counter()
-        result = PlotResult(key, title, caption)
-        path = folder / f"{key}.png"
-        try:
-            fig = draw(ctx)
-            fig.savefig(path, dpi=DPI, facecolor="white")
-            result.path = path
-        except NotRun as reason:
-            result.note = f"not run: {reason}"
-        except Exception as error:  # noqa: BLE001 - one broken plot must not sink the report
-            result.note = f"could not be drawn: {type(error).__name__}: {error}"
-            log(f"plot {key}: {result.note}")
-        if result.path is None:
-            path.unlink(missing_ok=True)
-        result.seconds = time.perf_counter() - start
-        results.append(result)
+        results.append(_draw(key, title, caption, folder / f"{key}.png",
+                             lambda draw=draw: draw(ctx), log))
     return results
+
+
+GLANCE_CAPTION = ("Each task's main score per deployable extractor (dot) with its 95% interval "
+                  "(the seed std where the run has no intervals); shaded: the tie group, the "
+                  "best and every extractor it does not beat at 95% (paired test, Holm); grey "
+                  "squares: reference rows, never ranked.")
+
+
+def glance_figure(found: list[Any]) -> Figure:
+    """The "At a glance" comparison: one panel per answer (``glance.Answer``), grouped by
+    stage, rows best first, the tie group shaded, references in grey below."""
+    if not found:
+        raise NotRun("no task has a main score with a deployable extractor")
+    ncols = min(4, len(found))
+    nrows = math.ceil(len(found) / ncols)
+    heights = [max(len(a.rows) + len(a.references) for a in found[r * ncols:(r + 1) * ncols])
+               for r in range(nrows)]
+    fig = Figure(figsize=(13.5, sum(1.0 + 0.28 * h for h in heights)), dpi=DPI,
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax in axes.ravel()[len(found):]:
+        ax.set_visible(False)
+    for ax, answer in zip(axes.ravel(), found):
+        sign = 1 if answer.lower_is_better else -1
+        rows = sorted(answer.rows, key=lambda r: sign * answer.rows[r].mean)
+        refs = sorted(answer.references, key=lambda r: sign * answer.references[r].mean)
+        labels = rows + refs
+        for y, row in enumerate(labels):
+            cell = answer.rows.get(row) or answer.references[row]
+            reference = row in answer.references
+            if math.isfinite(cell.low) and math.isfinite(cell.high):
+                err = [[max(cell.mean - cell.low, 0.0)], [max(cell.high - cell.mean, 0.0)]]
+            else:
+                err = [[cell.std], [cell.std]] if cell.n > 1 else None
+            tied = row in answer.group.tied
+            if tied:
+                ax.axhspan(y - 0.45, y + 0.45, color="#DDEBF7", zorder=0)
+            ax.errorbar([cell.mean], [y], xerr=err, fmt="s" if reference else "o",
+                        color="#8C8C8C" if reference else ("#1F4E79" if tied else "#4C72B0"),
+                        ms=5, capsize=2, lw=1.2)
+        ax.set_yticks(range(len(labels)), [("★ " if r == answer.group.best else "") + r
+                                           for r in labels], fontsize=8)
+        for tick, row in zip(ax.get_yticklabels(), labels):
+            if row in answer.references:
+                tick.set_color("#6E7781")
+            elif row in answer.group.tied:
+                tick.set_fontweight("bold")
+        if refs:
+            ax.axhline(len(rows) - 0.5, color="#BBBBBB", lw=0.8, ls="--")
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.grid(axis="x", alpha=0.3)
+        arrow = " ↓" if answer.lower_is_better else ""
+        ax.set_title(f"{answer.stage}: {answer.where}{arrow}", fontsize=9)
+    return fig

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from bench.core.metric_info import MetricBook
-from bench.scoring.verdicts import ladder_level
+from bench.report import kinds
+from bench.scoring import ties
 
 VARIANT_LABELS = {"raw": "raw", "w": "+w", "ft": "fine-tuned"}
 # Variants that are columns of an extractor's row (``ft``: the metric name already says
@@ -32,6 +34,11 @@ COLUMN_SUFFIX = {"raw": "raw", "w": "+w", "ft": ""}
 NOT_RUN = "not run"
 MAX_COLUMNS = 24  # wider tables are shown in parts (Markdown, HTML); CSV and JSON stay whole
 MARKS = {"better": " ▲", "worse": " ▼"}
+RANK_NOTE = ("Only deployable extractors are ranked: reference rows (the known-answer ladder, "
+             "ablations, scratch backbones, IDs only; run.json `row_kinds`) are never bold or "
+             "underlined. Where the run has paired tests (ties.csv) **bold** is the tie group: "
+             "the best and every extractor it does not beat at 95% (paired bootstrap test, Holm "
+             "over the comparisons with the best).")
 
 
 def row_label(extractor: str, variant: str) -> str:
@@ -106,11 +113,17 @@ class Cell:
     verdict: str = ""  # better / worse / same against the reference row
 
     @property
-    def text(self) -> str:
+    def interval(self) -> str:
+        """`` [low, high]`` as :attr:`text` shows it ("" without an interval)."""
         if math.isfinite(self.low) and math.isfinite(self.high) and math.isfinite(self.mean):
-            interval = (f"{format_number(self.mean)} [{format_number(self.low, like=self.mean)}, "
-                        f"{format_number(self.high, like=self.mean)}]")
-            return interval + MARKS.get(self.verdict, "")
+            return (f" [{format_number(self.low, like=self.mean)}, "
+                    f"{format_number(self.high, like=self.mean)}]")
+        return ""
+
+    @property
+    def text(self) -> str:
+        if self.interval:
+            return format_number(self.mean) + self.interval + MARKS.get(self.verdict, "")
         if self.n > 1 and math.isfinite(self.mean):
             return f"{format_number(self.mean)} ± {format_number(self.std, like=self.mean)}"
         return format_number(self.mean)
@@ -122,6 +135,9 @@ class TaskTable:
     rows: list[str]
     columns: list[Column]
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    extractors: dict[str, str] = field(default_factory=dict)  # row -> results.csv label
+    references: list[str] = field(default_factory=list)  # rows shown, never ranked
+    groups: dict[str, ties.TieGroup] = field(default_factory=dict)  # column key -> tie group
 
     def cell(self, row: str, key: str) -> Cell | None:
         return self.cells.get((row, key))
@@ -216,22 +232,40 @@ def _ranked_value(cell: Cell) -> float:
     return float(format_number(cell.mean).replace(",", "")) if math.isfinite(cell.mean) else math.nan
 
 
-def _rank(table: TaskTable) -> None:
-    """Bold the best and underline the second distinct value of each ranked column; a column
-    needs two filled cells for a best and three for a second. The known-answer ladder's rows
-    are references built from ground truth, never ranked (the clean rung would lead every
-    column)."""
-    contenders = [r for r in table.rows if ladder_level(r.split(": ")[-1].split(" ")[0]) is None]
+def _rank(table: TaskTable, contenders: list[str],
+          pairs: Callable[[Column], Callable[[str, str], ties.Pair | None] | None]) -> None:
+    """Per ranked column, bold the best and underline the second. Only ``contenders`` (the
+    deployable extractors, :mod:`bench.report.kinds`) are ranked: references (the known-answer
+    ladder, ablations, scratch and ID-only rows) are never bold or underlined. With the run's
+    paired tests (``ties.csv``; ``pairs(column)`` looks them up) bold is the tie group of
+    :func:`bench.scoring.ties.tie_group` (the best and every extractor it does not beat at 95%,
+    Holm-corrected), kept in ``table.groups``, and underlined the best value outside it; without
+    them bold is the best value as shown and underlined the second distinct one. A column needs
+    two filled cells for a best and three for a second."""
     for column in table.columns:
         if not column.ranked:
             continue
-        cells = [c for r in contenders if (c := table.cell(r, column.key)) is not None]
-        values = sorted({v for c in cells if math.isfinite(v := _ranked_value(c))},
+        cells = {r: c for r in contenders if (c := table.cell(r, column.key)) is not None}
+        filled = sum(math.isfinite(_ranked_value(c)) for c in cells.values())
+        lookup = pairs(column)
+        group = ties.tie_group({r: c.mean for r, c in cells.items()}, column.lower_is_better,
+                               lookup) if lookup is not None and filled >= 2 else None
+        if group is not None and group.tested:
+            table.groups[column.key] = group
+            for row in group.tied:
+                cells[row].rank = 1
+            rest = {r: _ranked_value(c) for r, c in cells.items() if r not in group.tied}
+            values = sorted({v for v in rest.values() if math.isfinite(v)},
+                            reverse=not column.lower_is_better)
+            if filled >= 3 and values:
+                for row, value in rest.items():
+                    cells[row].rank = 2 if value == values[0] else cells[row].rank
+            continue
+        values = sorted({v for c in cells.values() if math.isfinite(v := _ranked_value(c))},
                         reverse=not column.lower_is_better)
-        filled = sum(math.isfinite(_ranked_value(c)) for c in cells)
         if len(values) < 2:  # all equal (or empty): nothing stands out
             continue
-        for cell in cells:
+        for cell in cells.values():
             value = _ranked_value(cell)
             if filled >= 2 and value == values[0]:
                 cell.rank = 1
@@ -240,10 +274,12 @@ def _rank(table: TaskTable) -> None:
 
 
 def task_table(stats: pd.DataFrame, task: str, extra_rows: tuple[str, ...] = (),
-               book: MetricBook | None = None) -> TaskTable:
+               book: MetricBook | None = None, run_info: dict[str, Any] | None = None,
+               pairs: pd.DataFrame | None = None) -> TaskTable:
     """One task's table from :func:`aggregate` output (all of it, or this task's part);
     ``extra_rows`` (extractors that failed) appear with "not run" cells; ``book`` says what
-    each metric means (run.json ``metrics``)."""
+    each metric means (run.json ``metrics``); ``run_info`` which rows are references
+    (``row_kinds``, :mod:`bench.report.kinds`); ``pairs`` the run's ``ties.csv``."""
     book = book or MetricBook()
     part = stats[stats["task"] == task]
     columns: dict[str, Column] = {}
@@ -259,6 +295,8 @@ def task_table(stats: pd.DataFrame, task: str, extra_rows: tuple[str, ...] = (),
                                   book.lower_is_better(metric), chance, book.is_ranked(metric))
     rows = list(dict.fromkeys([*part["row"], *extra_rows]))
     table = TaskTable(task, rows, list(columns.values()))
+    table.extractors = {**{r: r for r in extra_rows},
+                        **{r: kinds.base_label(e) for r, e in zip(part["row"], part["extractor"])}}
     for (row, key), group in part.groupby(["row", "column"], sort=False):
         if len(group) == 1:
             item = group.iloc[0]
@@ -268,7 +306,16 @@ def task_table(stats: pd.DataFrame, task: str, extra_rows: tuple[str, ...] = (),
                 verdict=item.get("verdict") if isinstance(item.get("verdict"), str) else "")
         else:  # a chance column pools its variants: one value per row
             table.cells[(row, key)] = Cell(float(group["mean"].mean()), 0.0, int(group["n"].max()))
-    _rank(table)
+    contenders = [r for r in rows if not kinds.is_reference(table.extractors[r], task, run_info)]
+    table.references = [r for r in rows if r not in contenders]
+
+    def lookup(column: Column) -> Callable[[str, str], ties.Pair | None] | None:
+        book = ties.PairBook(pairs, task, column.metric, column.variant or "")
+        if not book:
+            return None
+        return lambda a, b: book(table.extractors[a], table.extractors[b])
+
+    _rank(table, contenders, lookup)
     return table
 
 
@@ -292,20 +339,25 @@ def failed_extractors(run_info: dict[str, Any]) -> tuple[str, ...]:
 
 
 def all_tables(results: pd.DataFrame, run_info: dict[str, Any] | None = None,
-               verdicts: pd.DataFrame | None = None) -> dict[str, TaskTable]:
+               verdicts: pd.DataFrame | None = None,
+               pairs: pd.DataFrame | None = None) -> dict[str, TaskTable]:
+    """Every task's table; ``pairs``: the run's ``ties.csv`` (tie groups in bold)."""
     book = MetricBook.from_run_info(run_info)
     stats = aggregate(results, verdicts, book)
     failed = failed_extractors(run_info or {})
-    return {task: task_table(stats, task, failed, book) for task in dict.fromkeys(stats["task"])}
+    return {task: task_table(stats, task, failed, book, run_info, pairs)
+            for task in dict.fromkeys(stats["task"])}
 
 
 def summary_markdown(results: pd.DataFrame, title: str = "Summary",
                      run_info: dict[str, Any] | None = None,
                      verdicts: pd.DataFrame | None = None,
-                     validity: pd.DataFrame | None = None) -> str:
-    """``summary.md``: the validity table, one table per task, then what did not run and why."""
+                     validity: pd.DataFrame | None = None,
+                     pairs: pd.DataFrame | None = None, glance: str = "") -> str:
+    """``summary.md``: the "At a glance" answers (``glance``), the validity table, one table per
+    task, then what did not run and why."""
     run_info = run_info or {}
-    tables = all_tables(results, run_info, verdicts)
+    tables = all_tables(results, run_info, verdicts, pairs)
     with_intervals = verdicts is not None and len(verdicts) > 0
     lines = [f"# {title}", ""]
     facts = [f"{k}: {run_info[k]}" for k in ("profile", "dataset") if run_info.get(k)]
@@ -313,6 +365,8 @@ def summary_markdown(results: pd.DataFrame, title: str = "Summary",
         facts.append(f"seeds: {len(run_info['seeds'])}")
     if facts:
         lines += [" · ".join(facts), ""]
+    if glance:
+        lines += ["## At a glance", "", glance, ""]
     if with_intervals:
         lines += ["Cells are the mean over seeds with its 95% interval [low, high] (bootstrap over "
                   "the task's units plus the seed spread, docs/metrics.md); ▲ / ▼: better / worse "
@@ -323,6 +377,7 @@ def summary_markdown(results: pd.DataFrame, title: str = "Summary",
         lines += ["Cells are the mean over seeds (± sample std when there are several); per "
                   "column **bold** is best and <u>underlined</u> second (lowest first for "
                   "logloss, bytes and time); chance columns are not ranked.", ""]
+    lines += [RANK_NOTE, ""]
     if validity is not None:
         lines += ["## Validity: the known-answer ladder", "", validity_markdown(validity, run_info),
                   ""]

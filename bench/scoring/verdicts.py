@@ -12,7 +12,10 @@ comparison. It writes
   difference, its interval, p-value, verdict (better / worse / same) and the test's name;
 - ``validity.csv``: per task and metric, the known-answer ladder (``ladder:clean``, its noise
   rungs, ``ladder:random``): the floor-to-ceiling gap in standard errors, whether the rungs
-  come out in order, and how many adjacent pairs are separated at 95%.
+  come out in order, and how many adjacent pairs are separated at 95%;
+- ``ties.csv``: per (task, metric, variant) every pair of rows, the same paired test on the same
+  draws (:mod:`bench.scoring.ties`), from which the report and ``bench compare`` find the rows
+  the best does not beat at 95% (Holm-corrected).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core.cache import NPZ, Cache, array_digest, atomic_path, cached, load_npz, save_npz
-from bench.scoring import stats
+from bench.scoring import stats, ties
 
 VERDICT_COLUMNS = ["task", "extractor", "variant", "metric", "value", "se", "ci_low",
                    "ci_high", "n_seeds", "unit", "n_units", "reference", "diff", "diff_low",
@@ -124,11 +127,12 @@ def compute(run_dir: Path, references: dict[str, str] | None = None,
             n_resamples: int = stats.N_RESAMPLES,
             cache: Cache | None = None,
             paired: dict[str, dict[str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``verdicts.csv`` and ``validity.csv`` of a run folder (written, and returned); with a
+    """``verdicts.csv`` and ``validity.csv`` of a run folder (written, and returned; ``ties.csv``
+    is written beside them, see :mod:`bench.scoring.ties`); with a
     ``cache`` the bootstrap draws of unchanged evidence are reused; ``paired``: per task, the
     reference row of particular extractors (see :func:`reference_for`)."""
     references = references or {}
-    rows, validity = [], []
+    rows, validity, pairs = [], [], []
     for (task, metric), cells in load_cells(run_dir).items():
         draws = cached_resample(cells, n_resamples, cache)
         by_key = {c.key: (c, d) for c, d in zip(cells, draws)}
@@ -147,9 +151,12 @@ def compute(run_dir: Path, references: dict[str, str] | None = None,
                         "verdict": test.verdict, "test": test.test}
             rows.append(row)
         validity += ladder_validity(task, metric, by_key, lower)
+        pairs += ties.pair_rows(task, metric, by_key)
     verdicts = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     checks = pd.DataFrame(validity, columns=VALIDITY_COLUMNS)
-    for name, frame in (("verdicts.csv", verdicts), ("validity.csv", checks)):
+    tied = pd.DataFrame(pairs, columns=ties.TIES_COLUMNS)
+    for name, frame in (("verdicts.csv", verdicts), ("validity.csv", checks),
+                        (ties.TIES_FILE, tied)):
         with atomic_path(Path(run_dir) / name) as tmp:
             frame.to_csv(tmp, index=False)
     return verdicts, checks
