@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from bench.adapters.shared import AdapterError, require
-from bench.cli.main import _specs, main
+from bench.cli.args import specs as _specs
+from bench.cli.main import main
 from bench.core import registry
 from bench.core.config import get_profile
 from bench.core.registry import SpecError

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from bench.cli.main import main
 from bench.run.folder import RESULT_COLUMNS
@@ -55,7 +56,7 @@ def test_list_shows_plugins(capsys):
 
 
 def test_extractor_specs_keep_their_options_together():
-    from bench.cli.main import _specs
+    from bench.cli.args import specs as _specs
 
     assert _specs("pixels,moco_v2:epochs=5,lr=0.1,random") == (
         "pixels", "moco_v2:epochs=5,lr=0.1", "random")
@@ -63,10 +64,26 @@ def test_extractor_specs_keep_their_options_together():
 
 
 def test_model_adapter_specs_survive_the_comma_list():
-    from bench.cli.main import _specs
+    from bench.cli.args import specs as _specs
 
     text = ("timm:resnet18:weights=/w/r18.pth,batch_size=8,hf:/m/clip:mode=fused,"
             "open_clip:ViT-B-32:/w/clip.bin,torchscript:/w/m.pt,pixels")
     assert _specs(text) == ("timm:resnet18:weights=/w/r18.pth,batch_size=8",
                             "hf:/m/clip:mode=fused", "open_clip:ViT-B-32:/w/clip.bin",
                             "torchscript:/w/m.pt", "pixels")
+
+
+def test_run_embed_and_ams_share_their_source_arguments():
+    """One definition of --profile, --dataset, --extractors, --plugin and --cache: ``embed``
+    and ``ams`` refuse an unknown profile as ``run`` does, and default to the same one."""
+    from bench.cli import main as cli
+
+    parser = cli.build_parser()
+    for name in ("embed", "ams"):
+        cli._attach(cli._LAZY_PARSERS[name], cli.LAZY_COMMANDS[name][0])
+    for command in (["run"], ["embed"], ["ams"]):
+        args = parser.parse_args([*command, "--profile", "quick"])
+        assert args.profile == "quick"
+        assert parser.parse_args(command).profile is None  # get_profile(None): run's choice
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--profile", "nightly"])

@@ -126,7 +126,8 @@ def test_index_recall_matches_a_scikit_learn_reference():
 
 
 def test_bench_run_task_options_reach_the_profile_and_bad_ones_are_refused():
-    from bench.cli.main import build_parser, run_request, run_spec
+    from bench.cli.args import run_request, run_spec
+    from bench.cli.main import build_parser
     from bench.core.registry import SpecError
 
     args = build_parser().parse_args(["run", "--profile", "quick", "--task-option",

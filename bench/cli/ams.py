@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bench.core.cache import Cache, atomic_path, write_json
+from bench.core.config import PROFILES
 from bench.core.metric_info import MetricInfo, cost, count
 from bench.run.folder import declare_metrics, environment, write_results, write_run_json
 from bench.tasks.ctr.ams.launch import (
@@ -75,15 +77,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hidden sizes of the compression sub-model (default 256,64)")
     parser.add_argument("--out-dim", type=int, default=12, help="compressed size (default 12)")
     source = parser.add_argument_group("data (default: --dataset with --extractor)")
-    source.add_argument("--dataset", default="homestead", help="a dataset with an impressions log")
-    source.add_argument("--profile", default="quick", help="profile for the dataset and harness")
+    source.add_argument("--dataset", default=None, help="a dataset with an impressions log "
+                        "(default: homestead)")
+    source.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                        help="profile for the dataset and harness (default: the one bench run "
+                             "picks: full with CUDA, else default)")
     source.add_argument("--extractor", default="pixels", help="extractor spec for the features")
     source.add_argument("--log", help="impressions file (.csv or .parquet) instead of a dataset")
     source.add_argument("--features", help="embeddings .npz (ids, vectors) for --log")
     source.add_argument("--items", help="optional item table (.csv/.parquet) with id, category...")
     source.add_argument("--synthetic", action="store_true", help="the harness's synthetic log")
-    source.add_argument("--plugin", action="append", default=[], help="extra plugin file")
-    source.add_argument("--cache", help="cache folder")
+    source.add_argument("--plugin", action="append", default=[],
+                        help="extra plugin: a .py file or a package folder")
+    source.add_argument("--cache", help="cache folder (default: $BENCH_CACHE_DIR or "
+                        "./.cache/bench)")
     train = parser.add_argument_group("training (default: the ctr task's profile defaults)")
     train.add_argument("--feature-set", choices=("ad", "behavior", "dicm"))
     train.add_argument("--aggregator")
@@ -143,26 +150,24 @@ def load_source(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, A
 
 
 def _from_dataset(args: argparse.Namespace) -> tuple:
+    from bench.cli.args import run_spec
     from bench.core import registry
-    from bench.core.config import get_profile
-    from bench.core.extractor import FitContext
+    from bench.embed.ranks import embed_dataset
+    from bench.run.prepare import build_dataset
 
-    profile = get_profile(args.profile)
-    registry.load_plugins(tuple(args.plugin))
-    name, spec_options = registry.parse_spec(args.dataset)
-    options = profile.dataset_options(name)
-    if "arg" in spec_options:
-        options["root"] = spec_options.pop("arg")
-    options.update(spec_options)
+    spec = run_spec({"profile": args.profile, "dataset": args.dataset,
+                     "plugin": args.plugin}, "results")
+    registry.load_plugins(spec.plugins)
     cache = Cache(args.cache)
-    dataset = registry.build_dataset(name, cache, **options)
+    dataset = build_dataset(spec, cache)
     if "impressions" not in dataset.logs:
-        raise SystemExit(f"error: dataset {args.dataset!r} has no impressions log")
-    extractor = registry.build_extractor(args.extractor, profile)
-    extractor.fit(dataset, FitContext(cache=cache, seed=0))
+        raise SystemExit(f"error: dataset {spec.dataset!r} has no impressions log")
+    extractor = registry.build_extractor(args.extractor, spec.profile)
+    with tempfile.TemporaryDirectory(prefix="bench-ams-log-") as log_dir:
+        embeddings = embed_dataset(extractor, dataset, cache, Path(log_dir)).embeddings
 
     def vectors_for(rows: np.ndarray) -> np.ndarray:
-        return extractor.embed(dataset, np.asarray(rows))
+        return embeddings.vectors[np.asarray(rows)]
 
     return (dataset.logs["impressions"], dataset.table, dataset.ids, vectors_for, dataset.name,
             extractor.name)

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.cli.args import add_source_arguments, run_spec, specs
 from bench.core import distributed, registry
 from bench.core.cache import Cache, write_json
 from bench.core.data import Dataset
@@ -37,15 +38,8 @@ def log(world: World, message: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default=None, help="quick | default | full (default: full "
-                        "with CUDA, else default): dataset options and training budgets")
-    parser.add_argument("--dataset", default=None,
-                        help="homestead (default) | digits | folder:PATH | a plugin dataset")
-    parser.add_argument("--extractors", help="comma-separated specs (default: the profile's)")
-    parser.add_argument("--plugin", action="append", default=None,
-                        help="extra plugin: a .py file or a package folder")
-    parser.add_argument("--cache", help="cache folder shared by every rank (default: "
-                        "$BENCH_CACHE_DIR or ./.cache/bench)")
+    add_source_arguments(parser, "comma-separated specs (default: the profile's); the cache "
+                                 "folder must be shared by every rank")
     parser.add_argument("--shard-size", type=int, default=None,
                         help="rows per shard (default: $BENCH_SHARD_SIZE or 1024)")
     parser.add_argument("--summary", help="write what was done (per extractor: path, shards "
@@ -55,11 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_inputs(args: argparse.Namespace, world: World) -> tuple[Dataset, list[Any], Cache]:
     """The dataset (built by rank 0 first, so a generated one is cached once) and extractors."""
-    from bench.cli.main import _specs, run_spec
     from bench.run.prepare import build_dataset
 
     request = {"profile": args.profile, "dataset": args.dataset,
-               "extractors": None if args.extractors is None else list(_specs(args.extractors)),
+               "extractors": None if args.extractors is None else list(specs(args.extractors)),
                "plugin": args.plugin}
     spec = run_spec(request, "results")
     registry.load_plugins(spec.plugins)
