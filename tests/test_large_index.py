@@ -9,21 +9,23 @@ import pytest
 from bench.core.distributed import World
 from bench.core.metric_info import MetricBook, describe
 from bench.perf.scale import synthetic_catalogue
+from bench.search import choice as index_choice
 from bench.search import index as bi
+from bench.search import sharded
 from bench.tasks import TaskContext, get_task
 
 
 def test_choose_auto_is_flat_below_the_threshold_and_ivf_from_it():
-    assert bi.choose(99_999, "auto") == ("flat", {})
-    kind, params = bi.choose(1_000_000, "auto")
+    assert index_choice.choose(99_999, "auto") == ("flat", {})
+    kind, params = index_choice.choose(1_000_000, "auto")
     assert kind == "ivf" and params == {"nlist": 1000, "nprobe": 10}
-    assert bi.choose(500, "auto", auto_threshold=400)[0] == "ivf"
-    assert bi.choose(5000, "ivf", nlist=64, nprobe=100) == ("ivf", {"nlist": 64, "nprobe": 64})
-    assert bi.choose(5000, "hnsw", m=12) == ("hnsw", {"M": 12})
-    assert bi.choose(5000, "ivfpq", m=4)[1]["m"] == 4
-    assert bi.task_choice({"index": None, "k": 10}, 10) == ("flat", {})
+    assert index_choice.choose(500, "auto", auto_threshold=400)[0] == "ivf"
+    assert index_choice.choose(5000, "ivf", nlist=64, nprobe=100) == ("ivf", {"nlist": 64, "nprobe": 64})
+    assert index_choice.choose(5000, "hnsw", m=12) == ("hnsw", {"M": 12})
+    assert index_choice.choose(5000, "ivfpq", m=4)[1]["m"] == 4
+    assert index_choice.task_choice({"index": None, "k": 10}, 10) == ("flat", {})
     with pytest.raises(ValueError, match="index must be one of"):
-        bi.choose(10, "annoy")
+        index_choice.choose(10, "annoy")
 
 
 def test_ivfpq_compresses_and_still_finds_most_neighbours():
@@ -34,7 +36,7 @@ def test_ivfpq_compresses_and_still_finds_most_neighbours():
     assert index.code_size < x.shape[1] * 4  # bytes per vector, compressed
     queries = np.arange(0, 6000, 30)
     _, found = bi.search(index, x[queries], 10)
-    recall, n = bi.recall_against_exact(x, x[queries], found, 10, sample=10_000)
+    recall, n = index_choice.recall_against_exact(x, x[queries], found, 10, sample=10_000)
     assert n == len(queries) and 0.5 <= recall < 1.0
     with pytest.raises(ValueError, match="must divide the dimension"):
         bi.build_index(x, kind="ivfpq", nlist=8, m=5)
@@ -44,21 +46,21 @@ def test_recall_against_exact_counts_shared_neighbours_and_never_empty_slots():
     x = np.random.default_rng(0).standard_normal((300, 6)).astype(np.float32)
     queries = np.arange(0, 300, 3)
     _, exact = bi.search(x, x[queries], 5, exclude_self=True, self_ids=queries)
-    assert bi.recall_against_exact(x, x[queries], exact, 5, self_ids=queries)[0] == 1.0
+    assert index_choice.recall_against_exact(x, x[queries], exact, 5, self_ids=queries)[0] == 1.0
     half = exact.copy()
     half[:, 2:] = -1  # missing slots, as an approximate index may leave them
-    assert bi.recall_against_exact(x, x[queries], half, 5, self_ids=queries)[0] == 0.4
-    recall, n = bi.recall_against_exact(x, x[queries], exact, 5, self_ids=queries, sample=7)
+    assert index_choice.recall_against_exact(x, x[queries], half, 5, self_ids=queries)[0] == 0.4
+    recall, n = index_choice.recall_against_exact(x, x[queries], exact, 5, self_ids=queries, sample=7)
     assert n == 7 and recall == 1.0
 
 
 def test_sharded_search_in_one_process_is_plain_search():
     x = np.random.default_rng(1).standard_normal((200, 8)).astype(np.float32)
-    d, i = bi.sharded_search(x, 0, x[:20], 4, World())
+    d, i = sharded.sharded_search(x, 0, x[:20], 4, World())
     d0, i0 = bi.search(x, x[:20], 4)
     np.testing.assert_array_equal(i, i0)
     np.testing.assert_allclose(d, d0)
-    assert bi.shard_bounds(10, 0, 3) == (0, 3) and bi.shard_bounds(10, 2, 3) == (6, 10)
+    assert sharded.shard_bounds(10, 0, 3) == (0, 3) and sharded.shard_bounds(10, 2, 3) == (6, 10)
 
 
 def knn_rows(dataset, embeddings, **options):
@@ -120,7 +122,7 @@ def test_index_recall_matches_a_scikit_learn_reference():
         x[queries])
     exact = [[j for j in row if j != q][:10] for row, q in zip(nearest, queries)]
     reference = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
-    recall, n = bi.recall_against_exact(x, x[queries], approx, 10, self_ids=queries,
+    recall, n = index_choice.recall_against_exact(x, x[queries], approx, 10, self_ids=queries,
                                         sample=len(queries))
     assert n == len(queries) and recall == pytest.approx(reference, abs=1e-3) and recall < 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -36,9 +37,12 @@ def test_a_wheel_installed_into_a_fresh_venv_runs_knn(tmp_path):
     """Build the wheel with this environment's setuptools, install it (no deps: the fresh venv
     sees this environment's packages through a .pth file, but not its editable ``bench``), then
     run from a folder outside the checkout."""
+    source = tmp_path / "source"  # a copy: the build leaves build/ and egg-info behind
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".cache", "results", "build", "__pycache__", "*.egg-info"))
     wheels = tmp_path / "wheels"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                            "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+                            "--no-build-isolation", "-w", str(wheels), str(source)],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     env_dir = tmp_path / "venv"

@@ -123,7 +123,7 @@ def synthetic_catalogue(n: int, dim: int, n_queries: int, seed: int = 0):
 
 
 def knn_figure(args: argparse.Namespace) -> None:
-    from bench.search import index as faiss_index
+    from bench.search import choice as index_choice
     from bench.tasks import TaskContext
     from bench.tasks.knn import KnnConsistency
 
@@ -136,12 +136,12 @@ def knn_figure(args: argparse.Namespace) -> None:
         rows = task.evaluate(embeddings, dataset, TaskContext(options={"k": 10, **options}))
         seconds[name] = time.perf_counter() - start
         results[name] = {row["metric"]: row["value"] for row in rows}
-    kind, params = faiss_index.task_choice(auto, args.n)
+    kind, params = index_choice.task_choice(auto, args.n)
     print(f"knn: {args.n:,} x {args.dim} synthetic vectors, {args.queries:,} test queries, "
           f"k=10; index=auto chose {kind} {params}")
     print(f"  flat (exact)        {seconds['flat']:8.2f} s")
     print(f"  {'auto (' + kind + ')':19s} {seconds['auto']:8.2f} s  (build, search, recall check on "
-          f"{min(args.queries, faiss_index.RECALL_QUERIES)} queries)")
+          f"{min(args.queries, index_choice.RECALL_QUERIES)} queries)")
     print(f"  ratio flat / auto   {seconds['flat'] / seconds['auto']:8.2f}  (target >= 3)")
     for metric in ("style_consistency", "scene_consistency"):
         exact, approx = results["flat"][metric], results["auto"][metric]
@@ -166,13 +166,13 @@ def sharded_rank(rank: int, world_size: int, port: int, vectors: np.ndarray,
     import torch.distributed as dist
 
     from bench.core.distributed import World
-    from bench.search import index as faiss_index
+    from bench.search import sharded
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
     try:
-        indices = faiss_index.sharded_knn(vectors, k, World(rank, world_size, rank),
-                                          queries=queries)
+        indices = sharded.sharded_knn(vectors, k, World(rank, world_size, rank),
+                                      queries=queries)
         if rank == 0:
             np.save(out, indices)
     finally:

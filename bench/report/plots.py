@@ -4,6 +4,10 @@ Every plot is optional: a task, metric or artifact file the run does not have gi
 :class:`PlotResult` with a "not run" note instead of a picture, and an unexpected failure in one plot
 is caught and noted, so the rest of the report is still built. Figures are made with
 ``matplotlib.figure.Figure`` (no pyplot state, Agg canvas when saved as PNG).
+
+Why one module of about 660 lines: every figure is one short function over the same
+``PlotContext``, palette and "not run" notes, and ``make_plots`` lists them in page order;
+split by figure, each part would import the same shared pieces back.
 """
 
 from __future__ import annotations

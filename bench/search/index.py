@@ -15,10 +15,8 @@ Three metrics and three index kinds:
   into ``m`` codes of ``nbits`` bits); parameters as IVF plus ``m`` and ``nbits``.
 - ``kind="hnsw"``: ``IndexHNSWFlat``; parameters ``M``, ``efConstruction``, ``efSearch``.
 
-Tasks choose among these with :func:`choose` (``index=flat|ivf|ivfpq|hnsw|auto``: flat below
-``AUTO_THRESHOLD`` database vectors, IVF above), measure what an approximate index costs with
-:func:`recall_against_exact`, and under torchrun search per-rank shards of the database with
-:func:`sharded_search` (rank 0 merges the top-k lists with FAISS's ``merge_knn_results``).
+Tasks choose among these with ``bench.search.choice`` (``index=flat|ivf|ivfpq|hnsw|auto``) and
+under torchrun search per-rank shards of the database with ``bench.search.sharded``.
 
 Inputs are cast to C-contiguous float32; NaN/Inf and wrong shapes are refused with a ValueError
 that names the argument. FAISS's OpenMP thread count is left at its default (all cores).
@@ -38,18 +36,18 @@ import faiss
 import numpy as np
 
 METRICS = ("l2", "ip", "cosine")
+
+
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+
+
 _PARAMS = {
     "flat": set(),
     "ivf": {"nlist", "nprobe", "train_size", "seed"},
     "ivfpq": {"nlist", "nprobe", "train_size", "seed", "m", "nbits"},
     "hnsw": {"M", "efConstruction", "efSearch"},
 }
-# index=auto: exact below this many database vectors, IVF from it on (a flat search of 10k
-# queries over 100k x 128 takes about 3 s on 2 cores; over 1M about 30 s)
-AUTO_THRESHOLD = 100_000
-# queries whose approximate neighbours are compared with exact search (index_recall@k)
-RECALL_QUERIES = 1000
+
 # Indexes built here for metric="cosine" (FAISS objects do not accept new attributes), so that
 # search() knows to normalise the queries too.
 _COSINE_INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -339,129 +337,4 @@ def knn(
     q = x if pos is None else x[pos]
     self_ids = (np.arange(x.shape[0]) if pos is None else pos) if exclude_self else None
     _, indices = search(index, q, k, exclude_self=exclude_self, self_ids=self_ids)
-    return indices
-
-
-# --------------------------------------------------------------------------- tasks' choice
-
-
-INDEX_OPTIONS = ("index", "nlist", "nprobe", "m", "auto_threshold")
-
-
-def choose(n: int, index: str = "flat", nlist: int | None = None, nprobe: int | None = None,
-           m: int | None = None, auto_threshold: int = AUTO_THRESHOLD) -> tuple[str, dict]:
-    """``(kind, params)`` for a task's index options over ``n`` database vectors.
-
-    ``index``: flat | ivf | ivfpq | hnsw | auto (flat below ``auto_threshold`` vectors, IVF
-    from it on). ``nlist`` (default :func:`task_nlist`) and ``nprobe`` (default
-    ``max(8, nlist // 100)``) apply to IVF kinds; ``m`` is IVFPQ's sub-quantiser count or
-    HNSW's ``M`` (defaults: :func:`build_index`'s). On 1M clustered 128-d vectors the
-    defaults (nlist 1000, nprobe 10) keep recall@10 above 0.99 (``bench perf scale``)."""
-    if index not in (*KINDS, "auto"):
-        raise ValueError(f"index must be one of {(*KINDS, 'auto')}, got {index!r}")
-    kind = ("flat" if n < int(auto_threshold) else "ivf") if index == "auto" else index
-    params: dict[str, int] = {}
-    if kind in ("ivf", "ivfpq"):
-        params["nlist"] = min(int(nlist), n) if nlist is not None else task_nlist(n)
-        params["nprobe"] = min(int(nprobe) if nprobe is not None
-                               else max(8, params["nlist"] // 100), params["nlist"])
-        if kind == "ivfpq" and m is not None:
-            params["m"] = int(m)
-    elif kind == "hnsw" and m is not None:
-        params["M"] = int(m)
-    return kind, params
-
-
-def task_nlist(n: int) -> int:
-    """IVF cells for a task's search: about sqrt(n) (k-means on 50 points per cell stays a few
-    seconds at 1M), at least 39 training points per cell."""
-    return int(max(1, min(round(math.sqrt(n)), n // 39)))
-
-
-def task_choice(options: dict[str, Any], n: int) -> tuple[str, dict]:
-    """:func:`choose` from a task's options (``index``, ``nlist``, ``nprobe``, ``m``,
-    ``auto_threshold``; absent or None: the defaults)."""
-    given = {key: options[key] for key in INDEX_OPTIONS if options.get(key) is not None}
-    return choose(n, **given)
-
-
-def recall_against_exact(database: Any, queries: Any, approximate: np.ndarray, k: int,
-                         metric: str = "l2", self_ids: Any = None,
-                         sample: int = RECALL_QUERIES, seed: int = 0) -> tuple[float, int]:
-    """Recall@k of an approximate search against exact (flat) search: for a random sample of
-    ``sample`` queries (drawn with ``seed``), the share of each query's exact k nearest
-    neighbours found among its approximate k (``approximate`` [nq, >=k], -1 for missing),
-    averaged. ``self_ids``: the queries are database rows, excluded from both lists.
-    Returns ``(recall, queries sampled)``. Exact ties may swap neighbours: a tie-broken miss
-    counts as a miss."""
-    x = as_matrix(database, "database")
-    q = as_matrix(queries, "queries", dim=x.shape[1])
-    nq = q.shape[0]
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(nq, size=min(int(sample), nq), replace=False))
-    ids = None if self_ids is None else np.asarray(self_ids)[pick]
-    _, exact = search(x, q[pick], k, metric=metric, exclude_self=ids is not None, self_ids=ids)
-    found = np.asarray(approximate)[pick, :k]
-    hits = ((found[:, :, None] == exact[:, None, :]) & (found[:, :, None] >= 0)).any(axis=2)
-    return float(hits.sum(axis=1).mean() / k), len(pick)
-
-
-# --------------------------------------------------------------------------- over ranks
-
-
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows [start, stop) of the database that ``rank`` of ``world_size`` indexes: contiguous,
-    sizes differing by at most one."""
-    return n * rank // world_size, n * (rank + 1) // world_size
-
-
-def sharded_search(shard: Any, offset: int, queries: Any, k: int, world: Any,
-                   metric: str = "l2", kind: str = "flat", exclude_self: bool = False,
-                   self_ids: Any = None, **params: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Search the k nearest of each query in a database cut over ranks: this rank indexes
-    ``shard`` (database rows ``offset`` .. ``offset + len(shard)``) with ``kind`` and
-    ``params``, searches every query, and rank 0 gathers the ranks' top-k lists and merges
-    them with FAISS's ``merge_knn_results``; every rank returns the merged ``(distances,
-    indices)`` [nq, k] (indices into the whole database). Every rank must call it with the same
-    queries. ``exclude_self``: query i is database row ``self_ids[i]``, dropped as in
-    :func:`search`. ``world``: a :class:`bench.core.distributed.World`."""
-    x = as_matrix(shard, "shard")
-    q = as_matrix(queries, "queries", dim=x.shape[1])
-    want = int(k) + (1 if exclude_self else 0)
-    keep_max = metric != "l2"
-    index = build_index(x, metric=metric, kind=kind, **params)
-    distances, indices = search(index, q, min(want, index.ntotal))
-    if distances.shape[1] < want:  # a shard smaller than k: pad with empty slots
-        pad = want - distances.shape[1]
-        distances = np.hstack([distances, np.full((len(q), pad), -np.inf if keep_max else np.inf,
-                                                  dtype=np.float32)])
-        indices = np.hstack([indices, np.full((len(q), pad), -1, dtype=np.int64)])
-    indices = np.where(indices >= 0, indices + int(offset), -1)
-    merged = None
-    parts = world.gather_to_main((distances, indices))
-    if world.is_main:
-        all_d = np.stack([p[0] for p in parts])
-        all_i = np.stack([p[1] for p in parts])
-        merged = faiss.merge_knn_results(all_d, all_i, keep_max=keep_max)
-    distances, indices = world.broadcast(merged)
-    if not exclude_self:
-        return distances, indices
-    n_total = sum(world.gather(index.ntotal))
-    pos = _self_positions(self_ids, q.shape[0], n_total)
-    return drop_self(distances, indices, pos)
-
-
-def sharded_knn(vectors: Any, k: int, world: Any, queries: Any = None, metric: str = "l2",
-                kind: str = "flat", **params: Any) -> np.ndarray:
-    """:func:`knn` (self excluded) with the database cut over the ranks of ``world``: this rank
-    indexes its :func:`shard_bounds` rows, rank 0 merges (:func:`sharded_search`). Every rank
-    must call it with the same vectors and queries; every rank gets the merged indices."""
-    x = as_matrix(vectors, "vectors")
-    pos = query_positions(queries, x.shape[0])
-    pos = np.arange(x.shape[0]) if pos is None else pos
-    start, stop = shard_bounds(x.shape[0], world.rank, world.size)
-    if stop <= start:
-        raise ValueError(f"{x.shape[0]} vectors cannot be cut into {world.size} rank shards")
-    _, indices = sharded_search(x[start:stop], start, x[pos], k, world, metric=metric, kind=kind,
-                                exclude_self=True, self_ids=pos, **params)
     return indices

@@ -9,12 +9,12 @@ as evidence for the interval, and the chance level beside it. ``neighbours=test`
 the test items only (the protocol before it was aligned with the reference study).
 
 Large catalogues: ``index=flat|ivf|ivfpq|hnsw|auto`` (with ``nlist``, ``nprobe``, ``m``,
-``auto_threshold``; ``bench.search.index.choose``) searches with an approximate FAISS index instead;
-``auto`` stays exact below ``bench.search.index.AUTO_THRESHOLD`` items. An approximate search also
+``auto_threshold``; ``bench.search.choice.choose``) searches with an approximate FAISS index instead;
+``auto`` stays exact below ``bench.search.choice.AUTO_THRESHOLD`` items. An approximate search also
 reports ``index_recall@k``: its neighbours' recall against exact search on a sample of
 ``recall_queries`` queries (a property of the index, not of the embedding: no interval, never
 ranked). Inside a joined process group (torchrun) each rank indexes its shard of the items and
-rank 0 merges the top-k lists (``bench.search.index.sharded_knn``).
+rank 0 merges the top-k lists (``bench.search.sharded.sharded_knn``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from bench.core.metric_info import MetricInfo, chance, check
 from bench.embed.embeddings import Embeddings
 from bench.scoring.metrics import knn_chance, neighbour_agreement
 from bench.scoring.stats import mean_evidence
+from bench.search import choice as index_choice
 from bench.search import index as faiss_index
+from bench.search import sharded
 from bench.tasks import Task, TaskContext, task
 
 LABELS = ("style", "scene", "category")
@@ -93,7 +95,7 @@ class KnnConsistency(Task):
                 continue
             key = labelled.tobytes()  # label columns labelled alike share one search
             if key not in searched:
-                kind, params = faiss_index.task_choice(ctx.options, len(labelled))
+                kind, params = index_choice.task_choice(ctx.options, len(labelled))
                 measured = any(row["metric"].startswith("index_recall@") for row in out)
                 searched[key], recall = self.neighbours(embeddings.take(labelled), queries,
                                                         min(k, len(labelled) - 1), kind, params,
@@ -115,14 +117,14 @@ class KnnConsistency(Task):
         when there is one, and for an approximate index the row of its recall against exact
         search when ``measure_recall`` (else None)."""
         if world.distributed:
-            found = faiss_index.sharded_knn(vectors, k, world, queries=queries, kind=kind,
+            found = sharded.sharded_knn(vectors, k, world, queries=queries, kind=kind,
                                             **params)
         else:
             found = faiss_index.knn(vectors, k, queries=queries, kind=kind, **params)
         if kind == "flat" or not measure_recall:
             return found, None
-        sample = int(ctx.options.get("recall_queries", faiss_index.RECALL_QUERIES))
-        recall, _ = faiss_index.recall_against_exact(vectors, vectors[queries], found, k,
+        sample = int(ctx.options.get("recall_queries", index_choice.RECALL_QUERIES))
+        recall, _ = index_choice.recall_against_exact(vectors, vectors[queries], found, k,
                                                      self_ids=queries, sample=sample)
         return found, {"metric": f"index_recall@{k}", "value": recall}
 

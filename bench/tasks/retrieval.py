@@ -6,7 +6,7 @@ item with the query's ``identity``. Reports Identity Recall@1/5/10/15/20 and MAP
 Datasets without roles use test items as queries against the other labelled items.
 
 Large galleries: ``index=flat|ivf|ivfpq|hnsw|auto`` (with ``nlist``, ``nprobe``, ``m``,
-``auto_threshold``; ``bench.search.index.choose``) searches the gallery with an approximate FAISS index
+``auto_threshold``; ``bench.search.choice.choose``) searches the gallery with an approximate FAISS index
 (the frozen raw and w metrics; fine-tuned features are searched exactly), and reports
 ``index_recall@10``, the index's recall of the exact top 10 on a sample of ``recall_queries``
 queries (no interval, never ranked).
@@ -27,6 +27,7 @@ from bench.core.metric_info import MetricInfo, check
 from bench.embed.embeddings import Embeddings
 from bench.scoring.metrics import average_precision_at_r, recall_hits
 from bench.scoring.stats import Evidence, mean_evidence
+from bench.search import choice as index_choice
 from bench.search import index as faiss_index
 from bench.tasks import Task, TaskContext, task
 
@@ -104,7 +105,7 @@ class IdentityRetrieval(Task):
         queries, gallery = query_and_gallery(dataset)
         identity = dataset.table["identity"].astype(str).to_numpy()
         query_vectors, gallery_vectors = embeddings.take(queries), embeddings.take(gallery)
-        kind, params = faiss_index.task_choice(ctx.options, len(gallery))
+        kind, params = index_choice.task_choice(ctx.options, len(gallery))
         index = None if kind == "flat" else faiss_index.build_index(
             gallery_vectors, kind=kind, **params)
         scores, evidence = retrieval_metrics(query_vectors, identity[queries],
@@ -115,8 +116,8 @@ class IdentityRetrieval(Task):
         if index is not None:
             k = min(10, len(gallery))
             _, found = faiss_index.search(index, query_vectors, k)
-            sample = int(ctx.options.get("recall_queries", faiss_index.RECALL_QUERIES))
-            recall, _ = faiss_index.recall_against_exact(gallery_vectors, query_vectors,
+            sample = int(ctx.options.get("recall_queries", index_choice.RECALL_QUERIES))
+            recall, _ = index_choice.recall_against_exact(gallery_vectors, query_vectors,
                                                          found, k, sample=sample)
             out.append({"metric": f"index_recall@{k}", "value": recall})
         return out

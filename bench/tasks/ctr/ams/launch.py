@@ -16,6 +16,10 @@ Faults: every wait is bounded (RPC timeouts, gloo timeouts, servers ping silent 
 worker that loses a server stops with an error naming it, each rank writes its record (finished
 modes and the iterations done so far) to ``<out>/ranks/<name>.json`` before it exits, and the
 launcher terminates whatever is still running a grace period after the first failure.
+
+Why one module of about 510 lines: roles, rendezvous, the modes, faults and clean-up are one
+lifecycle of the same processes and share their state (the temporary folder, the stores, the
+process handles); split, each part would reach into the others'.
 """
 
 from __future__ import annotations
