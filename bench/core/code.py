@@ -64,7 +64,7 @@ def plugin_files(cls: type) -> list[Path]:
 def source_files(cls: type) -> list[Path]:
     """The source files of a class and its bases, outside the standard library: the plugin's
     own file (all of its package's modules for a package plugin), and any shared code it
-    inherits (e.g. ``bench/train/loop.py``)."""
+    inherits (e.g. ``bench/train/ssl.py``)."""
     files: list[Path] = []
     for base in cls.__mro__:
         for path in plugin_files(base):
