@@ -187,8 +187,11 @@ def load_folder(cache: Cache, root: str | None = None, image_size: Any = 32,
     logs = {} if log_path is None else {"impressions": read_log(log_path, table["id"].to_numpy())}
     log_stat = None if log_path is None else (str(log_path.resolve()), log_path.stat().st_size,
                                               log_path.stat().st_mtime_ns)
-    key = fingerprint("folder", str(manifest.resolve()),
-                      hashlib.sha256(manifest.read_bytes()).hexdigest(), size, stats, log_stat)
+    manifest_sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    key = fingerprint("folder", str(manifest.resolve()), manifest_sha, size, stats, log_stat)
+    content = {"manifest.csv": manifest_sha[:16],  # the parts of the key a resumed run names
+               "images (size and time of each file)": fingerprint(stats),
+               "impressions log": fingerprint(log_stat)}
     reader = FolderReader(manifest, table["id"].to_numpy(dtype=str),
                           table["path"].to_numpy(dtype=str))
     holder: dict[str, Dataset] = {}
@@ -201,7 +204,7 @@ def load_folder(cache: Cache, root: str | None = None, image_size: Any = 32,
     data = Dataset(f"folder:{root.name}", table.drop(columns=["path"]), image_source, size, key,
                    logs=logs, info={"root": str(root), "manifest": str(manifest),
                                     "impressions": None if log_path is None else str(log_path),
-                                    "workers": workers},
+                                    "workers": workers, "content": content},
                    reader=reader)
     holder["dataset"] = data
     return data

@@ -22,9 +22,12 @@ from bench.run.resume import ROW_KEY, config_changes, load_previous, merge_rows,
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAPPER = textwrap.dedent('''
-    """A slow extractor (mean colours on a 4 x 4 grid, after sleeping ``nap`` seconds in
-    embed) and a small dataset, as a plugin file for ``bench run --plugin``."""
+    """An extractor (mean colours on a 4 x 4 grid) that, with ``gate=1``, waits in embed until
+    the test opens its gate (the file named by $NAPPER_GATE; it says it waits by creating
+    ``$NAPPER_GATE.waiting``), and a small dataset, as a plugin file for ``bench run --plugin``."""
+    import os
     import time
+    from pathlib import Path
 
     import numpy as np
     import pandas as pd
@@ -36,8 +39,8 @@ NAPPER = textwrap.dedent('''
     class Napper:
         dim, modalities = 48, ("image",)
 
-        def __init__(self, tag, nap):
-            self.name, self.nap = f"napper-{tag}", nap
+        def __init__(self, tag, gate):
+            self.name, self.gate = f"napper-{tag}", gate
 
         def config(self):
             return {}
@@ -46,7 +49,11 @@ NAPPER = textwrap.dedent('''
             pass
 
         def embed(self, dataset, rows):
-            time.sleep(self.nap)
+            gate = os.environ.get("NAPPER_GATE")
+            if self.gate and gate:
+                Path(gate + ".waiting").touch()
+                while not Path(gate).exists():
+                    time.sleep(0.02)
             images = dataset.images(rows).astype(np.float32)
             n, size = len(images), images.shape[1]
             grid = images.reshape(n, 4, size // 4, 4, size // 4, 3).mean(axis=(2, 4))
@@ -55,7 +62,7 @@ NAPPER = textwrap.dedent('''
 
     @extractor("napper")
     def make(options, profile):
-        return Napper(options["tag"], float(options.get("nap", 0)))
+        return Napper(options["tag"], options.get("gate") == "1")
 
 
     @dataset("naps")
@@ -69,7 +76,7 @@ NAPPER = textwrap.dedent('''
                               "category": labels.astype(str)})
         return Dataset("naps", table, array_image_source(images), image_size, "naps-1")
     ''')
-EXTRACTORS = "pixels,napper:tag=a,napper:tag=b,nap=2,napper:tag=c"
+EXTRACTORS = "pixels,napper:tag=a,napper:tag=b,gate=1,napper:tag=c"
 ARGS = ["--profile", "quick", "--dataset", "naps", "--extractors", EXTRACTORS,
         "--tasks", "knn,classify", "--seeds", "2", "--no-report"]
 
@@ -84,20 +91,16 @@ def test_resume_after_sigint_computes_only_the_missing_cells(tmp_path, capsys):
     plugin.write_text(NAPPER)
     out, cache = tmp_path / "out", tmp_path / "cache"
     common = [*ARGS, "--plugin", str(plugin), "--out", str(out), "--cache", str(cache)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    gate = tmp_path / "gate"  # napper-b waits in embed until the test creates this file
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", NAPPER_GATE=str(gate))
     command = [sys.executable, "-m", "bench", "run"]
     process = subprocess.Popen([*command, *common, "--run-id", "r"], env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     info_path = out / "r" / "run.json"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            info = json.loads(info_path.read_text())
-        except (OSError, ValueError):
-            info = {}
-        if sum(c["state"] == "done" for c in info.get("cells", [])) >= 12:
-            break  # pixels and napper-a finished; napper-b sleeps in embed
-        time.sleep(0.05)
+    waiting = Path(str(gate) + ".waiting")
+    while process.poll() is None and not waiting.exists():  # pixels and napper-a are done
+        time.sleep(0.02)
+    assert process.poll() is None, process.communicate()[1][-2000:]
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
@@ -108,9 +111,10 @@ def test_resume_after_sigint_computes_only_the_missing_cells(tmp_path, capsys):
         f"--out {out}")
     info = json.loads(info_path.read_text())
     assert info["status"] == "interrupted"
-    assert info["not_started"] == ["napper:tag=b,nap=2", "napper:tag=c"]
+    assert info["not_started"] == ["napper:tag=b,gate=1", "napper:tag=c"]
     assert {c["extractor"] for c in info["cells"]} == {"pixels", "napper:tag=a"}
 
+    gate.touch()  # the resumed session embeds napper-b without waiting
     done = subprocess.run([*command, "--resume", "r", "--out", str(out), "--cache", str(cache)],
                           env=env, text=True, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -59,6 +59,7 @@ def command_run(args: argparse.Namespace) -> int:
     the run folder's run.json says why); 130 (Ctrl-C) or 143 (SIGTERM) interrupted, with
     ``status: interrupted`` in run.json (``bench run --resume ID`` finishes it)."""
     from bench.run import RunInterrupted, RunRefused, execute_run, prepare_run
+    from bench.run.folder import StorageError
 
     try:
         spec = run_spec(run_request(args), args.out)
@@ -77,6 +78,9 @@ def command_run(args: argparse.Namespace) -> int:
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         run = execute_run(prepared)
+    except StorageError as error:
+        print(f"error: {error.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     except RunInterrupted as stopped:
         run = stopped.run
         done = len(run.cells) - len(run.missing())

@@ -6,6 +6,8 @@ Every write goes to a temporary file in the target folder and is moved into plac
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -138,6 +140,45 @@ def read_cached(path: str | os.PathLike, reader: Callable[[Path], Any]) -> Any:
     except READ_ERRORS as error:
         quarantine(path, error)
         return None
+
+
+class Busy(RuntimeError):
+    """A lock another process holds; ``holder`` is what it wrote into the lock file."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder or 'another process'}")
+        self.path, self.holder = path, holder
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike, wait: bool = True,
+              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an advisory lock (``fcntl.flock``) on ``path`` for the duration, with this
+    process's PID and start time written inside. ``wait=False``: raise ``Busy`` naming the
+    holder instead of waiting. The lock goes with the process (a killed holder frees it);
+    Linux maps ``flock`` to byte-range locks on NFS, so a shared file system is covered."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held until the block ends
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            if not wait:
+                raise Busy(path, holder) from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()}, since "
+                     f"{dt.datetime.now().isoformat(timespec='seconds')}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing the file releases the lock
 
 
 @dataclass(frozen=True)

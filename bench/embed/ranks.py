@@ -16,19 +16,28 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.core.cache import Cache, read_cached, write_text
+from bench.core.cache import Cache, exclusive, read_cached, write_text
 from bench.core.data import Dataset
 from bench.core.distributed import World
 from bench.core.extractor import BackboneExtractor, FitContext
 from bench.embed.embeddings import EmbeddingError, Embeddings
 from bench.embed.key import embeddings_key, embeddings_meta, embeddings_path
-from bench.embed.store import ShardPlan, embed_shards, merge, prepare, read_shard, shard_folder
+from bench.embed.store import (
+    ShardPlan,
+    embed_shards,
+    merge,
+    prepare,
+    read_shard,
+    shard_folder,
+    shard_size_setting,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -61,12 +70,34 @@ def embed_dataset(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path,
     refuse them."""
     world = world or World()
     key = embeddings_key(extractor, dataset)
-    keys = world.gather(key)
-    if len(set(keys)) > 1:
-        raise EmbeddingError(f"{extractor.name}: the ranks build different extractors or "
-                             f"datasets (embeddings keys {keys}); give every rank the same "
-                             "command, code and files")
+    shard_size = int(shard_size or shard_size_setting())
+    same_settings(extractor, world.gather({"embeddings key": key, "--shard-size": shard_size}))
     path = embeddings_path(extractor, dataset, cache, key)
+    # one process per cache entry at a time: another run (or a torchrun job) sharing the cache
+    # waits here, then finds the entry cached (rank 0 holds it for its ranks)
+    held = exclusive(path.with_name(path.name + ".lock"), on_wait=lambda holder: log(
+        world, f"{extractor.name}: waiting for {holder or 'another process'} embedding "
+               "into the same cache entry")) if world.is_main else nullcontext()
+    with held:
+        return _embed(extractor, dataset, cache, log_dir, world, key, path, shard_size,
+                      progress, fit_on_hit, cut_ok)
+
+
+def same_settings(extractor: Any, settings: list[dict[str, Any]]) -> None:
+    """Refuse, on every rank alike, ranks given different settings (another extractor, data
+    or code: another embeddings key; another ``--shard-size``) before any shard is planned."""
+    for name in settings[0]:
+        values = [s[name] for s in settings]
+        if len(set(values)) > 1:
+            per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+            raise EmbeddingError(f"{extractor.name}: the ranks were given different {name} "
+                                 f"({per_rank}); give every rank the same command, code and "
+                                 "files")
+
+
+def _embed(extractor: Any, dataset: Dataset, cache: Cache, log_dir: Path, world: World,
+           key: str, path: Path, shard_size: int, progress: bool, fit_on_hit: bool,
+           cut_ok: bool) -> Embedded:
     cached = read_cached(path, Embeddings.load) if world.is_main else None
     summary: dict[str, Any] = {"extractor": extractor.name, "path": str(path),
                                "world_size": world.size, "n": len(dataset)}

@@ -12,7 +12,9 @@ without them, so a command cannot drift into a thinner ``run.json``.
 
 from __future__ import annotations
 
+import json
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -22,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.core.cache import atomic_path, write_json
+from bench.core.cache import atomic_path
 from bench.core.metric_info import UndeclaredMetric, describe, legacy_record
 
 RESULT_COLUMNS = ["run", "dataset", "extractor", "variant", "task", "metric", "seed", "value"]
@@ -67,13 +69,31 @@ def results_frame(rows: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame
     return frame[[*RESULT_COLUMNS, *[c for c in frame.columns if c not in RESULT_COLUMNS]]]
 
 
+class StorageError(OSError):
+    """The run folder could not be written (a full disk, a quota, a read-only mount): one line
+    saying what, where and how much was needed; the files written before stay intact."""
+
+
+def store_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically, or raise ``StorageError`` naming the file, the
+    bytes it needs and the space left there (the old file is untouched: ``atomic_path``)."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as error:
+        try:
+            free = f", {shutil.disk_usage(path.parent).free / 1e6:.1f} MB free there"
+        except OSError:
+            free = ""
+        raise StorageError(error.errno, f"cannot write {path}: "
+                           f"{error.strerror or error} (it needs {len(text.encode()) / 1e3:.1f} "
+                           f"kB{free}); the files written before are intact") from None
+    return path
+
+
 def write_results(run_dir: Path, rows: Iterable[dict[str, Any]] | pd.DataFrame) -> Path:
     """``results.csv``, written atomically."""
-    path = Path(run_dir) / "results.csv"
-    frame = results_frame(rows)
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return path
+    return store_text(Path(run_dir) / "results.csv", results_frame(rows).to_csv(index=False))
 
 
 def write_run_json(run_dir: Path, info: dict[str, Any]) -> Path:
@@ -81,9 +101,8 @@ def write_run_json(run_dir: Path, info: dict[str, Any]) -> Path:
     missing = [k for k in PROVENANCE_KEYS if k not in info]
     if missing:
         raise ValueError(f"run.json of {run_dir} would lack {', '.join(missing)}")
-    path = Path(run_dir) / "run.json"
-    write_json(path, info)
-    return path
+    return store_text(Path(run_dir) / "run.json",
+                      json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def declare_metrics(book: dict[str, dict[str, Any]], task_name: str, task: Any,

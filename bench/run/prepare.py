@@ -11,14 +11,17 @@ import datetime as dt
 import logging
 import tempfile
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.core import registry
 from bench.core.cache import (
+    Busy,
     Cache,
     DamagedFileError,
+    exclusive,
     quarantine,
     write_json,
 )
@@ -26,6 +29,7 @@ from bench.core.config import Profile
 from bench.core.data import Dataset
 from bench.run.resume import (
     Previous,
+    ResumeError,
     load_previous,
     run_config,
 )
@@ -78,6 +82,11 @@ class Prepared:
     dataset: Dataset
     extractors: list[tuple[str, Any]]
     tasks: list[tuple[str, Any]]
+    # the run folder's lock (``LOCK_FILE``), held from the checks to the session's end
+    hold: ExitStack = field(default_factory=ExitStack)
+
+
+LOCK_FILE = ".lock"  # one session per run folder at a time (cache.exclusive)
 
 
 def prepare_run(spec: RunSpec, cache: Cache | None = None) -> Prepared:
@@ -94,16 +103,26 @@ def prepare_run(spec: RunSpec, cache: Cache | None = None) -> Prepared:
     except OSError as error:
         raise RunRefused(f"cannot write the run folder {run_dir}: "
                          f"{error.strerror or error}") from None
+    hold = ExitStack()
+    try:  # refused, not recorded: run.json belongs to the session that holds the folder
+        hold.enter_context(exclusive(run_dir / LOCK_FILE, wait=False))
+    except Busy as busy:
+        raise RunRefused(f"run {run_id} is in use by another session ({busy.holder}); wait "
+                         "for it to finish, or give another --run-id") from None
     try:
-        return _prepare(spec, cache, run_id, run_dir)
+        prepared = _prepare(spec, cache, run_id, run_dir)
     except USER_ERRORS as error:
         message = describe_error(error)
         record_refusal(run_dir, spec, run_id, message)
+        hold.close()
         raise RunRefused(message, run_dir) from error
     except Exception as error:  # a bug, not bad input: keep its traceback in the run folder
         record_refusal(run_dir, spec, run_id, describe_error(error), status="crashed",
                        trace=traceback.format_exc())
+        hold.close()
         raise
+    prepared.hold = hold
+    return prepared
 
 
 def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepared:
@@ -129,11 +148,28 @@ def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepare
         raise registry.SpecError(f"extractor {twice[0]!r} is requested twice (its rows would "
                                  "mix); give each spec once")
     dataset = build_dataset(spec, cache)
+    if previous is not None:
+        same_content(previous.info, dataset, run_id)
     for _, extractor in extractors:
         validate = getattr(extractor, "validate", None)
         if callable(validate):
             validate(dataset)
     return Prepared(spec, run_id, run_dir, cache, config, previous, dataset, extractors, tasks)
+
+
+def same_content(earlier: dict[str, Any], dataset: Dataset, run_id: str) -> None:
+    """Refuse to add rows on a dataset whose content changed since the run began (its
+    fingerprint differs), naming the parts that changed when the dataset describes them
+    (``info["content"]``: a folder's manifest, images and impressions log)."""
+    before = earlier.get("dataset_fingerprint")
+    if before is None or before == dataset.fingerprint:
+        return
+    old, new = earlier.get("dataset_content") or {}, dataset.info.get("content") or {}
+    changed = [part for part in new if part in old and old[part] != new[part]]
+    what = ", ".join(changed) if changed else f"fingerprint {before} -> {dataset.fingerprint}"
+    raise ResumeError(f"run {run_id} was computed on other content of dataset {dataset.name} "
+                      f"(changed: {what}); its rows would mix old and new data, so start a new "
+                      "--run-id")
 
 
 def build_dataset(spec: RunSpec, cache: Cache) -> Dataset:

@@ -30,6 +30,7 @@ from bench.core.metric_info import MetricBook
 from bench.embed.embeddings import Embeddings
 from bench.embed.key import embeddings_path
 from bench.embed.ranks import embed_dataset
+from bench.run.folder import StorageError
 from bench.run.pictures import RunArtifacts
 from bench.run.prepare import Prepared, RunSpec, prepare_run
 from bench.run.resume import (
@@ -68,7 +69,7 @@ def execute_run(prepared: Prepared) -> Run:
     recording ``status: interrupted`` when the user stops it."""
     spec = prepared.spec
     run = Run(prepared)
-    resumed = f", resuming ({len(run.missing())} cells not done)" if run.previous else ""
+    resumed = f", resuming ({resume_summary(run)})" if run.previous else ""
     log(f"run {run.run_id}: profile {spec.profile.name}, dataset {spec.dataset}, "
         f"extractors {','.join(spec.extractors)}, tasks {','.join(spec.tasks)}{resumed}")
     try:
@@ -87,7 +88,25 @@ def execute_run(prepared: Prepared) -> Run:
             run.finish("interrupted")
             write_outputs(run, full=False)
         raise RunInterrupted(run) from interrupt
+    except StorageError as error:  # record the failed session where it can still be written
+        run.errors.append({"where": "run folder", "error": str(error)})
+        try:
+            run.finish("failed")
+        except StorageError:
+            pass
+        raise
+    finally:
+        prepared.hold.close()  # the run folder's lock
     return run
+
+
+def resume_summary(run: Run) -> str:
+    """What a resumed session has left: the cells planned but not done, and the extractors
+    with cells still to compute (one a SIGKILL stopped before it began has no cells yet)."""
+    todo = [spec for spec, extractor in run.prepared.extractors
+            if not run.extractor_done(spec, extractor)]
+    return (f"{len(run.missing())} planned cells not done, {len(todo)} of "
+            f"{len(run.prepared.extractors)} extractors with cells to compute")
 
 
 def run_extractor(run: Run, spec_text: str, extractor: Any, pictures: RunArtifacts,
