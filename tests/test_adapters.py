@@ -164,3 +164,37 @@ def test_offline_switches_are_on_unless_the_user_set_them(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's choice is kept
     importlib.reload(bench)
     assert [os.environ[n] for n in bench.OFFLINE_SWITCHES] == ["0", "1", "1"]
+
+
+def test_a_model_that_returns_one_row_per_batch_is_refused_not_broadcast():
+    """A TorchScript-like model answering [1, d] for a batch of n: numpy would broadcast it
+    into n identical rows; the batch is refused with the extractor, the rows and the shape."""
+    from torchvision import transforms
+
+    from bench.adapters.shared import StreamedModel
+    from bench.embed.embeddings import EmbeddingError
+    from tests.conftest import tiny_dataset
+
+    def first_only(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))[:1]  # [1, 3] whatever the batch
+
+    model = StreamedModel("torchscript:first", {}, transforms.ToTensor(), first_only,
+                          image_size=16, mean=(0, 0, 0), std=(1, 1, 1), batch_size=8,
+                          device="cpu")
+    assert model.dim == 3
+    data = tiny_dataset(20)
+    data.info["workers"] = 0
+    with pytest.raises(EmbeddingError, match=r"torchscript:first: returned shape \[1, 3\] for "
+                                             r"the 8 images at dataset rows 0-7; .*\[8, 3\]"):
+        model.embed(data, np.arange(20))
+
+    def nan_model(x: torch.Tensor) -> torch.Tensor:
+        out = x.mean(dim=(2, 3))
+        out[-1, 0] = float("nan")
+        return out
+
+    model = StreamedModel("torchscript:nan", {}, transforms.ToTensor(), nan_model,
+                          image_size=16, mean=(0, 0, 0), std=(1, 1, 1), batch_size=8,
+                          device="cpu")
+    with pytest.raises(EmbeddingError, match=r"NaN or Inf, e.g. dataset row 7"):
+        model.embed(data, np.arange(20))

@@ -28,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 from bench.core.extractor import FitContext
+from bench.embed.embeddings import check_batch
 from bench.embed.streaming import stream, to_rgb
 from bench.train.backbones import pick_device
 
@@ -138,25 +139,35 @@ class StreamedModel:
         if self.mode == "text":
             for start in range(0, len(rows), self.batch_size):
                 batch = titles[start:start + self.batch_size]
-                out[start:start + len(batch)] = unit(self.text_features(batch)).cpu().numpy()
+                features = self._checked(self.text_features(batch), rows[start:start + len(batch)])
+                out[start:start + len(batch)] = unit(torch.from_numpy(features)).numpy()
             return out
         start = 0
         batches = stream(dataset.image_reader(), rows, self.transform, self.batch_size,
                          dataset.info.get("workers"))
         for x in batches:
             features = self.image_features(x.to(self.device, non_blocking=True))
-            features = features.float().flatten(1)
+            checked = self._checked(features, rows[start:start + len(x)])
             if self.mode == "fused":
-                features = self._fuse(features, titles[start:start + len(x)])
-            out[start:start + len(x)] = features.cpu().numpy()
+                checked = self._fuse(torch.from_numpy(checked),
+                                     titles[start:start + len(x)]).numpy()
+            out[start:start + len(x)] = checked
             start += len(x)
         return out
+
+    def _checked(self, features: Any, rows: np.ndarray) -> np.ndarray:
+        """One batch's output flattened to [n, dim] on the CPU, refused unless it has exactly
+        one finite row of ``self.dim`` per image (an assignment would broadcast [1, dim])."""
+        if isinstance(features, torch.Tensor):
+            features = features.detach().float()
+            features = (features.flatten(1) if features.ndim >= 2 else features).cpu().numpy()
+        return check_batch(features, rows, self.name, self.dim)
 
     def _fuse(self, image: torch.Tensor, titles: list[str]) -> torch.Tensor:
         fused = unit(image)
         titled = [i for i, t in enumerate(titles) if t.strip()]
         if titled:
-            text = unit(self.text_features([titles[i] for i in titled]))
+            text = unit(self.text_features([titles[i] for i in titled])).to(fused.device)
             fused[titled] = unit(fused[titled] + text)
         return fused
 
