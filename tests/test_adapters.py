@@ -198,3 +198,41 @@ def test_a_model_that_returns_one_row_per_batch_is_refused_not_broadcast():
                           device="cpu")
     with pytest.raises(EmbeddingError, match=r"NaN or Inf, e.g. dataset row 7"):
         model.embed(data, np.arange(20))
+
+
+class _Payload:
+    """Unpickling it would call os.getcwd: the kind of object a weights file must not hold."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("content", [b"\x80\x02" + bytes(range(256)) * 8, b"PK\x03\x04" + b"x" * 900,
+                                     bytes(range(256)) * 4])
+def test_random_bytes_as_timm_weights_are_not_a_trust_question(tmp_path, plugins, content):
+    path = tmp_path / "random.pth"
+    path.write_bytes(content)
+    with pytest.raises(AdapterError) as info:
+        registry.build_extractor(f"timm:test_vit:weights={path}", get_profile("quick"))
+    message = str(info.value)
+    assert message.startswith(f"timm:test_vit: {path} is not a state dict the tool can read (")
+    assert "\n" not in message and "weights_only" not in message and "trust" not in message
+
+
+def test_an_hf_folder_whose_bin_is_a_pickle_payload_is_one_line(tiny_specs, plugins, tmp_path):
+    import shutil
+
+    folder = tmp_path / "hf-pickle"
+    shutil.copytree(tiny_specs["hf_vit"].split(":", 1)[1], folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    torch.save({"x": _Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(AdapterError) as info:
+        registry.build_extractor(f"hf:{folder}", get_profile("quick"))
+    assert str(info.value) == (
+        f"hf:{folder}: {folder / 'pytorch_model.bin'} is not a state dict the tool can read (it "
+        f"holds pickled Python objects besides tensors, e.g. posix.getcwd, and files are never "
+        f"unpickled); save the weights as .safetensors, or with torch.save(model.state_dict(), "
+        f"PATH)")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,25 @@ def weights_file(path: str | os.PathLike, spec: str, what: str) -> Path:
         raise AdapterError(f"{spec}: weights file {path} does not exist; put {what} at that "
                            f"path (nothing is downloaded at run time)")
     return path
+
+
+def unreadable_weights(spec: str, path: str | os.PathLike, error: BaseException) -> AdapterError:
+    """One line for a weights file the loader could not read: it is not a state dict this
+    tool can read. The loaders' own advice to retry with ``weights_only=False`` (that is,
+    to unpickle arbitrary objects) is never passed on: the tool does not offer it."""
+    text = str(error).strip()
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        detail = (f"it holds pickled Python objects besides tensors, e.g. {found.group(1)}, "
+                  f"and files are never unpickled")
+    elif isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
+        detail = "not a readable torch.save or safetensors file: damaged, or not weights"
+    else:
+        first = text.splitlines()[0].split(". ")[0][:160] if text else ""
+        detail = f"{type(error).__name__}: {first}"
+    return AdapterError(f"{spec}: {path} is not a state dict the tool can read ({detail}); "
+                        f"save the weights as .safetensors, or with "
+                        f"torch.save(model.state_dict(), PATH)")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
