@@ -420,3 +420,10 @@ def test_a_bad_label_is_named_as_a_plain_number(small):
     log.loc[5, "click"] = 2
     with pytest.raises(ctr_data.CtrDataError, match=r"e.g. 2$"):
         ctr_data.validate_log(log, dataset.ids)
+
+    days = dataset.logs["impressions"].copy()
+    days["day"] = days["day"].astype(float)
+    days.loc[5, "day"] = 1.5
+    with pytest.raises(ctr_data.CtrDataError, match=r"'day' must hold integers; 1 other values, "
+                                                    r"e.g. 1.5$"):
+        ctr_data.validate_log(days, dataset.ids)

@@ -108,6 +108,7 @@ def _integers(column: pd.Series, name: str, source: str) -> np.ndarray:
     bad = ~np.isfinite(values) | (values != np.round(values))
     if bad.any():
         example = column.iloc[int(np.flatnonzero(bad)[0])]
+        example = example.item() if isinstance(example, np.generic) else example  # 1.5, not np.float64(1.5)
         raise CtrDataError(f"{source}: column {name!r} must hold integers; {int(bad.sum())} "
                            f"other values, e.g. {example!r}")
     return values.astype(np.int64)
