@@ -236,3 +236,14 @@ def test_an_hf_folder_whose_bin_is_a_pickle_payload_is_one_line(tiny_specs, plug
         f"holds pickled Python objects besides tensors, e.g. posix.getcwd, and files are never "
         f"unpickled); save the weights as .safetensors, or with torch.save(model.state_dict(), "
         f"PATH)")
+
+
+def test_pretrained_weights_with_a_pickle_payload_never_invite_unpickling(tmp_path, plugins):
+    path = tmp_path / "payload.pth"
+    torch.save({"x": _Payload()}, path)
+    with pytest.raises(ValueError) as info:
+        registry.build_extractor(f"pretrained:weights={path}", get_profile("quick"))
+    message = str(info.value)
+    assert message == (f"pretrained: cannot read weights file {path} as a torch state dict (it "
+                       f"holds pickled Python objects besides tensors, e.g. posix.getcwd, and "
+                       f"files are never unpickled)")

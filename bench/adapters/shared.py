@@ -67,6 +67,14 @@ def unreadable_weights(spec: str, path: str | os.PathLike, error: BaseException)
     """One line for a weights file the loader could not read: it is not a state dict this
     tool can read. The loaders' own advice to retry with ``weights_only=False`` (that is,
     to unpickle arbitrary objects) is never passed on: the tool does not offer it."""
+    return AdapterError(f"{spec}: {path} is not a state dict the tool can read "
+                        f"({weights_error_detail(error)}); save the weights as .safetensors, "
+                        f"or with torch.save(model.state_dict(), PATH)")
+
+
+def weights_error_detail(error: BaseException) -> str:
+    """Why a weights file could not be read, in a few words on one line, without the
+    loaders' invitation to unpickle (``weights_only=False``)."""
     text = str(error).strip()
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
@@ -77,9 +85,7 @@ def unreadable_weights(spec: str, path: str | os.PathLike, error: BaseException)
     else:
         first = text.splitlines()[0].split(". ")[0][:160] if text else ""
         detail = f"{type(error).__name__}: {first}"
-    return AdapterError(f"{spec}: {path} is not a state dict the tool can read ({detail}); "
-                        f"save the weights as .safetensors, or with "
-                        f"torch.save(model.state_dict(), PATH)")
+    return detail
 
 
 def sha256_file(path: str | os.PathLike) -> str:
