@@ -1,6 +1,9 @@
 """``folder``: your own catalogue, listed in ``manifest.csv``, streamed from disk.
 
-Required columns: ``id,path`` (path relative to the manifest). Optional: ``split`` (pretrain,
+Required columns: ``id,path`` (path relative to the manifest's folder; an absolute path or
+one leading out of the folder, ``../shared/x.png``, is allowed and read as written, so images
+can stay where they are; the fingerprint covers each file's size and mtime wherever it is).
+Ids must not contain line breaks or other control characters (refused, with the row). Optional: ``split`` (pretrain,
 train, test; a stable hash of the id assigns 70/30 train/test when absent), ``role`` (content,
 product, query), ``title``, ``style``, ``scene``, ``category``, ``coarse_category``,
 ``identity``, ``publish_day``. Every value is read as text, so ids such as ``000`` stay as
@@ -13,6 +16,12 @@ suite's own small extractors get centre-cropped squares of ``image_size`` decode
 An impressions log beside the manifest (``impressions.parquet`` or ``impressions.csv``, the
 format of docs/ctr.md) becomes ``logs["impressions"]`` for the ``ctr`` task; it is checked when
 the dataset loads, so a bad log is refused before anything is computed.
+
+Images: a missing or empty (0-byte) file is refused when the dataset loads (the files are
+stat-ed there anyway); a corrupt or truncated one is found when it is first decoded, at embed
+time, and refused in one line naming the id, the path and the count. Decoding every file at
+load (PIL ``verify``) would read the whole catalogue once more before any work, hours for
+millions of images on a network disk.
 
 Options: ``image_size`` (the suite's own extractors, default from the profile), ``workers``
 (DataLoader processes, default ``$BENCH_WORKERS`` or 2), ``impressions`` (a log file elsewhere,
@@ -35,6 +44,7 @@ from bench.core.registry import dataset
 from bench.embed.streaming import uint8_batches
 
 LOG_NAMES = ("impressions.parquet", "impressions.csv")
+CONTROL = r"[\x00-\x1f\x7f]"  # a newline is legal in a quoted CSV cell, never in an id
 
 
 def _lines(mask: np.ndarray) -> str:
@@ -68,6 +78,14 @@ def read_manifest(manifest: Path) -> pd.DataFrame:
         if empty.any():
             raise DatasetError(f"{manifest}: {int(empty.sum())} rows with an empty {column!r}, "
                                f"at line {_lines(empty)}")
+    control = table["id"].str.contains(CONTROL, regex=True).to_numpy()
+    if control.any():
+        row = int(np.flatnonzero(control)[0])
+        raise DatasetError(f"{manifest}: {int(control.sum())} ids contain a line break or "
+                           f"another control character, e.g. {table['id'].iloc[row]!r} in "
+                           f"data row {row + 1}; ids are written one per line "
+                           f"(export-vectors' .ids.txt), so such an id would shift every later "
+                           f"one: remove it from the id")
     repeated = table["id"].duplicated(keep=False).to_numpy()
     if repeated.any():
         first = table["id"][repeated].iloc[0]
@@ -116,18 +134,25 @@ class FolderReader:
 
 def _file_stats(table: pd.DataFrame, root: Path, manifest: Path) -> list[tuple[int, int]]:
     """(size, mtime) of every image, for the fingerprint; missing files are refused here."""
-    stats, missing = [], []
+    stats, missing, empty = [], [], []
     for item, rel in zip(table["id"], table["path"]):
         try:
             stat = (root / rel).stat()
             stats.append((stat.st_size, stat.st_mtime_ns))
         except OSError:
             missing.append((item, rel))
+            continue
+        if stat.st_size == 0:
+            empty.append((item, rel))
     if missing:
         item, rel = missing[0]
         noun = "image file is" if len(missing) == 1 else "image files are"
         raise DatasetError(f"{manifest}: {len(missing)} {noun} missing, e.g. id {item!r} "
                            f"path {rel!r}")
+    if empty:  # free here (the size is known); other damage is found when decoded
+        item, rel = empty[0]
+        raise DatasetError(f"{manifest}: {len(empty)} image files are empty (0 bytes), e.g. "
+                           f"id {item!r} path {rel!r}")
     return stats
 
 

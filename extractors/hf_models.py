@@ -18,6 +18,7 @@ Options: ``mode``, ``batch_size`` (default 64), ``name`` (the row label).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from bench.adapters.shared import (
     module_device,
     parse_mode,
     require,
+    unreadable_weights,
 )
 from bench.core.registry import check_options, extractor
 from bench.train.backbones import IMAGENET_MEAN, IMAGENET_STD
@@ -121,9 +123,13 @@ def make_hf(options: dict[str, str], profile: Any) -> TrainableModel:
     try:
         model = transformers.AutoModel.from_pretrained(folder)
         processor = transformers.AutoImageProcessor.from_pretrained(folder)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - any loader failure is one line, never a traceback
+        text = str(error).strip()
+        if isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
+            weights = sorted(p.name for p in Path(folder).glob("*.bin")) or ["its weights"]
+            raise unreadable_weights(spec, Path(folder) / weights[0], error) from None
         raise AdapterError(f"{spec}: cannot load a model and image processor from {folder} "
-                           f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                           f"({type(error).__name__}: {text.splitlines()[0][:200] if text else ''})"
                            ) from None
     model = eval_module(model)
     dual = callable(getattr(model, "get_image_features", None)) and callable(

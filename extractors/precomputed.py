@@ -8,6 +8,7 @@ before the run starts (``validate``), so a file that does not fit the dataset fa
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ def read_vectors(path: str | Path) -> Embeddings:
         try:
             data = load_npz(path)
         except DamagedFileError as error:
+            pickled = object_arrays(path)
+            if pickled:
+                raise EmbeddingError(
+                    f"precomputed embeddings {path}: array(s) {pickled} have dtype object "
+                    f"(pandas' .values / .to_numpy() give one), which np.savez stores pickled "
+                    f"and this tool never unpickles; save text ids and float vectors: "
+                    f"np.savez(path, ids=ids.astype(str), vectors=vectors.astype('float32'))"
+                    ) from None
             detail = str(error).removeprefix(f"{path}: ")
             raise EmbeddingError(f"precomputed embeddings {path}: {detail}; expected an .npz "
                                  "written by np.savez(path, ids=..., vectors=...)") from None
@@ -65,6 +74,24 @@ def read_vectors(path: str | Path) -> Embeddings:
         raise EmbeddingError(f"{path}: unsupported format {suffix!r}; use .npz, .parquet or .csv")
     return Embeddings(np.asarray(ids).astype(str), np.asarray(vectors, dtype=np.float32),
                       {"source": str(path)})
+
+
+def object_arrays(path: Path) -> list[str]:
+    """Names of the .npz members whose dtype is object (stored pickled), read from the .npy
+    headers alone: nothing is unpickled. [] when the file is not a readable archive."""
+    found = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                with archive.open(name) as member:
+                    version = np.lib.format.read_magic(member)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)(member)
+                if header[2].hasobject:
+                    found.append(name.removesuffix(".npy"))
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return []
+    return found
 
 
 def read_table(path: Path, suffix: str) -> pd.DataFrame:

@@ -155,8 +155,10 @@ def load_torchvision_weights(path: Path, options: dict[str, Any]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001
+        from bench.adapters.shared import weights_error_detail
+
         raise ValueError(f"{NAME}: cannot read weights file {path} as a torch state dict "
-                         f"({type(error).__name__}: {error})") from error
+                         f"({weights_error_detail(error)})") from None
     for nested in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(nested), dict):
             state = state[nested]

@@ -29,6 +29,7 @@ from bench.adapters.shared import (
     eval_module,
     require,
     sha256_file,
+    unreadable_weights,
     weights_file,
 )
 from bench.core.registry import check_options, extractor
@@ -42,8 +43,7 @@ def load_weights(timm: Any, model: torch.nn.Module, path: Path, spec: str) -> No
     try:
         incompatible = timm.models.load_checkpoint(model, str(path), strict=False)
     except Exception as error:  # noqa: BLE001 - any reader failure means a bad file
-        raise AdapterError(f"{spec}: cannot read weights file {path} ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise unreadable_weights(spec, path, error) from None
     missing = list(getattr(incompatible, "missing_keys", []))
     unexpected = [k for k in getattr(incompatible, "unexpected_keys", [])
                   if not (classifier and k.startswith(f"{classifier}."))]

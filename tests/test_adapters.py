@@ -165,3 +165,86 @@ def test_offline_switches_are_on_unless_the_user_set_them(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's choice is kept
     importlib.reload(bench)
     assert [os.environ[n] for n in bench.OFFLINE_SWITCHES] == ["0", "1", "1"]
+
+
+def test_a_model_that_returns_one_row_per_batch_is_refused_not_broadcast():
+    """A TorchScript-like model answering [1, d] for a batch of n: numpy would broadcast it
+    into n identical rows; the batch is refused with the extractor, the rows and the shape."""
+    from torchvision import transforms
+
+    from bench.adapters.shared import StreamedModel
+    from bench.embed.embeddings import EmbeddingError
+    from tests.conftest import tiny_dataset
+
+    def first_only(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))[:1]  # [1, 3] whatever the batch
+
+    model = StreamedModel("torchscript:first", {}, transforms.ToTensor(), first_only,
+                          image_size=16, mean=(0, 0, 0), std=(1, 1, 1), batch_size=8,
+                          device="cpu")
+    assert model.dim == 3
+    data = tiny_dataset(20)
+    data.info["workers"] = 0
+    with pytest.raises(EmbeddingError, match=r"torchscript:first: returned shape \[1, 3\] for "
+                                             r"the 8 images at dataset rows 0-7; .*\[8, 3\]"):
+        model.embed(data, np.arange(20))
+
+    def nan_model(x: torch.Tensor) -> torch.Tensor:
+        out = x.mean(dim=(2, 3))
+        out[-1, 0] = float("nan")
+        return out
+
+    model = StreamedModel("torchscript:nan", {}, transforms.ToTensor(), nan_model,
+                          image_size=16, mean=(0, 0, 0), std=(1, 1, 1), batch_size=8,
+                          device="cpu")
+    with pytest.raises(EmbeddingError, match=r"NaN or Inf, e.g. dataset row 7"):
+        model.embed(data, np.arange(20))
+
+
+class _Payload:
+    """Unpickling it would call os.getcwd: the kind of object a weights file must not hold."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("content", [b"\x80\x02" + bytes(range(256)) * 8, b"PK\x03\x04" + b"x" * 900,
+                                     bytes(range(256)) * 4])
+def test_random_bytes_as_timm_weights_are_not_a_trust_question(tmp_path, plugins, content):
+    path = tmp_path / "random.pth"
+    path.write_bytes(content)
+    with pytest.raises(AdapterError) as info:
+        registry.build_extractor(f"timm:test_vit:weights={path}", get_profile("quick"))
+    message = str(info.value)
+    assert message.startswith(f"timm:test_vit: {path} is not a state dict the tool can read (")
+    assert "\n" not in message and "weights_only" not in message and "trust" not in message
+
+
+def test_an_hf_folder_whose_bin_is_a_pickle_payload_is_one_line(tiny_specs, plugins, tmp_path):
+    import shutil
+
+    folder = tmp_path / "hf-pickle"
+    shutil.copytree(tiny_specs["hf_vit"].split(":", 1)[1], folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    torch.save({"x": _Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(AdapterError) as info:
+        registry.build_extractor(f"hf:{folder}", get_profile("quick"))
+    assert str(info.value) == (
+        f"hf:{folder}: {folder / 'pytorch_model.bin'} is not a state dict the tool can read (it "
+        f"holds pickled Python objects besides tensors, e.g. posix.getcwd, and files are never "
+        f"unpickled); save the weights as .safetensors, or with torch.save(model.state_dict(), "
+        f"PATH)")
+
+
+def test_pretrained_weights_with_a_pickle_payload_never_invite_unpickling(tmp_path, plugins):
+    path = tmp_path / "payload.pth"
+    torch.save({"x": _Payload()}, path)
+    with pytest.raises(ValueError) as info:
+        registry.build_extractor(f"pretrained:weights={path}", get_profile("quick"))
+    message = str(info.value)
+    assert message == (f"pretrained: cannot read weights file {path} as a torch state dict (it "
+                       f"holds pickled Python objects besides tensors, e.g. posix.getcwd, and "
+                       f"files are never unpickled)")

@@ -379,3 +379,51 @@ def test_din_reference_features_are_left_aligned_histories(small):
     model = DinReference(data.n_users, n_items, list(data.field_sizes))
     assert model(torch.from_numpy(x[:16])).shape == (16,)
     assert set(np.unique(y)) <= {0.0, 1.0}
+
+
+def test_a_thin_evaluation_day_is_refused_before_training_saying_what_it_needs(small):
+    """5 rows from one user on the last day: scipy's bootstrap failed on it after training."""
+    dataset, _, _ = small
+    log = dataset.logs["impressions"].copy()
+    last = log["day"].max()
+    one_user = log[log["day"] == last].iloc[:5].copy()
+    one_user["user_id"] = "u-only"
+    one_user["click"] = [1, 0, 0, 1, 0]
+    one_user["conversion"] = 0
+    thin = pd.concat([log[log["day"] < last], one_user], ignore_index=True)
+    with pytest.raises(ctr_data.CtrDataError,
+                       match=rf"the evaluation day \(day {last}, the last\) needs impressions "
+                             r"of at least 2 users with both clicks and non-clicks; it has 5 "
+                             r"rows from 1 user with 2 clicks"):
+        ctr_data.validate_log(thin, dataset.ids)
+    no_clicks = log.copy()
+    no_clicks.loc[no_clicks["day"] == last, ["click", "conversion"]] = 0
+    with pytest.raises(ctr_data.CtrDataError, match=r"users with 0 clicks"):
+        ctr_data.validate_log(no_clicks, dataset.ids)
+
+
+def test_a_conversion_without_a_click_is_refused_with_count_and_example(small):
+    dataset, _, _ = small
+    log = dataset.logs["impressions"].copy()
+    unclicked = np.flatnonzero(log["click"].to_numpy() == 0)[:2]
+    log.loc[unclicked, "conversion"] = 1
+    row = int(unclicked[0])
+    with pytest.raises(ctr_data.CtrDataError,
+                       match=rf"2 rows have conversion=1 with click=0, e.g. row {row} \(user "
+                             rf"'{log['user_id'].iloc[row]}'.*conversion needs click=1"):
+        ctr_data.validate_log(log, dataset.ids)
+
+
+def test_a_bad_label_is_named_as_a_plain_number(small):
+    dataset, _, _ = small
+    log = dataset.logs["impressions"].copy()
+    log.loc[5, "click"] = 2
+    with pytest.raises(ctr_data.CtrDataError, match=r"e.g. 2$"):
+        ctr_data.validate_log(log, dataset.ids)
+
+    days = dataset.logs["impressions"].copy()
+    days["day"] = days["day"].astype(float)
+    days.loc[5, "day"] = 1.5
+    with pytest.raises(ctr_data.CtrDataError, match=r"'day' must hold integers; 1 other values, "
+                                                    r"e.g. 1.5$"):
+        ctr_data.validate_log(days, dataset.ids)

@@ -108,6 +108,35 @@ def test_embed_returning_the_wrong_shape_is_refused(cache, tmp_path):
             return np.zeros((len(rows) - 1, 3), dtype=np.float32)
 
     data = tiny_dataset(20)
-    with pytest.raises(EmbeddingError, match=r"counting: embed returned shape \(15, 3\) for the "
-                                             r"16 rows of shard 0"):
+    with pytest.raises(EmbeddingError, match=r"counting \(shard 0\): returned shape \[15, 3\] "
+                                             r"for the 16 images at dataset rows 0-15"):
         embed_dataset(Broken(), data, cache, tmp_path / "log", shard_size=16, progress=False)
+
+
+@pytest.mark.parametrize("bad", ["broadcast", "nan", "1-d"])
+def test_a_shard_of_one_repeated_row_or_nan_is_refused_and_nothing_is_cached(tmp_path, bad):
+    """A model that returns [1, d] for a batch of n, NaN vectors, or a 1-D output: refused
+    with the extractor, the rows and the shape, before the shard file is written."""
+    class Broken(CountingExtractor):
+        def embed(self, dataset, rows):
+            good = super().embed(dataset, rows)
+            if bad == "broadcast":
+                return good[:1]
+            if bad == "1-d":
+                return good[0]
+            if rows[0] == 16:  # the second shard only: the first is fine and kept
+                good[3, 1] = np.nan
+            return good
+
+    data = tiny_dataset(40)
+    plan = ShardPlan.for_dataset(data, shard_size=16)
+    folder = tmp_path / "shards"
+    prepare(folder, plan)
+    expected = {"broadcast": r"counting \(shard 0\): returned shape \[1, 3\] for the 16 "
+                             r"images at dataset rows 0-15; .*\[16, dim\]; nothing was cached",
+                "1-d": r"returned shape \[3\] for the 16 images",
+                "nan": r"counting \(shard 1\): 1 of the vectors for the 16 images at dataset "
+                       r"rows 16-31 contain NaN or Inf, e.g. dataset row 19"}[bad]
+    with pytest.raises(EmbeddingError, match=expected):
+        embed_shards(Broken(), data, folder, plan, progress=False)
+    assert embed_store.finished(folder, plan) == ([0] if bad == "nan" else [])

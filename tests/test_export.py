@@ -109,3 +109,24 @@ def test_subset_repeats_rows_with_new_ids_past_the_folder(exported_folder, tmp_p
         subset(exported_folder, tmp_path / "b", 2 * n + 5)), impressions="none")
     assert len(big) == 2 * n + 5 and big.ids[n] == f"{big.ids[0]}~1"
     assert np.array_equal(big.images(np.array([n + 3])), big.images(np.array([3])))
+
+
+def test_ids_with_a_line_break_never_shift_the_ids_file(tmp_path, capsys):
+    """Vectors whose ids hold a newline (a precomputed file, an old cache): the one-id-per-line
+    .ids.txt is refused before anything is written; the npz and parquet layouts keep them."""
+    import json
+
+    from bench.embed.embeddings import Embeddings
+
+    ids = ["a", "b\nc", "d"]
+    cached = Embeddings(np.array(ids), np.eye(3, dtype=np.float32)).save(tmp_path / "e.npz")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"embeddings": {"x": str(cached)}}))
+    assert main(["export-vectors", str(run), "x"]) == 2
+    err = capsys.readouterr().err
+    assert "1 ids contain a line break or another control character, e.g. 'b\\nc' (row 1)" in err
+    assert not (run / "vectors").exists()
+    assert main(["export-vectors", str(run), "x", "--format", "fuxictr-npz"]) == 0
+    with np.load(run / "vectors" / "x.fuxictr.npz") as data:
+        assert data["key"].tolist() == ids

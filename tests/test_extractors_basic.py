@@ -64,3 +64,21 @@ def test_precomputed_reports_missing_extra_and_duplicate_ids(plugins, tmp_path):
     np.savez(tmp_path / "noids.npz", vectors=np.zeros((2, 2)))
     with pytest.raises(EmbeddingError, match=r"missing arrays \['ids'\]"):
         plugins.build_extractor(f"precomputed:{tmp_path / 'noids.npz'}", profile)
+
+
+def test_precomputed_object_ids_get_the_hint_the_user_has_not_followed_yet(plugins, tmp_path):
+    """``ids=frame["id"].values`` is an object array: np.savez pickles it, and the old hint
+    (``np.savez(path, ids=..., vectors=...)``) was what the user had already done."""
+    from extractors.precomputed import read_vectors
+
+    path = tmp_path / "objects.npz"
+    np.savez(path, ids=pd.Series(["a", "b"]).to_numpy(dtype=object),
+             vectors=np.eye(2, dtype=np.float32))
+    with pytest.raises(EmbeddingError) as info:
+        read_vectors(path)
+    message = str(info.value)
+    assert "array(s) ['ids'] have dtype object" in message
+    assert "ids=ids.astype(str)" in message and "\n" not in message
+    np.savez(path, ids=pd.Series(["a", "b"]).to_numpy(dtype=object).astype(str),
+             vectors=np.eye(2, dtype=np.float32))
+    assert read_vectors(path).ids.tolist() == ["a", "b"]  # the hint works

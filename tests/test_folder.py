@@ -164,3 +164,46 @@ def test_log_with_unknown_item_ids_is_refused_with_count_and_example(plugins, ca
     _log(["x0"]).drop(columns=["click"]).to_csv(root / "elsewhere.csv", index=False)
     with pytest.raises(DatasetError, match=r"elsewhere.csv: missing column\(s\) \['click'\]"):
         _load(plugins, cache, root, image_size=4, impressions=str(root / "elsewhere.csv"))
+
+
+def test_thirty_two_bit_integers_above_sixteen_bits_are_scaled_by_their_type(tmp_path):
+    values = np.full((6, 6), 2**30, dtype=np.int32)  # half of int32's range: mid grey
+    values[0, 0] = 2**31 - 1  # white
+    Image.fromarray(values, mode="I").save(tmp_path / "i32.tif")
+    with Image.open(tmp_path / "i32.tif") as image:
+        assert image.mode == "I"
+        rgb = np.asarray(to_rgb(image))
+    assert rgb[0, 0, 0] == 255 and rgb[3, 3, 0] == 128  # was 255 everywhere (clipped)
+
+
+def test_an_id_with_a_line_break_is_refused_with_file_id_and_row(plugins, cache, tmp_path):
+    """A newline is legal in a quoted CSV cell; in an id it would shift every later line of
+    export-vectors' .ids.txt."""
+    root = _folder(tmp_path / "newline", ids=["x0", "x1", "two\nlines", "x3", "x4", "x5"])
+    assert '"two\nlines"' in (root / "manifest.csv").read_text()
+    with pytest.raises(DatasetError) as info:
+        _load(plugins, cache, root, image_size=4, workers=0)
+    assert str(info.value).startswith(
+        f"{root / 'manifest.csv'}: 1 ids contain a line break or another control character, "
+        f"e.g. 'two\\nlines' in data row 3; ")
+    tab = _folder(tmp_path / "tab", ids=["x0", "x1", "x2", "x3", "x4", "t\tb"])
+    with pytest.raises(DatasetError, match=r"'t\\tb' in data row 6"):
+        _load(plugins, cache, tab, image_size=4, workers=0)
+
+
+def test_paths_outside_the_folder_are_allowed_and_empty_images_refused(plugins, cache, tmp_path):
+    """Documented choice: absolute paths and ``../`` paths are read as written; an empty image
+    file is refused at load (its size is known then), naming id and path."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    Image.new("RGB", (9, 9), (250, 0, 0)).save(shared / "red.png")
+    root = _folder(tmp_path / "out", rows=[
+        {"id": "up", "path": "../shared/red.png", "split": "test"},
+        {"id": "abs", "path": str(shared / "red.png"), "split": "test"}])
+    data = _load(plugins, cache, root, image_size=4, workers=0)
+    assert data.images(np.array([6, 7]))[:, 0, 0, 0].tolist() == [250, 250]
+    (root / "img5.png").write_bytes(b"")
+    with pytest.raises(DatasetError) as info:
+        _load(plugins, cache, root, image_size=4, workers=0)
+    assert str(info.value) == (f"{root / 'manifest.csv'}: 1 image files are empty (0 bytes), "
+                               f"e.g. id 'x5' path 'img5.png'")

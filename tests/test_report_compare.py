@@ -88,3 +88,66 @@ def test_runs_with_verdicts_are_compared_on_their_standard_errors() -> None:
     width = 1.959964 * np.hypot(0.01, 0.01)  # 0.0277
     assert x["noise"] == pytest.approx(width, rel=1e-4) and x["beyond_noise"] == "yes"
     assert y["beyond_noise"] == "no" and y["test"].startswith("z-test")
+
+
+def _run_folder(parent: Path, source: Path, fingerprint: str | None,
+                dataset: str = "homestead") -> Path:
+    import json
+    import shutil
+
+    folder = parent / "base"
+    folder.mkdir(parents=True)
+    shutil.copy(source / "results.csv", folder / "results.csv")
+    if fingerprint is not None:
+        (folder / "run.json").write_text(json.dumps(
+            {"run": "base", "dataset": dataset, "dataset_fingerprint": fingerprint}))
+    return folder
+
+
+def test_runs_on_different_datasets_are_refused_and_named_by_path_and_fingerprint(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = _run_folder(tmp_path / "monday", RUN_A, "aaaa1111")
+    b = _run_folder(tmp_path / "tuesday", RUN_B, "bbbb2222", dataset="folder:shop")
+    assert bench_main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different data" in err
+    assert "fingerprint aaaa1111" in err and "folder:shop (fingerprint bbbb2222)" in err
+    assert "--different-datasets" in err and not (b / "compare_vs_base.csv").exists()
+
+    assert bench_main(["compare", str(a), str(b), "--different-datasets"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("WARNING: the runs scored different data")
+    assert f"A: {a} (dataset homestead, fingerprint aaaa1111)" in captured.out
+    assert f"B: {b} (dataset folder:shop, fingerprint bbbb2222)" in captured.out
+    assert (b / "compare_vs_monday_base.csv").is_file()  # not "compare_vs_base"
+
+
+def test_same_dataset_compares_and_unknown_fingerprints_say_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = _run_folder(tmp_path / "monday", RUN_A, "same")
+    b = _run_folder(tmp_path / "tuesday", RUN_B, "same")
+    assert bench_main(["compare", str(a), str(b)]) == 0
+    assert "fingerprint same" in capsys.readouterr().out
+    c = _run_folder(tmp_path / "old", RUN_B, None)
+    assert bench_main(["compare", str(a), str(c)]) == 0
+    assert f"B: {c} (dataset fingerprint unknown (no run.json))" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+def test_a_hand_edited_value_names_the_file_line_and_column(
+        tmp_path: Path, capsys: pytest.CaptureFixture, command: str) -> None:
+    folder = _run_folder(tmp_path / "edited", RUN_A, "x")
+    path = folder / "results.csv"
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[3].split(",")
+    cells[header.index("value")] = "0.5 (checked)"
+    lines[3] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    argv = ["compare", str(folder), str(RUN_B)] if command == "compare" else \
+        ["report", str(folder), "--no-html"]
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (f"{path}: column 'value' must hold numbers; 1 other values, e.g. '0.5 (checked)' "
+            f"at line 4 (data row 3)") in err

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from bench.core.extractor import FitContext
+from bench.embed.embeddings import check_batch
 from bench.embed.streaming import stream, to_rgb
 from bench.train.backbones import pick_device
 
@@ -58,6 +61,31 @@ def weights_file(path: str | os.PathLike, spec: str, what: str) -> Path:
         raise AdapterError(f"{spec}: weights file {path} does not exist; put {what} at that "
                            f"path (nothing is downloaded at run time)")
     return path
+
+
+def unreadable_weights(spec: str, path: str | os.PathLike, error: BaseException) -> AdapterError:
+    """One line for a weights file the loader could not read: it is not a state dict this
+    tool can read. The loaders' own advice to retry with ``weights_only=False`` (that is,
+    to unpickle arbitrary objects) is never passed on: the tool does not offer it."""
+    return AdapterError(f"{spec}: {path} is not a state dict the tool can read "
+                        f"({weights_error_detail(error)}); save the weights as .safetensors, "
+                        f"or with torch.save(model.state_dict(), PATH)")
+
+
+def weights_error_detail(error: BaseException) -> str:
+    """Why a weights file could not be read, in a few words on one line, without the
+    loaders' invitation to unpickle (``weights_only=False``)."""
+    text = str(error).strip()
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        detail = (f"it holds pickled Python objects besides tensors, e.g. {found.group(1)}, "
+                  f"and files are never unpickled")
+    elif isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
+        detail = "not a readable torch.save or safetensors file: damaged, or not weights"
+    else:
+        first = text.splitlines()[0].split(". ")[0][:160] if text else ""
+        detail = f"{type(error).__name__}: {first}"
+    return detail
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -138,25 +166,35 @@ class StreamedModel:
         if self.mode == "text":
             for start in range(0, len(rows), self.batch_size):
                 batch = titles[start:start + self.batch_size]
-                out[start:start + len(batch)] = unit(self.text_features(batch)).cpu().numpy()
+                features = self._checked(self.text_features(batch), rows[start:start + len(batch)])
+                out[start:start + len(batch)] = unit(torch.from_numpy(features)).numpy()
             return out
         start = 0
         batches = stream(dataset.image_reader(), rows, self.transform, self.batch_size,
                          dataset.info.get("workers"))
         for x in batches:
             features = self.image_features(x.to(self.device, non_blocking=True))
-            features = features.float().flatten(1)
+            checked = self._checked(features, rows[start:start + len(x)])
             if self.mode == "fused":
-                features = self._fuse(features, titles[start:start + len(x)])
-            out[start:start + len(x)] = features.cpu().numpy()
+                checked = self._fuse(torch.from_numpy(checked),
+                                     titles[start:start + len(x)]).numpy()
+            out[start:start + len(x)] = checked
             start += len(x)
         return out
+
+    def _checked(self, features: Any, rows: np.ndarray) -> np.ndarray:
+        """One batch's output flattened to [n, dim] on the CPU, refused unless it has exactly
+        one finite row of ``self.dim`` per image (an assignment would broadcast [1, dim])."""
+        if isinstance(features, torch.Tensor):
+            features = features.detach().float()
+            features = (features.flatten(1) if features.ndim >= 2 else features).cpu().numpy()
+        return check_batch(features, rows, self.name, self.dim)
 
     def _fuse(self, image: torch.Tensor, titles: list[str]) -> torch.Tensor:
         fused = unit(image)
         titled = [i for i, t in enumerate(titles) if t.strip()]
         if titled:
-            text = unit(self.text_features([titles[i] for i in titled]))
+            text = unit(self.text_features([titles[i] for i in titled])).to(fused.device)
             fused[titled] = unit(fused[titled] + text)
         return fused
 

@@ -94,6 +94,17 @@ def load_vectors(folder: Path, extractor: str, variant: str, task: str = "ctr") 
     return by_variant[variant]
 
 
+def check_line_ids(ids: np.ndarray, source: Path) -> None:
+    """``.ids.txt`` holds one id per line: an id with a line break (or another control
+    character) would shift every later id; refused, naming it, before anything is written."""
+    bad = [i for i, item in enumerate(ids) if re.search(r"[\x00-\x1f\x7f]", item)]
+    if bad:
+        raise ValueError(f"{source}: {len(bad)} ids contain a line break or another control "
+                         f"character, e.g. {str(ids[bad[0]])!r} (row {bad[0]}); the .ids.txt of "
+                         f"--format npy cannot hold them; the fuxictr-npz and fuxictr-parquet "
+                         f"formats keep such ids intact")
+
+
 def export(run: Path, extractor: str, results: Path = Path("results"), variant: str = "raw",
            task: str = "ctr",
            formats: tuple[str, ...] = FORMATS, out: Path | None = None) -> list[Path]:
@@ -105,6 +116,8 @@ def export(run: Path, extractor: str, results: Path = Path("results"), variant: 
     out = out or folder / "vectors"
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", extractor) + ("" if variant == "raw" else "+w")
     keys = embeddings.ids.astype(str)
+    if "npy" in formats:
+        check_line_ids(keys, folder / "run.json")
     written = []
     if "fuxictr-npz" in formats:
         path = out / f"{stem}.fuxictr.npz"

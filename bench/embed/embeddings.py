@@ -83,6 +83,29 @@ def validate(ids: np.ndarray, vectors: np.ndarray, source: str = "embeddings") -
         )
 
 
+def check_batch(vectors: np.ndarray, rows: np.ndarray, source: str,
+                dim: int | None = None) -> np.ndarray:
+    """An extractor's output for the dataset ``rows`` of one batch (or shard) as float32,
+    or EmbeddingError naming ``source``, the rows and the shape: it must be exactly
+    [len(rows), dim] (2-D after the extractor's flattening; numpy would broadcast a [1, dim]
+    output into identical rows) and finite. Checked before anything is cached."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    rows = np.asarray(rows)
+    where = (f"the {len(rows)} images at dataset rows {int(rows[0])}-{int(rows[-1])}"
+             if len(rows) else "an empty batch")
+    expected = f"[{len(rows)}, {dim if dim is not None else 'dim'}]"
+    if (vectors.ndim != 2 or len(vectors) != len(rows)
+            or (dim is not None and vectors.shape[1] != dim)):
+        raise EmbeddingError(f"{source}: returned shape {list(vectors.shape)} for {where}; an "
+                             f"extractor must return one vector per image, {expected}; "
+                             f"nothing was cached")
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise EmbeddingError(f"{source}: {len(bad)} of the vectors for {where} contain NaN or "
+                             f"Inf, e.g. dataset row {int(rows[bad[0]])}; nothing was cached")
+    return vectors
+
+
 def align(embeddings: Embeddings, dataset_ids: np.ndarray, source: str = "embeddings") -> Embeddings:
     """Reorder embeddings to the dataset's row order; refuse missing or unknown ids."""
     dataset_ids = np.asarray(dataset_ids).astype(str)

@@ -37,7 +37,7 @@ import numpy as np
 from bench.core.cache import load_npz, save_npz, write_json
 from bench.core.data import Dataset
 from bench.embed import streaming
-from bench.embed.embeddings import EmbeddingError, Embeddings
+from bench.embed.embeddings import EmbeddingError, Embeddings, check_batch
 
 DEFAULT_SHARD_SIZE = 1024  # 4 KiB-aligned float32 rows; about 30 s of a ResNet-18 at 224 px on CPU
 PLAN_VERSION = 1
@@ -153,11 +153,10 @@ def embed_shards(extractor: Any, dataset: Dataset, folder: Path, plan: ShardPlan
             rows = plan.rows(shard)
             before = bar.n
             with streaming.progress(bar):
-                vectors = np.asarray(extractor.embed(dataset, rows), dtype=np.float32)
+                vectors = extractor.embed(dataset, rows)
             bar.update(len(rows) - (bar.n - before))  # extractors that do not stream
-            if vectors.ndim != 2 or len(vectors) != len(rows):
-                raise EmbeddingError(f"{extractor.name}: embed returned shape {vectors.shape} "
-                                     f"for the {len(rows)} rows of shard {shard}")
+            # exact shape and finite values, before the shard is written (nothing bad cached)
+            vectors = check_batch(vectors, rows, f"{extractor.name} (shard {shard})")
             save_npz(shard_path(folder, shard), ids=dataset.ids[rows], rows=rows,
                      vectors=vectors)
             done_rows += len(rows)

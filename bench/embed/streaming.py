@@ -55,11 +55,15 @@ def progress(bar: Any) -> Iterator[None]:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB, keeping what the pixels mean: EXIF orientation applied; 16-bit and 32-bit
-    integer grayscale scaled to 8 bits (PIL's ``convert`` would clip them to near-white)."""
+    integer grayscale scaled to 8 bits (PIL's ``convert`` would clip them to near-white): a
+    32-bit image (mode ``I``) by the range of the smallest type that holds its values, 8 bits
+    (<= 255), 16 bits (<= 65,535) or 32 bits (2**31 - 1, PIL's signed int32); negatives are 0."""
     image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        peak = values.max() if values.size else 0.0
+        top = (65535.0 if image.mode.startswith("I;16") else
+               255.0 if peak <= 255 else 65535.0 if peak <= 65535 else float(2**31 - 1))
         image = Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
     elif image.mode == "F":
         values = np.asarray(image, dtype=np.float64)

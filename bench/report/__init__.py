@@ -48,12 +48,42 @@ def _log(message: str) -> None:
     print(f"[bench report] {message}", file=sys.stderr, flush=True)
 
 
+TEXT_COLUMNS = ("run", "dataset", "extractor", "variant", "task", "metric")
+NUMBER_COLUMNS = ("value", "seed")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A ``results.csv`` with its label columns as text and ``value`` / ``seed`` as numbers,
+    or a ValueError naming the file, the line, the row and the column of the first value
+    that is not a number (a hand-edited file); an empty cell stays a missing value."""
+    path = Path(path)
+    try:
+        results = pd.read_csv(path, dtype={c: str for c in (*TEXT_COLUMNS, *NUMBER_COLUMNS)})
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"{path}: not a readable CSV ({first})") from None
+    for column in NUMBER_COLUMNS:
+        if column not in results.columns:
+            continue
+        text = results[column]
+        numbers = pd.to_numeric(text.str.strip(), errors="coerce")
+        bad = (text.notna() & numbers.isna()).to_numpy()
+        if bad.any():
+            row = int(bad.nonzero()[0][0])
+            raise ValueError(f"{path}: column {column!r} must hold numbers; {int(bad.sum())} "
+                             f"other values, e.g. {text.iloc[row]!r} at line {row + 2} (data "
+                             f"row {row + 1})")
+        results[column] = numbers
+    return results
+
+
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     results_path = run_dir / "results.csv"
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path}: no results file; is {run_dir} a run folder?")
-    results = pd.read_csv(results_path, dtype={"run": str, "dataset": str, "extractor": str,
-                                               "variant": str, "task": str, "metric": str})
+    results = read_results(results_path)
     missing = {"extractor", "variant", "task", "metric", "value"} - set(results.columns)
     if missing:
         raise ValueError(f"{results_path}: missing columns {sorted(missing)}")

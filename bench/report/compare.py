@@ -9,8 +9,12 @@ Otherwise, as for old runs, against ``2 x pooled seed std`` with
 ``sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2))`` (sample stds, ddof 1); a
 single seed on both sides then gives ``n/a``. ``better`` / ``worse`` follow the metric's
 direction (lower is better for logloss, bytes and time). Printed as a table and written as CSV,
-then each run's best deployable extractor per task's main score with its tie group, by the
-report's rule (:func:`bench.report.glance.compare_lines`, :func:`bench.scoring.ties.tie_group`).
+under a header naming each run by its path and its dataset (run.json ``dataset`` and
+``dataset_fingerprint``). Runs whose dataset fingerprints differ are refused (exit 2): their
+changes would be dataset differences reported as model changes; ``--different-datasets``
+compares them anyway, under a warning on stderr. Then each run's best deployable extractor per
+task's main score with its tie group, by the report's rule
+(:func:`bench.report.glance.compare_lines`, :func:`bench.scoring.ties.tie_group`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +134,52 @@ def format_table(comparison: pd.DataFrame) -> str:
 
 
 def _results(run: str) -> pd.DataFrame:
+    from bench.report import read_results
+
     path = Path(run)
     path = path / "results.csv" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results.csv; pass a run folder or a results file")
-    return pd.read_csv(path)
+    return read_results(path)
+
+
+def _identity(run: str) -> tuple[Path, str | None, str | None]:
+    """(run folder, dataset, dataset fingerprint) from its run.json (None where unknown)."""
+    path = Path(run)
+    folder = path if path.is_dir() else path.parent
+    try:
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return folder, None, None
+    if not isinstance(info, dict):
+        return folder, None, None
+    fingerprint = info.get("dataset_fingerprint")
+    return folder, info.get("dataset"), None if fingerprint is None else str(fingerprint)
+
+
+def describe(run: str) -> str:
+    """A run named by its path and its dataset's fingerprint: two folders both named ``base``
+    are told apart."""
+    folder, dataset, fingerprint = _identity(run)
+    data = (f"dataset {dataset or '?'}, fingerprint {fingerprint}" if fingerprint
+            else "dataset fingerprint unknown (no run.json)")
+    return f"{folder} ({data})"
+
+
+def check_same_data(run_a: str, run_b: str, allow: bool = False) -> str | None:
+    """Refuse (ValueError) two runs whose run.json dataset fingerprints differ: their changes
+    would be dataset differences reported as model changes. With ``allow``: the warning line
+    to print instead. None when the fingerprints agree or one is unknown."""
+    (_, data_a, key_a), (_, data_b, key_b) = _identity(run_a), _identity(run_b)
+    if key_a is None or key_b is None or key_a == key_b:
+        return None
+    message = (f"the runs scored different data: {run_a} on {data_a} (fingerprint {key_a}), "
+               f"{run_b} on {data_b} (fingerprint {key_b}); their changes would mix dataset "
+               f"and model differences")
+    if not allow:
+        raise ValueError(f"{message}; compare runs of one dataset, or pass "
+                         f"--different-datasets to compare anyway")
+    return f"WARNING: {message}; every change below includes the dataset difference"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,6 +188,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="CSV path (default: RUN_B/compare_vs_<RUN_A name>.csv)")
     parser.add_argument("--changed-only", action="store_true",
                         help="print only rows whose change is beyond the seed noise")
+    parser.add_argument("--different-datasets", action="store_true",
+                        help="compare runs whose dataset fingerprints differ (refused by "
+                             "default), with a warning")
 
 
 def _verdicts(run: str) -> pd.DataFrame | None:
@@ -164,15 +213,22 @@ def _metric_book(*runs: str) -> MetricBook:
 
 
 def main(args: argparse.Namespace) -> int:
+    warning = check_same_data(args.run_a, args.run_b, args.different_datasets)
     comparison = compare_results(_results(args.run_a), _results(args.run_b),
                                  _verdicts(args.run_a), _verdicts(args.run_b),
                                  _metric_book(args.run_a, args.run_b))
     run_a, run_b = Path(args.run_a), Path(args.run_b)
     folder_b = run_b if run_b.is_dir() else run_b.parent
-    name_a = (run_a if run_a.is_dir() else run_a.parent).resolve().name
+    folder_a = (run_a if run_a.is_dir() else run_a.parent).resolve()
+    name_a = folder_a.name
+    if name_a == folder_b.resolve().name:  # two folders named alike: say which A it was
+        name_a = f"{folder_a.parent.name}_{name_a}"
     out = Path(args.out) if args.out else folder_b / f"compare_vs_{name_a}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     comparison.to_csv(out, index=False)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(f"A: {describe(args.run_a)}\nB: {describe(args.run_b)}\n")
     shown = comparison[comparison["beyond_noise"] == "yes"] if args.changed_only else comparison
     print(format_table(shown) if len(shown) else "no rows to show")
     counts = comparison["beyond_noise"].value_counts().to_dict()

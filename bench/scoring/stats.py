@@ -18,6 +18,19 @@ Resampling units, not observations, keeps the interval honest when a unit holds 
 observations (a user's impressions are correlated). AUC on a resample is the weighted
 Mann-Whitney statistic with each impression weighted by how often its user was drawn (equal to
 scikit-learn's ``roc_auc_score`` with ``sample_weight``; tested against it).
+
+Scale: up to ``EXACT_UNITS`` (5,000) shared units the draws are that exact bootstrap. Above it
+(a real log has millions of users) an exact resample costs ``units x resamples`` and, for
+AUC, a dense [units, units] pair matrix; instead each cell's statistic is linearised in the
+unit draw counts, ``theta(c) ~ theta + sum_u (c_u - 1) phi_u``, with the per-unit influence
+``phi_u`` computed in one sort: ``(S_u - theta N_u) / N`` for means and GAUC, and for AUC the
+clustered DeLong (Obuchowski) components ``(sum of the unit's positives' shares of negatives
+below them) / P + (sum of its negatives' shares of positives above them) / N
+- theta (p_u / P + n_u / N)``. The draws are then a Gaussian multiplier bootstrap of that
+linear statistic, drawn in closed form from the cells' K x K covariance ``Phi^T Phi`` (centred),
+which is what the multinomial bootstrap's variance tends to: memory O(observations + units x
+cells), time O(observations log observations), and the pairing between cells is kept
+(``compare`` still differences shared draws). ``benchmarks/interval_scale.py`` measures it.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.stats
 
 from bench.scoring.metrics import _group_auc, auc, gauc
@@ -194,6 +208,77 @@ def _auc_parts(codes: np.ndarray, evidence: Evidence, n_units: int
 
 
 PAIR_MATRIX_UNITS = 5000  # the dense [U, U] pair matrix of AUC: 200 MB at this size
+EXACT_UNITS = PAIR_MATRIX_UNITS  # above it, the linearised draws of ``_linear_draws``
+
+
+def _influence(seeds: Sequence[Evidence], codes: Sequence[np.ndarray], n_units: int
+               ) -> tuple[float, np.ndarray]:
+    """(theta, phi [U]): a cell's seed-mean statistic at every unit drawn once and its
+    influence per unit (the derivative of ``_Statistic`` in the draw counts at c = 1, see the
+    module doc); never builds a [U, U] matrix."""
+    kinds = {e.kind for e in seeds}
+    if len(kinds) != 1:
+        raise ValueError(f"one cell mixes evidence kinds {sorted(kinds)}")
+    kind = kinds.pop()
+    if kind != "auc":
+        if kind == "mean":
+            sums = np.mean([np.bincount(c, e.values, minlength=n_units)
+                            for c, e in zip(codes, seeds)], axis=0)
+            counts = np.mean([np.bincount(c, minlength=n_units) for c in codes], axis=0)
+        else:
+            parts = [_gauc_parts(c, e, n_units) for c, e in zip(codes, seeds)]
+            sums = np.mean([p[0] for p in parts], axis=0)
+            counts = np.mean([p[1] for p in parts], axis=0)
+        total = counts.sum()
+        if total <= 0:
+            return math.nan, np.zeros(n_units)
+        theta = float(sums.sum() / total)
+        return theta, (sums - theta * counts) / total
+    rows, cols, n_pos, n_neg = [], [], None, None
+    for c, e in zip(codes, seeds):
+        positive = e.labels == 1
+        pos = np.bincount(c[positive], minlength=n_units).astype(np.float64)
+        neg = np.bincount(c[~positive], minlength=n_units).astype(np.float64)
+        if n_pos is None:
+            n_pos, n_neg = pos, neg
+        elif not (np.array_equal(pos, n_pos) and np.array_equal(neg, n_neg)):
+            raise ValueError("the seeds of one AUC cell were scored on different labels")
+        # both sides sorted once: the searches run in order, and bincount needs no unsorting
+        order = np.argsort(e.values[positive], kind="stable")
+        pos_scores, pos_codes = e.values[positive][order], c[positive][order]
+        order = np.argsort(e.values[~positive], kind="stable")
+        neg_scores, neg_codes = e.values[~positive][order], c[~positive][order]
+        below = (np.searchsorted(neg_scores, pos_scores, "left")
+                 + np.searchsorted(neg_scores, pos_scores, "right")) / 2
+        above = len(pos_scores) - (np.searchsorted(pos_scores, neg_scores, "left")
+                                   + np.searchsorted(pos_scores, neg_scores, "right")) / 2
+        rows.append(np.bincount(pos_codes, below, minlength=n_units))  # sum_v M[u, v]
+        cols.append(np.bincount(neg_codes, above, minlength=n_units))  # sum_v M[v, u]
+    assert n_pos is not None and n_neg is not None
+    total_pos, total_neg = n_pos.sum(), n_neg.sum()
+    if total_pos == 0 or total_neg == 0:
+        return math.nan, np.zeros(n_units)
+    row, col = np.mean(rows, axis=0), np.mean(cols, axis=0)
+    pairs = total_pos * total_neg
+    theta = float(row.sum() / pairs)
+    return theta, (row + col) / pairs - theta * (n_pos / total_pos + n_neg / total_neg)
+
+
+def _linear_draws(cells: Sequence[Cell], codes: Sequence[Sequence[np.ndarray]], n_units: int,
+                  n_resamples: int, seed: int) -> np.ndarray:
+    """[n_cells, n_resamples] draws of the linearised statistics (module doc): Gaussian with
+    the cells' covariance ``Phi_c^T Phi_c`` over units, so pairs of cells stay paired."""
+    found = [_influence(c.seeds, cell_codes, n_units) for c, cell_codes in zip(cells, codes)]
+    theta = np.array([t for t, _ in found])
+    phi = np.stack([p for _, p in found], axis=1)  # [U, K]
+    phi -= phi.mean(axis=0)  # the multinomial bootstrap's variance: centred per unit
+    covariance = phi.T @ phi
+    values, vectors = np.linalg.eigh(covariance)
+    root = vectors * np.sqrt(np.clip(values, 0, None))  # covariance = root @ root.T
+    normal = np.random.default_rng(seed).standard_normal((len(cells), n_resamples))
+    draws = theta[:, None] + root @ normal
+    draws[~np.isfinite(theta)] = np.nan
+    return draws
 
 
 @dataclass
@@ -203,6 +288,7 @@ class Cell:
     key: tuple
     seeds: list[Evidence] = field(default_factory=list)
     _values: np.ndarray | None = field(default=None, repr=False)
+    _n_units: int | None = field(default=None, repr=False)  # set by ``resample``
 
     @property
     def unit(self) -> str:
@@ -214,15 +300,55 @@ class Cell:
         return self._values
 
 
+def _distinct(arrays: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """The distinct arrays among ``arrays`` (the cells of one task usually share their units
+    array) and, per array, the index of its distinct one: string work is done once each."""
+    found: list[np.ndarray] = []
+    index = []
+    for array in arrays:
+        for i, seen in enumerate(found):
+            if seen is array or (seen.shape == array.shape and np.array_equal(seen, array)):
+                index.append(i)
+                break
+        else:
+            index.append(len(found))
+            found.append(array)
+    return found, index
+
+
 def _universe(cells: Sequence[Cell]) -> np.ndarray:
-    return np.unique(np.concatenate([e.units for c in cells for e in c.seeds]))
+    """The sorted distinct units of the cells (hashing each distinct units array once, then
+    sorting only the distinct values)."""
+    distinct, _ = _distinct([e.units for c in cells for e in c.seeds])
+    return np.unique(np.concatenate([pd.unique(units) for units in distinct]))
+
+
+def _encode(cells: Sequence[Cell]) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """(universe, codes per cell per seed): ``_universe`` and ``_codes`` in one pass over the
+    strings, by hashing (``searchsorted`` on millions of strings takes minutes)."""
+    evidence = [e for c in cells for e in c.seeds]
+    distinct, index = _distinct([e.units for e in evidence])
+    factorised = [pd.factorize(units) for units in distinct]
+    universe, inverse = np.unique(np.concatenate([u for _, u in factorised]),
+                                  return_inverse=True)
+    offsets = np.cumsum([0] + [len(u) for _, u in factorised])
+    codes = [inverse.reshape(-1)[offsets[i] + c] for i, (c, _) in enumerate(factorised)]
+    flat = iter(codes[i] for i in index)
+    return universe, [[next(flat) for _ in c.seeds] for c in cells]
 
 
 def resample(cells: Sequence[Cell], n_resamples: int = N_RESAMPLES,
-             seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+             seed: int = BOOTSTRAP_SEED, exact_units: int | None = None) -> np.ndarray:
     """Seed-mean of every cell on the same ``n_resamples`` bootstrap draws of the shared units:
-    [n_cells, n_resamples]. Units a cell lacks simply weigh nothing in it."""
-    universe = _universe(cells)
+    [n_cells, n_resamples]. Units a cell lacks simply weigh nothing in it. Above
+    ``exact_units`` shared units the draws are the linearised ones (module doc)."""
+    universe, codes = _encode(cells)
+    for cell, cell_codes in zip(cells, codes):  # for ``interval``
+        cell._n_units = int(np.count_nonzero(np.bincount(np.concatenate(cell_codes),
+                                                         minlength=len(universe))))
+    exact_units = EXACT_UNITS if exact_units is None else exact_units
+    if len(universe) > exact_units:
+        return _linear_draws(cells, codes, len(universe), n_resamples, seed)
     statistics = [_Statistic(c.seeds, universe) for c in cells]
     n_units = len(universe)
 
@@ -290,8 +416,8 @@ def interval(cell: Cell, draws: np.ndarray) -> Interval:
     values = cell.seed_values()
     boot = float(np.nanstd(draws, ddof=1)) if np.isfinite(draws).sum() > 1 else 0.0
     se = math.sqrt(boot ** 2 + _seed_var(values) / len(values))
-    return Interval(float(values.mean()), se, len(values), len(_universe([cell])), cell.unit,
-                    support(cell))
+    n_units = cell._n_units if cell._n_units is not None else len(_universe([cell]))
+    return Interval(float(values.mean()), se, len(values), n_units, cell.unit, support(cell))
 
 
 def support(cell: Cell) -> tuple[float, float]:

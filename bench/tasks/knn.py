@@ -71,8 +71,14 @@ class KnnConsistency(Task):
     def skip_reason(self, dataset: Dataset) -> str | None:
         items = population(dataset)
         queries = items[dataset.table["split"].iloc[items].to_numpy() == "test"]
-        if not len(queries) or not self.labels(dataset, queries):
+        columns = self.labels(dataset, queries) if len(queries) else []
+        if not columns:
             return f"no test items with any of the label columns {LABELS}"
+        single = {c: dataset.table[c].iloc[items].dropna().astype(str).unique() for c in columns}
+        if all(len(values) < 2 for values in single.values()):
+            named = ", ".join(f"{c} {str(v[0])!r}" for c, v in single.items())
+            return (f"every label column has one class only among the items ({named}): a "
+                    f"neighbour always agrees, consistency 1.0 against chance 1.0")
         return None
 
     def evaluate(self, embeddings: Embeddings, dataset: Dataset,
@@ -91,8 +97,8 @@ class KnnConsistency(Task):
             labelled = database[dataset.table[column].iloc[database].notna().to_numpy()]
             labels = dataset.table[column].iloc[labelled].astype(str).to_numpy()
             queries = np.flatnonzero(dataset.table["split"].iloc[labelled].to_numpy() == "test")
-            if len(queries) == 0 or len(labelled) < 2:
-                continue
+            if len(queries) == 0 or len(labelled) < 2 or len(np.unique(labels)) < 2:
+                continue  # one class only: agreement 1.0 against chance 1.0 says nothing
             key = labelled.tobytes()  # label columns labelled alike share one search
             if key not in searched:
                 kind, params = index_choice.task_choice(ctx.options, len(labelled))

@@ -36,7 +36,9 @@ def validate_log(log: pd.DataFrame, known_ids: Sequence[str] | np.ndarray,
     """A clean copy of ``log`` (string ids, int day, int8 labels) or CtrDataError.
 
     Refuses missing columns, missing values, non-integer days, labels other than 0/1, item ids
-    that are not in ``known_ids`` (the embeddings' ids), and logs with fewer than two days.
+    that are not in ``known_ids`` (the embeddings' ids), logs with fewer than two days,
+    conversions without a click, and an evaluation day too thin to score
+    (:func:`check_eval_day`).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in log.columns]
     if missing:
@@ -60,7 +62,7 @@ def validate_log(log: pd.DataFrame, known_ids: Sequence[str] | np.ndarray,
         bad = ~np.isin(values, (0, 1))
         if bad.any():
             raise CtrDataError(f"{source}: column {column!r} must be 0/1; {int(bad.sum())} "
-                               f"other values, e.g. {values[bad][0]!r}")
+                               f"other values, e.g. {values[bad][0].item()!r}")
         out[column] = values.astype(np.int8)
     known = pd.Index(np.asarray(known_ids).astype(str))
     unknown = ~out["item_id"].isin(known).to_numpy()
@@ -73,7 +75,32 @@ def validate_log(log: pd.DataFrame, known_ids: Sequence[str] | np.ndarray,
     if out["day"].nunique() < 2:
         raise CtrDataError(f"{source}: needs at least two days (train on earlier days, evaluate "
                            f"on the last), got only day {int(out['day'].iloc[0])}")
+    converted_unclicked = ((out["conversion"] == 1) & (out["click"] == 0)).to_numpy()
+    if converted_unclicked.any():
+        row = int(np.flatnonzero(converted_unclicked)[0])
+        raise CtrDataError(
+            f"{source}: {int(converted_unclicked.sum())} rows have conversion=1 with click=0, "
+            f"e.g. row {row} (user {out['user_id'].iloc[row]!r}, item "
+            f"{out['item_id'].iloc[row]!r}, day {int(out['day'].iloc[row])}); the conversion "
+            f"head (ESMM) models conversions after a click, so a conversion needs click=1")
+    check_eval_day(out, source)
     return out.reset_index(drop=True)
+
+
+MIN_EVAL_USERS = 2  # the intervals resample users: one user has no spread to measure
+
+
+def check_eval_day(log: pd.DataFrame, source: str) -> None:
+    """The last day is scored: it needs impressions of ``MIN_EVAL_USERS`` users at least, and
+    both a click and a non-click (click AUC compares them); refused before any training."""
+    last = int(log["day"].max())
+    day = log[log["day"] == last]
+    users, clicks = int(day["user_id"].nunique()), int(day["click"].sum())
+    if users < MIN_EVAL_USERS or clicks == 0 or clicks == len(day):
+        raise CtrDataError(
+            f"{source}: the evaluation day (day {last}, the last) needs impressions of at "
+            f"least {MIN_EVAL_USERS} users with both clicks and non-clicks; it has {len(day)} "
+            f"rows from {users} user{'s' if users != 1 else ''} with {clicks} clicks")
 
 
 def _integers(column: pd.Series, name: str, source: str) -> np.ndarray:
@@ -81,6 +108,7 @@ def _integers(column: pd.Series, name: str, source: str) -> np.ndarray:
     bad = ~np.isfinite(values) | (values != np.round(values))
     if bad.any():
         example = column.iloc[int(np.flatnonzero(bad)[0])]
+        example = example.item() if isinstance(example, np.generic) else example  # 1.5, not np.float64(1.5)
         raise CtrDataError(f"{source}: column {name!r} must hold integers; {int(bad.sum())} "
                            f"other values, e.g. {example!r}")
     return values.astype(np.int64)
