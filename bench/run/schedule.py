@@ -93,7 +93,10 @@ def execute_run(prepared: Prepared) -> Run:
         try:
             run.finish("failed")
         except StorageError:
-            pass
+            try:  # run.json is small: it may fit where results.csv did not
+                run.save(results=False)
+            except StorageError:
+                pass
         raise
     finally:
         prepared.hold.close()  # the run folder's lock

@@ -79,6 +79,7 @@ class Run:
         self.computed = 0
         self.not_started = [text for text, _ in prepared.extractors]  # not embedded yet
         self.info: dict[str, Any] = {"dataset_fingerprint": self.dataset.fingerprint,
+                                     "dataset_content": self.dataset.info.get("content"),
                                      "dataset_size": len(self.dataset),
                                      "cache": str(prepared.cache.root),
                                      "plugins": list(spec.plugins),
@@ -217,8 +218,11 @@ class Run:
                               "command": self.spec.command})
         self.save()
 
-    def save(self) -> None:
-        write_results(self.dir, self.results())
+    def save(self, results: bool = True) -> None:
+        """``results.csv`` (unless ``results`` is False: a full disk refused it) and
+        ``run.json``."""
+        if results:
+            write_results(self.dir, self.results())
         spec = self.spec
         write_run_json(self.dir, {
             "run": self.run_id, "status": self.status, "profile": spec.profile.name,
