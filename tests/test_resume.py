@@ -146,10 +146,10 @@ def test_merge_rows_keeps_every_column_and_the_newest_duplicate():
 def test_settings_that_change_the_numbers_are_named():
     quick = run_config(get_profile("quick"), "homestead", {"seed": 0})
     other = get_profile("quick")
-    other.train["*"]["epochs"] = 3
+    other.train["*"]["width"] = 3
     changed = run_config(other, "homestead", {"seed": 1})
     assert config_changes(quick, changed) == ["dataset_options.seed 0 -> 1",
-                                              "profile.train.*.epochs 1 -> 3"]
+                                              "profile.train.*.width 16 -> 3"]
     more_seeds = get_profile("quick")
     more_seeds.__dict__["seeds"] = 3  # extractors, tasks and seeds only add cells
     assert config_changes(quick, run_config(more_seeds, "homestead", {"seed": 0})) == []
