@@ -59,6 +59,7 @@ TESTS = [
     "tests/test_index.py",
     "tests/test_scoring_oracles.py",
     "tests/test_scoring_properties.py",
+    "tests/test_scoring_edges.py",
     "tests/test_ctr.py::test_task_metrics_equal_bench_metrics_and_sklearn",
 ]
 
