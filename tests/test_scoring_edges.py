@@ -53,9 +53,10 @@ def test_logloss_eps_must_lie_strictly_between_0_and_half(eps, refused):
             -(math.log(0.6) + math.log(0.6)) / 2)
 
 
-def test_logloss_refuses_a_single_probability_above_one():
+@pytest.mark.parametrize("probs", [[0.5, 1.2], [-0.1, 0.5]])
+def test_logloss_refuses_a_single_probability_outside_0_1(probs):
     with pytest.raises(ValueError, match=r"probs: expected values in \[0, 1\]"):
-        metrics.logloss([0, 1], [0.5, 1.2])
+        metrics.logloss([0, 1], probs)
 
 
 def test_knn_chance_of_two_items():
@@ -90,7 +91,9 @@ def test_topk_accuracy_boundaries_and_refusals():
     with pytest.raises(ValueError, match="labels: expected 1 integer labels"):
         metrics.topk_accuracy(scores, np.array([0.0]), 1)
     with pytest.raises(ValueError, match=r"labels: expected values in \[0, 3\)"):
-        metrics.topk_accuracy(scores, np.array([-1]), 1)
+        metrics.topk_accuracy(np.r_[scores, scores], np.array([-1, 0]), 1)
+    with pytest.raises(ValueError, match=r"labels: expected values in \[0, 3\)"):
+        metrics.topk_accuracy(np.r_[scores, scores], np.array([0, 3]), 1)
 
 
 # ------------------------------------------------------------------ gaps of approximate indexes
@@ -194,6 +197,11 @@ def test_auc_seeds_scored_on_different_labels_are_refused():
     other = stats.Evidence("auc", "user", units, seeds[1].values, 1 - labels)
     with pytest.raises(ValueError, match="different labels"):
         stats._Statistic([seeds[0], other], np.unique(units))
+    # the same positives, one more negative: still different labels
+    extra = stats.Evidence("auc", "user", np.r_[units, units[:1]], np.r_[seeds[1].values, 0.5],
+                           np.r_[labels, 0.0])
+    with pytest.raises(ValueError, match="different labels"):
+        stats._Statistic([seeds[0], extra], np.unique(units))
 
 
 def test_auc_pair_matrix_limit_counts_units(monkeypatch):
@@ -246,6 +254,9 @@ def test_seed_text_names_the_larger_seed_count():
     assert "+ spread of 3 seeds" in stats.compare(two, flat, three, flat).test
     assert "+ spread of 3 seeds" in stats.compare(three, flat, two, flat).test
     assert "seeds" not in stats.compare(_cell([0.5]), flat, _cell([0.4]), flat).test
+    one = _cell([0.5])  # one seed against three: the three seeds' spread still counts
+    assert "+ spread of 3 seeds" in stats.compare(one, flat, three, flat).test
+    assert "+ spread of 3 seeds" in stats.compare(three, flat, one, flat).test
     # unpaired: each side's seed variance over its own count (numpy by hand)
     se = math.sqrt(np.var([0.4, 0.45], ddof=1) / 2 + np.var([0.5, 0.6, 0.55], ddof=1) / 3)
     got = stats.compare(two, flat, three, flat)
@@ -422,3 +433,13 @@ def test_choose_breaks_ties_towards_the_smaller_k_and_shrinkage():
     best = [(k, s) for k in (1, 2, 3) for s in (0.0, 1.0) if scores[candidate_name(k, s)] == 1.0]
     assert len(best) >= 3  # several candidates separate the two clusters perfectly
     assert chosen == min(best) == (1, 0.0)
+
+
+def test_on_near_constant_vectors_a_variance_under_eps_squared_counts_as_zero():
+    """Below eps the threshold stops being relative: with a top variance of 1e-8 a direction
+    of 1e-13 is noise (under 1e-12) and dropped, while one of 1e-8 is kept."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2000, 3)) * np.array([1e-4, 1e-4, 3e-7])
+    s = np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1]
+    assert s[1] > 1e-12 > s[2] > 1e-6 * s[0]  # the premise: only the absolute floor drops it
+    assert fit_whitening(x).k == 2
