@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?=
 ARGS ?=
 
-.PHONY: setup bench bench-quick test test-slow lint perf clean
+.PHONY: setup bench bench-quick test test-slow mutation lint perf clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+# mutation testing of the scoring core (tests/mutate.py, docs/testing.md): about 10-15 min on 2
+# cores; fails when a module's killed/total falls below tests/mutation_score.json
+mutation: setup
+	OMP_NUM_THREADS=1 $(BIN)/python tests/mutate.py --check $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
 from bench.cli.main import main
 from bench.report import artifacts
 from bench.run import pictures
@@ -32,7 +30,6 @@ def load(cache, **_):
 """
 
 
-@pytest.mark.slow  # `bench run` loads every plugin (torch, torchvision, lightly): ~10 s quiet
 def test_run_saves_artifacts_and_report_rebuilds_from_the_folder(tmp_path, capsys) -> None:
     plugin = tmp_path / "report_tiny.py"
     plugin.write_text(PLUGIN)
@@ -64,5 +61,11 @@ def test_run_saves_artifacts_and_report_rebuilds_from_the_folder(tmp_path, capsy
     assert "ctr_auc: not run" in printed
     assert (run / "tables" / "knn.md").read_text() == table
     assert (run / "plots" / "knn_grid.png").is_file()
-    # the red channel separates the labels: both perfect raw, so no column winner to bold
-    assert "| pixels | 1.0000 |" in table and "| random | 1.0000 |" in table
+    # the red channel separates the labels: every query's neighbours all share its label, so
+    # both rows are perfect with a zero-width interval (no query differs from another) and no
+    # column winner to bold; chance: 3 labels of 100 items each, (100 - 1) / (300 - 1)
+    perfect = "1.0000 [1.0000, 1.0000]"
+    chance = f"{99 / 299:.4f}"
+    for name in ("pixels", "random"):
+        assert f"| {name} | {perfect} | {perfect} | {chance} |" in table
+    assert "**" not in table

@@ -257,3 +257,62 @@ def test_ladder_rows_are_shown_but_never_ranked() -> None:
     table = all_tables(results)["knn"]
     ranks = {row: table.cell(row, "style_consistency raw").rank for row, _ in rows}
     assert ranks == {"ladder:clean": 0, "ladder:noise=0.3": 0, "swav": 1, "pixels": 2, "random": 0}
+
+
+def _by_hand(task: str, extractor: str, metric: str, variant: str) -> tuple[float, float, int]:
+    """Mean, sample std and seed count of one cell, straight from the fixture's results.csv."""
+    rows = [r for r in (RUN_A / "results.csv").read_text().splitlines()[1:]
+            if r.split(",")[2:6] == [extractor, variant, task, metric]]
+    values = np.array([float(r.split(",")[-1]) for r in rows])
+    if len(values) == 0:
+        return np.nan, np.nan, 0
+    return values.mean(), (values.std(ddof=1) if len(values) > 1 else np.nan), len(values)
+
+
+@pytest.mark.parametrize("task, extractor, metric, variant, column", [
+    ("classify", "pretrained", "probe_top1", "raw", "probe_top1 raw"),
+    ("classify", "moco_v2", "probe_top5", "w", "probe_top5 +w"),
+    ("classify", "scratch:resnet18", "finetune_top1", "ft", "finetune_top1"),
+    ("ctr", "moco_v2", "ctr_auc", "w", "ctr_auc +w"),
+    ("ctr", "moco_v2", "ctr_logloss", "raw", "ctr_logloss raw"),
+    ("knn", "pixels", "style_consistency", "w", "style_consistency +w"),
+    ("retrieval", "swav", "map@r", "raw", "map@r raw"),
+])
+def test_table_cells_equal_mean_and_std_computed_from_results_csv(
+        run_a: Path, task: str, extractor: str, metric: str, variant: str, column: str) -> None:
+    """A second oracle beside the stored expectation: a few cells recomputed by hand (numpy,
+    from the raw rows of results.csv) in the written csv and markdown tables."""
+    mean, std, n = _by_hand(task, extractor, metric, variant)
+    assert n >= 1
+    build_report(run_a, html=False)
+    table = pd.read_csv(run_a / "tables" / f"{task}.csv").set_index("extractor")
+    assert table.loc[extractor, column] == pytest.approx(mean, rel=1e-12)
+    if n > 1:
+        assert table.loc[extractor, f"{column} std"] == pytest.approx(std, rel=1e-9)
+        text = f"{mean:.4f} ± {std:.4f}"
+    else:
+        assert np.isnan(table.loc[extractor, f"{column} std"])
+        text = f"{mean:.4f}"
+    markdown = (run_a / "tables" / f"{task}.md").read_text().splitlines()
+    header = [c.strip() for c in markdown[0].strip("|").split("|")]
+    line = next(x for x in markdown if x.startswith(f"| {extractor} |"))
+    cell = [c.strip() for c in line.strip("|").split("|")][header.index(column)]
+    assert cell.replace("**", "").replace("<u>", "").replace("</u>", "") == text
+
+
+def test_best_cell_of_a_column_is_the_best_mean_by_hand(run_a: Path) -> None:
+    """Bold marks the best mean of a column: the highest AUC, the lowest log loss."""
+    build_report(run_a, html=False)
+    markdown = (run_a / "tables" / "ctr.md").read_text().splitlines()
+    header = [c.strip() for c in markdown[0].strip("|").split("|")]
+    for metric, pick in (("ctr_auc", max), ("ctr_logloss", min)):
+        means = {}
+        for extractor in {r.split(",")[2] for r in
+                          (RUN_A / "results.csv").read_text().splitlines()[1:]}:
+            mean, _, n = _by_hand("ctr", extractor, metric, "raw")
+            if n and not extractor.startswith("ladder:"):
+                means[extractor] = mean
+        best = pick(means, key=means.get)
+        bold = [x.split("|")[1].strip() for x in markdown[2:]
+                if "**" in x.split("|")[1 + header.index(f"{metric} raw")]]
+        assert bold == [best], (metric, means)
