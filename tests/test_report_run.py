@@ -62,10 +62,9 @@ def test_run_saves_artifacts_and_report_rebuilds_from_the_folder(tmp_path, capsy
     assert (run / "tables" / "knn.md").read_text() == table
     assert (run / "plots" / "knn_grid.png").is_file()
     # the red channel separates the labels: every query's neighbours all share its label, so
-    # both rows are perfect with a zero-width interval (no query differs from another) and no
-    # column winner to bold; chance: 3 labels of 100 items each, (100 - 1) / (300 - 1)
-    perfect = "1.0000 [1.0000, 1.0000]"
+    # both rows are perfect with a zero-width interval (no query differs from another), so they
+    # tie and both are bold (the tie group); chance: 3 labels of 100 items each, 99 / 299
+    perfect = "**1.0000 [1.0000, 1.0000]**"
     chance = f"{99 / 299:.4f}"
     for name in ("pixels", "random"):
         assert f"| {name} | {perfect} | {perfect} | {chance} |" in table
-    assert "**" not in table

@@ -301,7 +301,8 @@ def test_table_cells_equal_mean_and_std_computed_from_results_csv(
 
 
 def test_best_cell_of_a_column_is_the_best_mean_by_hand(run_a: Path) -> None:
-    """Bold marks the best mean of a column: the highest AUC, the lowest log loss."""
+    """Bold marks the best mean of a column (the highest AUC, the lowest log loss) and the rows
+    tied with it (tests/test_report_glance.py checks the tie rule); never a reference row."""
     build_report(run_a, html=False)
     markdown = (run_a / "tables" / "ctr.md").read_text().splitlines()
     header = [c.strip() for c in markdown[0].strip("|").split("|")]
@@ -315,4 +316,4 @@ def test_best_cell_of_a_column_is_the_best_mean_by_hand(run_a: Path) -> None:
         best = pick(means, key=means.get)
         bold = [x.split("|")[1].strip() for x in markdown[2:]
                 if "**" in x.split("|")[1 + header.index(f"{metric} raw")]]
-        assert bold == [best], (metric, means)
+        assert best in bold and "none (ids only)" not in bold, (metric, means, bold)
