@@ -195,3 +195,29 @@ def test_a_resumed_session_counts_the_extractors_that_never_started(tmp_path, ca
         assert main([*args, "--extractors", "pixels,random"]) == 0
     assert "resuming (0 planned cells not done, 1 of 2 extractors with cells to compute)" in \
         caplog.text
+
+
+def test_a_full_disk_under_any_writer_of_the_run_folder_is_one_line(tmp_path, capsys,
+                                                                     monkeypatch):
+    """Evidence files fill the disk first in a real run (seen on a 64 kB tmpfs): still one line
+    and a failed session, never a traceback."""
+    from bench.scoring import verdicts
+
+    args = ["run", "--profile", "quick", "--dataset", "digits", "--extractors", "pixels",
+            "--tasks", "knn", "--no-report", "--out", str(tmp_path / "out"), "--cache",
+            str(tmp_path / "cache"), "--run-id", "ev"]
+    real = verdicts.save_npz
+
+    def full(path, **arrays):
+        if "evidence" in Path(path).parts:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, **arrays)
+
+    monkeypatch.setattr(verdicts, "save_npz", full)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"error: cannot write {tmp_path / 'out' / 'ev'}: No space left on device, ")
+    info = json.loads((tmp_path / "out" / "ev" / "run.json").read_text())
+    assert info["status"] == "failed"

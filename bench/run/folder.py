@@ -12,6 +12,7 @@ without them, so a command cannot drift into a thinner ``run.json``.
 
 from __future__ import annotations
 
+import errno
 import json
 import platform
 import shutil
@@ -70,8 +71,30 @@ def results_frame(rows: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame
 
 
 class StorageError(OSError):
-    """The run folder could not be written (a full disk, a quota, a read-only mount): one line
-    saying what, where and how much was needed; the files written before stay intact."""
+    """The run folder could not be written (a full disk, a quota): one line saying what,
+    where and how much was needed; the files written before stay intact."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_space(folder: Path) -> str:
+    """``, N MB free there`` (empty when the file system cannot say)."""
+    try:
+        return f", {shutil.disk_usage(folder).free / 1e6:.1f} MB free there"
+    except OSError:
+        return ""
+
+
+def no_space(error: OSError, run_dir: Path) -> StorageError:
+    """Any writer's full-disk error (evidence, sweeps, pictures) as one line about the run
+    folder; ``store_text``'s own already names its file and size."""
+    if isinstance(error, StorageError):
+        return error
+    where = error.filename or run_dir
+    return StorageError(error.errno, f"cannot write {where}: {error.strerror or error}"
+                                     f"{free_space(Path(run_dir))}; the files written before "
+                                     "are intact")
 
 
 def store_text(path: Path, text: str) -> Path:
@@ -81,13 +104,10 @@ def store_text(path: Path, text: str) -> Path:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except OSError as error:
-        try:
-            free = f", {shutil.disk_usage(path.parent).free / 1e6:.1f} MB free there"
-        except OSError:
-            free = ""
         raise StorageError(error.errno, f"cannot write {path}: "
                            f"{error.strerror or error} (it needs {len(text.encode()) / 1e3:.1f} "
-                           f"kB{free}); the files written before are intact") from None
+                           f"kB{free_space(path.parent)}); the files written before are "
+                           "intact") from None
     return path
 
 

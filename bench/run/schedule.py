@@ -30,7 +30,7 @@ from bench.core.metric_info import MetricBook
 from bench.embed.embeddings import Embeddings
 from bench.embed.key import embeddings_path
 from bench.embed.ranks import embed_dataset
-from bench.run.folder import StorageError
+from bench.run.folder import NO_SPACE, no_space
 from bench.run.pictures import RunArtifacts
 from bench.run.prepare import Prepared, RunSpec, prepare_run
 from bench.run.resume import (
@@ -88,16 +88,19 @@ def execute_run(prepared: Prepared) -> Run:
             run.finish("interrupted")
             write_outputs(run, full=False)
         raise RunInterrupted(run) from interrupt
-    except StorageError as error:  # record the failed session where it can still be written
-        run.errors.append({"where": "run folder", "error": str(error)})
+    except OSError as error:  # a full disk: record the failed session where it still fits
+        if error.errno not in NO_SPACE:
+            raise
+        storage = no_space(error, run.dir)
+        run.errors.append({"where": "run folder", "error": storage.strerror})
         try:
             run.finish("failed")
-        except StorageError:
+        except OSError:
             try:  # run.json is small: it may fit where results.csv did not
                 run.save(results=False)
-            except StorageError:
+            except OSError:
                 pass
-        raise
+        raise storage from None
     finally:
         prepared.hold.close()  # the run folder's lock
     return run
