@@ -229,8 +229,11 @@ def test_wide_tables_are_split_by_kind_scores_first() -> None:
     extra = results[results["task"] == "ctr"].copy()
     extra["metric"] = extra["metric"].str.replace("auc", "gauc")
     table = all_tables(pd.concat([results, extra]))["ctr"]
-    assert len(table.columns) == 18 and len(table.parts()) == 1  # up to 24 columns: one table
-    assert "**ctr:" not in table.to_markdown_parts()
+    assert len(table.columns) == 18 and len(table.parts(max_columns=24)) == 1
+    assert len(table.parts()) > 1  # more than 12 columns: by kind (18 were 1937 px at 1400)
+    assert "**ctr: auc**" in table.to_markdown_parts()
+    narrow = all_tables(results)["ctr"]
+    assert len(narrow.columns) <= 12 and "**ctr:" not in narrow.to_markdown_parts()
     parts = table.parts(max_columns=12)
     titles = [title for title, _ in parts]
     assert titles == ["auc", "gauc", "logloss", "cold start, auc", "cold start, gauc"]

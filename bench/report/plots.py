@@ -622,7 +622,7 @@ def glance_figure(found: list[Any]) -> Figure:
     stage, rows best first, the tie group shaded, references in grey below."""
     if not found:
         raise NotRun("no task has a main score with a deployable extractor")
-    ncols = min(4, len(found))
+    ncols = min(3, len(found))  # three panels a row: titles and labels stay inside at 1400 px
     nrows = math.ceil(len(found) / ncols)
     heights = [max(len(a.rows) + len(a.references) for a in found[r * ncols:(r + 1) * ncols])
                for r in range(nrows)]
@@ -663,5 +663,6 @@ def glance_figure(found: list[Any]) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.grid(axis="x", alpha=0.3)
         arrow = " ↓" if answer.lower_is_better else ""
-        ax.set_title(f"{answer.stage}: {answer.where}{arrow}", fontsize=9)
+        detail = answer.where.removeprefix(answer.task).strip()  # the metric (variant)
+        ax.set_title(f"{answer.stage}: {answer.task}\n{detail}{arrow}", fontsize=9)
     return fig

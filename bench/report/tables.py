@@ -32,7 +32,7 @@ VARIANT_LABELS = {"raw": "raw", "w": "+w", "ft": "fine-tuned"}
 # "finetune"); any other variant (an AMS mode, say) becomes a row of its own.
 COLUMN_SUFFIX = {"raw": "raw", "w": "+w", "ft": ""}
 NOT_RUN = "not run"
-MAX_COLUMNS = 24  # wider tables are shown in parts (Markdown, HTML); CSV and JSON stay whole
+MAX_COLUMNS = 12  # wider tables are shown in parts (Markdown, HTML); CSV and JSON stay whole
 MARKS = {"better": " ▲", "worse": " ▼"}
 RANK_NOTE = ("Only deployable extractors are ranked: reference rows (the known-answer ladder, "
              "ablations, scratch backbones, IDs only; run.json `row_kinds`) are never bold or "
