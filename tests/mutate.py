@@ -54,6 +54,7 @@ TARGETS: dict[str, tuple[str, ...] | None] = {
 TESTS = [
     "tests/test_metrics.py",
     "tests/test_stats.py",
+    "tests/test_stats_linear.py",
     "tests/test_verdicts.py",
     "tests/test_whitening.py",
     "tests/test_index.py",
