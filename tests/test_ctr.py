@@ -284,6 +284,88 @@ def test_training_is_deterministic_per_seed(small):
     assert a == b and a != c
 
 
+# ------------------------------------------------------------------ validation day, early stopping
+
+
+def test_validation_day_is_the_last_training_day_never_the_evaluation_day(small):
+    dataset, _, data = small
+    fit_rows, validation = ctr_data.validation_split(data, 1)
+    days = data.day
+    assert set(days[validation]) == {data.eval_day - 1}  # the last training day
+    assert days[fit_rows].max() < data.eval_day - 1
+    assert not set(validation) & set(data.test) and not set(fit_rows) & set(data.test)
+    assert sorted([*fit_rows, *validation]) == sorted(data.train)
+    with pytest.raises(ctr_data.CtrDataError, match="at least 3 training days"):
+        ctr_data.validation_split(data, 2)  # SMALL has 3 days: 2 train, 1 evaluation
+    # users and items absent from the fitted rows (here: one item and one user taken out) get
+    # the unseen ID, as evaluation-day newcomers do; the others keep theirs
+    item, user = int(data.item[validation[0]]), int(data.user[validation[0]])
+    rows = fit_rows[(data.item[fit_rows] != item).numpy() & (data.user[fit_rows] != user).numpy()]
+    seen = ctr_data.seen_only_in(data, rows)
+    assert int(seen.item_vocab[item]) == 0 and int(data.item_vocab[item]) > 0
+    assert (seen.user[data.user == user] == 0).all() and int(data.user[validation[0]]) > 0
+    kept = data.item[rows].unique()
+    assert torch.equal(seen.item_vocab[kept], data.item_vocab[kept])
+
+
+def test_early_stopping_keeps_the_epoch_with_the_lowest_validation_loss(small, monkeypatch):
+    import bench.tasks.ctr.train as ctr_train
+
+    _, embeddings, data = small
+    fit_rows, validation = ctr_data.validation_split(data, 1)
+    losses, states = iter([0.50, 0.40, 0.45, 0.47, 0.30, 0.20]), []
+
+    def scripted(model, data_, rows):  # one loss per epoch; the weights after each epoch
+        assert np.array_equal(rows, validation)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(losses)
+
+    monkeypatch.setattr(ctr_train, "validation_loss", scripted)
+    config = CtrConfig(epochs=6, patience=2, batch_size=64)
+    model = build_model(data, embeddings.take(data.item_rows), config, 0)
+    stats = fit(model, data, fit_rows, config, 0, validation)
+    assert stats["epoch"] == 2 and stats["epochs_run"] == 4  # stopped 2 epochs after the best
+    assert stats["val_losses"] == [0.5, 0.4, 0.45, 0.47] and stats["val_loss"] == 0.4
+    final = model.state_dict()
+    assert all(torch.equal(final[k], states[1][k]) for k in final)  # the best epoch's weights
+    assert not all(torch.equal(final[k], states[3][k]) for k in final)
+
+
+def test_refit_trains_the_chosen_epochs_on_every_training_day(small, monkeypatch):
+    import bench.tasks.ctr.train as ctr_train
+
+    _, embeddings, data = small
+    losses = iter([0.5, 0.4, 0.6])
+    monkeypatch.setattr(ctr_train, "validation_loss", lambda *a: next(losses))
+    seen_rows = []
+    real_fit = ctr_train.fit
+
+    def spy(model, data_, rows, config, seed, validation=None):
+        seen_rows.append((len(rows), config.epochs, validation is not None))
+        return real_fit(model, data_, rows, config, seed, validation)
+
+    monkeypatch.setattr(ctr_train, "fit", spy)
+    config = CtrConfig(epochs=5, patience=1, batch_size=64, validation_days=1, refit=True)
+    predictions, stats = ctr_train.train_and_predict(data, embeddings.take(data.item_rows),
+                                                     config, 0)
+    fit_rows, _ = ctr_data.validation_split(data, 1)
+    assert seen_rows == [(len(fit_rows), 5, True), (len(data.train), 2, False)]
+    assert stats["epoch"] == 2 and len(predictions["ctr"]) == len(data.test)
+
+
+def test_parameter_groups_take_their_own_learning_rate_and_l2(small):
+    _, embeddings, data = small
+    config = CtrConfig(lr=1e-3, image_lr=5e-3, id_weight_decay=1e-4)
+    model = build_model(data, embeddings.take(data.item_rows), config, 0)
+    from bench.tasks.ctr.train import parameter_groups
+
+    groups = {g["name"]: g for g in parameter_groups(model, config)}
+    assert (groups["ids"]["lr"], groups["ids"]["weight_decay"]) == (1e-3, 1e-4)
+    assert (groups["image"]["lr"], groups["image"]["weight_decay"]) == (5e-3, 0.0)
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    assert model.user_ad is not None  # the user x ad-image input is on by default
+
+
 # ------------------------------------------------------------------ the task's rows
 
 

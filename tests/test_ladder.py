@@ -103,3 +103,29 @@ def test_ladder_comes_out_in_order_on_every_task_at_the_quick_size(
     assert (raw["gap_se"] > 3).all()  # floor and ceiling far apart even on the tiny world
     summary = (run.dir / "summary.md").read_text()
     assert "## Validity: the known-answer ladder" in summary and "| ctr | ctr_auc | raw |" in summary
+
+
+def test_ctr_ablation_follows_the_dicm_paper_on_the_ladder_at_the_quick_size(
+        world: tuple[Dataset, Cache], tmp_path: Path) -> None:
+    """The DICM paper's ablation as a known answer: on a rung whose images carry the click
+    latents, adding the ad image or the behaviour images to the IDs helps, and both together
+    are not worse than the behaviour images alone (validity.csv, check = ablation)."""
+    _, cache = world
+    profile = get_profile("quick")
+    profile.task_options["ctr"] = {"feature_sets": ["ad", "behavior"],
+                                   "ablation_extractor": ["ladder:clean"]}
+    spec = RunSpec(profile=profile, dataset="homestead",
+                   dataset_options=profile.dataset_options("homestead"),
+                   extractors=("ladder:clean",), tasks=("ctr",), seeds=1, out_root=tmp_path,
+                   run_id="ablation", report=False)
+    run = run_benchmark(spec, cache)
+    validity = pd.read_csv(run.dir / "validity.csv")
+    ablation = validity[(validity["check"] == "ablation") & (validity["metric"] == "ctr_auc")]
+    assert len(ablation) == 1 and ablation["rungs"].iloc[0].startswith("ladder:clean: dicm")
+    row = ablation.iloc[0]
+    assert row["in_order"], row.to_dict()  # no pair reversed at 95%
+    verdicts = pd.read_csv(run.dir / "verdicts.csv").query("metric == 'ctr_auc'")
+    against_ids = verdicts.set_index("extractor")["verdict"]
+    assert against_ids["ladder:clean [ad]"] == "better"
+    assert against_ids["ladder:clean [behavior, mqap]"] == "better"
+    assert "The DICM paper's ablation" in (run.dir / "summary.md").read_text()

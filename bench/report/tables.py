@@ -25,6 +25,7 @@ import pandas as pd
 
 from bench.core.metric_info import MetricBook
 from bench.report import kinds
+from bench.report.ctr_ablation import ctr_ablation_markdown
 from bench.scoring import ties
 
 VARIANT_LABELS = {"raw": "raw", "w": "+w", "ft": "fine-tuned"}
@@ -388,6 +389,9 @@ def summary_markdown(results: pd.DataFrame, title: str = "Summary",
             against = differences_markdown(task, verdicts, run_info)
             if against:
                 lines += [against, ""]
+            known = ctr_ablation_markdown(validity, verdicts, run_info) if task == "ctr" else ""
+            if known:
+                lines += [known, ""]
         else:
             lines += [f"{NOT_RUN}: {not_run_reason(task, run_info)}", ""]
     problems = run_problems(run_info)
@@ -426,6 +430,8 @@ def reference_note(task: str, verdicts: pd.DataFrame | None) -> str:
 
 def main_validity(validity: pd.DataFrame, run_info: dict[str, Any]) -> pd.DataFrame:
     """The validity rows of each task's main score (all rows when the run does not say)."""
+    if "check" in validity.columns:  # the ladder's rows; ctr's ablation rows have their section
+        validity = validity[validity["check"].fillna("ladder") == "ladder"]
     mains = run_info.get("main_scores", {})
     if not mains:
         return validity

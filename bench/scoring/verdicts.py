@@ -12,7 +12,9 @@ comparison. It writes
   difference, its interval, p-value, verdict (better / worse / same) and the test's name;
 - ``validity.csv``: per task and metric, the known-answer ladder (``ladder:clean``, its noise
   rungs, ``ladder:random``): the floor-to-ceiling gap in standard errors, whether the rungs
-  come out in order, and how many adjacent pairs are separated at 95%;
+  come out in order, and how many adjacent pairs are separated at 95% (``check`` ``ladder``);
+  and where a ladder rung has feature-set ablation rows (ctr), the DICM paper's ablation order
+  on it (``check`` ``ablation``, :func:`ablation_validity`);
 - ``ties.csv``: per (task, metric, variant) every pair of rows, the same paired test on the same
   draws (:mod:`bench.scoring.ties`), from which the report and ``bench compare`` find the rows
   the best does not beat at 95% (Holm-corrected).
@@ -37,7 +39,7 @@ VERDICT_COLUMNS = ["task", "extractor", "variant", "metric", "value", "se", "ci_
                    "ci_high", "n_seeds", "unit", "n_units", "reference", "diff", "diff_low",
                    "diff_high", "p_value", "verdict", "test"]
 VALIDITY_COLUMNS = ["task", "variant", "metric", "rungs", "floor", "ceiling", "gap_se",
-                    "in_order", "adjacent_separated", "adjacent_pairs", "verdict"]
+                    "in_order", "adjacent_separated", "adjacent_pairs", "verdict", "check"]
 DEFAULT_REFERENCE = "random"
 LADDER = re.compile(r"^ladder:(?:(clean)|(random)|noise=([0-9.]+))$")
 SEP = "::"
@@ -151,6 +153,7 @@ def compute(run_dir: Path, references: dict[str, str] | None = None,
                         "verdict": test.verdict, "test": test.test}
             rows.append(row)
         validity += ladder_validity(task, metric, by_key, lower)
+        validity += ablation_validity(task, metric, by_key, lower, references.get(task))
         pairs += ties.pair_rows(task, metric, by_key)
     verdicts = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     checks = pd.DataFrame(validity, columns=VALIDITY_COLUMNS)
@@ -189,5 +192,58 @@ def ladder_validity(task: str, metric: str, by_key: dict[tuple[str, str], tuple]
                     "ceiling": values[0], "gap_se": sign * gap_se, "in_order": in_order,
                     "adjacent_separated": separated, "adjacent_pairs": pairs,
                     "verdict": "resolves" if in_order and separated == pairs else
-                    "in order" if in_order else "out of order"})
+                    "in order" if in_order else "out of order", "check": "ladder"})
+    return out
+
+
+ABLATION = re.compile(r"^(?P<rung>.+) \[(?P<set>ad|behavior, (?P<agg>[a-z]+))\]$")
+
+
+def ablation_rows(by_key: dict[tuple[str, str], Any], reference: str | None
+                  ) -> list[tuple[str, str, dict[str, tuple[str, str]]]]:
+    """(rung, variant, {"dicm", "behavior", "ad", "ids": key}) for every ladder rung (not the
+    floor) whose main row, ``[ad]`` and ``[behavior, agg]`` rows and the ID-only ``reference``
+    are all in ``by_key``."""
+    found: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+    for key in by_key:
+        match = ABLATION.match(key[0])
+        if match is None:
+            continue
+        name = "ad" if match.group("set") == "ad" else "behavior"
+        found.setdefault((match.group("rung"), key[1]), {})[name] = key
+    out = []
+    for (rung, variant), keys in sorted(found.items()):
+        level = ladder_level(rung)
+        keys |= {"dicm": (rung, variant), "ids": (str(reference), variant)}
+        if level is None or math.isinf(level) or not all(k in by_key for k in keys.values()):
+            continue
+        if len(keys) == 4:
+            out.append((rung, variant, keys))
+    return out
+
+
+def ablation_validity(task: str, metric: str, by_key: dict[tuple[str, str], tuple],
+                      lower: bool, reference: str | None) -> list[dict[str, Any]]:
+    """The DICM paper's ablation (Ge et al., CIKM 2018: IDs only < ad image, behaviour images
+    < both) as a known answer on ladder rungs, whose images carry what users click on: per rung
+    with the three ablation rows, the paired tests dicm vs [behavior], [behavior] vs IDs only
+    and [ad] vs IDs only. ``in_order``: none reversed at 95%; ``resolves``: all three better."""
+    out = []
+    for rung, variant, keys in ablation_rows(by_key, reference):
+        pairs = [("dicm", "behavior"), ("behavior", "ids"), ("ad", "ids")]
+        tests = [stats.compare(*by_key[keys[a]], *by_key[keys[b]], lower_is_better=lower)
+                 for a, b in pairs]
+        better = sum(t.verdict == "better" for t in tests)
+        in_order = not any(t.verdict == "worse" for t in tests)
+        span = stats.compare(*by_key[keys["dicm"]], *by_key[keys["ids"]], lower_is_better=lower)
+        sign = -1 if lower else 1
+        out.append({"task": task, "variant": variant, "metric": metric,
+                    "rungs": f"{rung}: dicm > [behavior] > IDs only; [ad] > IDs only",
+                    "floor": by_key[keys["ids"]][0].seed_values().mean(),
+                    "ceiling": by_key[keys["dicm"]][0].seed_values().mean(),
+                    "gap_se": sign * (span.diff / span.se if span.se > 0 else math.inf),
+                    "in_order": in_order, "adjacent_separated": better,
+                    "adjacent_pairs": len(pairs),
+                    "verdict": "resolves" if better == len(pairs) else
+                    "in order" if in_order else "out of order", "check": "ablation"})
     return out

@@ -10,8 +10,9 @@ Rows per extractor, variant and seed: the main configuration (``feature_set`` ``
 runner evaluates each once per variant and seed, after the extractors): the ID-only baseline as
 extractor ``none (ids only)`` (option ``baseline``), and for one extractor
 (``ablation_extractor``: a name, or ``auto`` = the first of the run's extractors in reference
-order, i.e. the profile's list, then by name) the feature-set and aggregator ablations as
-extractors such as ``pixels [ad]`` or ``pixels [dicm, sum]`` (variants ``ablation_variants``).
+order, i.e. the profile's list, then by name, or a list of these; the default and full
+profiles add the ladder rungs ``ABLATION_RUNGS``, where the ablation has a known answer) the
+feature-set and aggregator ablations as extractors such as ``pixels [ad]`` or ``pixels [dicm, sum]`` (variants ``ablation_variants``).
 Every trained model's metrics are cached under ``ctx.cache`` (keyed by the log, the vectors,
 the settings and the seed). See docs/ctr.md.
 """
@@ -35,8 +36,10 @@ from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import AGGREGATORS, FEATURE_SETS
 from bench.tasks.ctr.train import CtrConfig, evidence, prepare, scored, train_and_predict
 
-CTR_VERSION = "2"  # bump when the model, features or metrics change meaning (2: similarity)
+CTR_VERSION = "3"  # bump when the model, features or metrics change meaning (2: similarity,
+# 3: the user x ad-image input, validation options)
 BASELINE = "none (ids only)"
+ABLATION_RUNGS = ("ladder:clean", "ladder:noise=0.15")  # where the paper's ablation is checked
 log = logging.getLogger(__name__)
 
 _COMMON = dict(feature_set="dicm", aggregator="mqap", history_length=20, id_dim=12,
@@ -64,10 +67,14 @@ class CtrTask(Task):
         # raw vectors only: the ctr +w rows (a linear map the model's own projection can
         # learn) cost 2 minutes of the 15 the default run has, the aggregator ablations half a
         # minute; ``full`` keeps both
+        # the feature-set ablation of the profile's first extractor and of two ladder rungs:
+        # the DICM paper's known answer (validity.csv, bench/scoring/verdicts.py)
         "default": {**_COMMON, "epochs": 2, "feature_sets": ["ad", "behavior"],
-                    "aggregators": [], "variants": ["raw"]},
+                    "aggregators": [], "variants": ["raw"],
+                    "ablation_extractor": ["auto", *ABLATION_RUNGS]},
         "full": {**_COMMON, "epochs": 3, "feature_sets": ["ad", "behavior"],
-                 "aggregators": ["concat", "sum", "max", "attentive"]},
+                 "aggregators": ["concat", "sum", "max", "attentive"],
+                 "ablation_extractor": ["auto", *ABLATION_RUNGS]},
     }
 
     def population(self, dataset: Dataset) -> np.ndarray:
@@ -143,9 +150,9 @@ def ablation_sources(extractors: list[tuple[str, Any]], options: dict[str, Any]
         return []
     named = [wanted] if isinstance(wanted, str) else list(wanted)
     found = [(spec, str(getattr(extractor, "name", spec))) for spec, extractor in extractors]
-    if named == ["auto"]:
-        return found[:1]
-    return [(spec, name) for spec, name in found if spec in named or name in named]
+    first = found[:1] if "auto" in named else []
+    return first + [(spec, name) for spec, name in found
+                    if (spec in named or name in named) and (spec, name) not in first]
 
 
 _LOADED: dict[str, ctr_data.CtrData] = {}

@@ -16,7 +16,7 @@ index gathers, never a Python loop over samples:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -135,6 +135,7 @@ class CtrData:
     cold: np.ndarray  # bool [n]: the impression's item is cold (see cold_items)
     groups: np.ndarray  # [n] user codes for GAUC
     eval_day: int
+    day: np.ndarray | None = None  # [n] day of each impression
 
     @property
     def history_length(self) -> int:
@@ -189,7 +190,35 @@ def build(log: pd.DataFrame, table: pd.DataFrame, history_length: int = 20,
         cold=cold_items(table, item_rows, item, is_train, eval_day)[item],
         groups=user_codes,
         eval_day=eval_day,
+        day=day.astype(np.int64),
     )
+
+
+def validation_split(data: CtrData, days: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows): the last ``days`` training days are the validation day(s),
+    carved from the training rows, so the evaluation day is never among them. Refused when
+    fewer than ``days`` + 1 training days exist (nothing would be left to fit on)."""
+    if data.day is None:
+        raise ValueError("this CtrData has no impression days; rebuild it with data.build")
+    train_days = np.unique(data.day[data.train])
+    if len(train_days) <= days:
+        raise CtrDataError(f"a validation split of {days} day(s) needs at least {days + 1} "
+                           f"training days, the log has {len(train_days)}")
+    first_validation = train_days[-days]
+    is_validation = data.day[data.train] >= first_validation
+    return data.train[~is_validation], data.train[is_validation]
+
+
+def seen_only_in(data: CtrData, rows: np.ndarray) -> CtrData:
+    """``data`` for a model fitted on ``rows`` only: users and items absent from them get the
+    "unseen" ID (0), as evaluation-day newcomers do, instead of an embedding never trained."""
+    rows_t = torch.as_tensor(rows, dtype=torch.long, device=data.user.device)
+    user_seen = torch.zeros(data.n_users, dtype=torch.bool, device=data.user.device)
+    user_seen[data.user[rows_t]] = True
+    item_seen = torch.zeros(len(data.item_vocab), dtype=torch.bool, device=data.user.device)
+    item_seen[data.item[rows_t]] = True
+    return replace(data, user=torch.where(user_seen[data.user], data.user, 0),
+                   item_vocab=torch.where(item_seen, data.item_vocab, 0))
 
 
 def _vocabulary(codes: np.ndarray, is_train: np.ndarray, n: int) -> np.ndarray:

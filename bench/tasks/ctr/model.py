@@ -138,7 +138,7 @@ class DICM(nn.Module):
                  field_sizes: Sequence[int], history_length: int,
                  image_tower: nn.Module | None = None, feature_set: str = "dicm",
                  aggregator: str = "mqap", id_dim: int = 12, hidden: Sequence[int] = (200, 80),
-                 similarity: bool = True):
+                 similarity: bool = True, user_ad: bool = True):
         super().__init__()
         if feature_set not in FEATURE_SETS:
             raise ValueError(f"unknown feature set {feature_set!r}; choose from {FEATURE_SETS}")
@@ -156,6 +156,10 @@ class DICM(nn.Module):
         width = id_dim * (3 + len(field_sizes))
         if self.use_ad:
             width += image_tower.dim
+        self.user_ad = None
+        if self.use_ad and user_ad:  # the user's affinity to the ad image: u W a, one input
+            self.user_ad = nn.Linear(image_tower.dim, id_dim, bias=False)
+            width += 1
         self.aggregator = None
         self.similarity = similarity and self.use_behavior
         if self.use_behavior:
@@ -188,10 +192,13 @@ class DICM(nn.Module):
         history_ids = self.item_embedding(self.item_vocab[history]) * mask.unsqueeze(-1)
         history_mean = history_ids.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         fields = self.item_fields[item]
-        parts = [self.user_embedding(batch["user"]), ad_id, history_mean,
+        user = self.user_embedding(batch["user"])
+        parts = [user, ad_id, history_mean,
                  *(e(fields[:, i]) for i, e in enumerate(self.field_embeddings))]
         if self.use_ad:
             parts.append(ad_image)
+        if self.user_ad is not None:
+            parts.append((user * self.user_ad(ad_image)).sum(1, keepdim=True))
         if self.aggregator is not None:
             parts.append(self.aggregator(history_images, mask, ad_image, ad_id))
         if self.similarity:

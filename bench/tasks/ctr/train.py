@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,18 @@ class CtrConfig:
     image_hidden: tuple[int, ...] = ()
     hidden: tuple[int, ...] = (200, 80)
     similarity: bool = True  # cosine of the ad image and the clicked-image profile (model.py)
+    user_ad: bool = True  # with the ad image: the bilinear user x ad-image input (model.py)
     epochs: int = 2
     batch_size: int = 1024
     lr: float = 4e-3
     weight_decay: float = 0.0
+    image_lr: float | None = None  # the image tower's learning rate (None: lr)
+    image_weight_decay: float | None = None  # the image tower's L2 (None: weight_decay)
+    id_lr: float | None = None  # the ID embeddings' learning rate (None: lr)
+    id_weight_decay: float | None = None  # the ID embeddings' L2 (None: weight_decay)
+    validation_days: int = 0  # > 0: the last training day(s) validate; early stopping on them
+    patience: int = 1  # epochs without a lower validation loss before training stops
+    refit: bool = False  # after early stopping: retrain on every training day, best epochs
     threads: int = 1  # intra-op threads while training: ops here are too small to split
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -76,25 +84,78 @@ def build_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrC
                 field_sizes=data.field_sizes, history_length=data.history_length,
                 image_tower=tower, feature_set=config.feature_set,
                 aggregator=config.aggregator, id_dim=config.id_dim,
-                hidden=config.hidden, similarity=config.similarity).to(config.device)
+                hidden=config.hidden, similarity=config.similarity,
+                user_ad=config.user_ad).to(config.device)
+
+
+def parameter_groups(model: DICM, config: CtrConfig) -> list[dict[str, Any]]:
+    """Adam's parameter groups: the ID embeddings, the image tower, and the rest (attention,
+    MLP, heads), each with its own learning rate and L2 where the config sets one."""
+    ids = [*model.user_embedding.parameters(), *model.item_embedding.parameters(),
+           *model.field_embeddings.parameters()]
+    image = [] if model.image_tower is None else list(model.image_tower.parameters())
+    taken = {id(p) for p in ids + image}
+    rest = [p for p in model.parameters() if id(p) not in taken]
+    wd = config.weight_decay
+    groups = [
+        {"name": "ids", "params": ids, "lr": config.lr if config.id_lr is None else config.id_lr,
+         "weight_decay": wd if config.id_weight_decay is None else config.id_weight_decay},
+        {"name": "image", "params": image,
+         "lr": config.lr if config.image_lr is None else config.image_lr,
+         "weight_decay": wd if config.image_weight_decay is None else config.image_weight_decay},
+        {"name": "dense", "params": rest, "lr": config.lr, "weight_decay": wd},
+    ]
+    return [g for g in groups if any(p.requires_grad for p in g["params"])]
 
 
 def fit(model: DICM, data: ctr_data.CtrData, rows: np.ndarray, config: CtrConfig,
-        seed: int) -> dict[str, float]:
-    """Train with Adam on ``rows``; returns seconds, samples/s and the last epoch's mean loss."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=config.lr, weight_decay=config.weight_decay)
+        seed: int, validation: np.ndarray | None = None) -> dict[str, Any]:
+    """Train with Adam on ``rows`` for ``config.epochs`` epochs; returns seconds, samples/s and
+    the last epoch's mean loss. With ``validation`` rows: after each epoch their mean loss;
+    training stops after ``config.patience`` epochs without a lower one, and the model is left
+    with the weights of the best epoch (``epoch``, 1-based; ``val_losses`` per epoch)."""
+    optimizer = torch.optim.Adam(parameter_groups(model, config), lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
     rows_t = torch.as_tensor(rows, dtype=torch.long)
     model.train()
     start, seen, epoch_loss = time.perf_counter(), 0, float("nan")
+    val_losses: list[float] = []
+    best_state: dict[str, torch.Tensor] | None = None
     with torch_threads(config.threads):
         for _ in range(config.epochs):
             epoch_loss = _epoch(model, optimizer, data, rows_t, config, generator)
             seen += len(rows_t)
+            if validation is None:
+                continue
+            val_losses.append(validation_loss(model, data, validation))
+            model.train()
+            best = int(np.argmin(val_losses))
+            if best == len(val_losses) - 1:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elif len(val_losses) - 1 - best >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     seconds = time.perf_counter() - start
-    return {"train_s": seconds, "samples_per_s": seen / max(seconds, 1e-9),
-            "train_loss": epoch_loss}
+    stats: dict[str, Any] = {"train_s": seconds, "samples_per_s": seen / max(seconds, 1e-9),
+                             "train_loss": epoch_loss, "epochs_run": seen // max(len(rows), 1)}
+    if val_losses:
+        stats |= {"epoch": int(np.argmin(val_losses)) + 1, "val_loss": min(val_losses),
+                  "val_losses": [round(v, 6) for v in val_losses]}
+    return stats
+
+
+@torch.inference_mode()
+def validation_loss(model: DICM, data: ctr_data.CtrData, rows: np.ndarray,
+                    batch_size: int = 8192) -> float:
+    """The training objective (the three heads' losses), averaged over ``rows``."""
+    model.eval()
+    total, device = 0.0, data.labels.device
+    for batch_rows in torch.as_tensor(rows, dtype=torch.long).split(batch_size):
+        batch_rows = batch_rows.to(device)
+        total += float(loss(model(data.batch(batch_rows)), data.labels[batch_rows])) * len(
+            batch_rows)
+    return total / max(len(rows), 1)
 
 
 def _epoch(model: DICM, optimizer: torch.optim.Optimizer, data: ctr_data.CtrData,
@@ -217,8 +278,30 @@ def train_and_predict(data: ctr_data.CtrData, vectors: np.ndarray | None, config
                       seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """(predictions per head on the evaluation day, training stats) of one model."""
     data.to(config.device)
+    if config.validation_days <= 0:
+        model = build_model(data, vectors, config, seed)
+        stats = fit(model, data, data.train, config, seed)
+        return predict(model, data, data.test), stats
+    fit_rows, validation = ctr_data.validation_split(data, config.validation_days)
+    seen = ctr_data.seen_only_in(data, fit_rows)  # validation-day newcomers are unseen IDs
+    model = build_model(seen, vectors, config, seed)
+    stats = fit(model, seen, fit_rows, config, seed, validation)
+    if not config.refit:
+        return predict(model, seen, data.test), stats
+    # the chosen number of epochs, on every training day
     model = build_model(data, vectors, config, seed)
-    stats = fit(model, data, data.train, config, seed)
+    refit = fit(model, data, data.train, replace(config, epochs=stats["epoch"]), seed)
+    stats |= {"validation_train_s": stats["train_s"], "train_s": stats["train_s"]
+              + refit["train_s"], "train_loss": refit["train_loss"]}
+    return predict(model, data, data.test), stats
+    fit_rows, validation = ctr_data.validation_split(data, config.validation_days)
+    stats = fit(model, ctr_data.seen_only_in(data, fit_rows), fit_rows, config, seed, validation)
+    if config.refit:  # the chosen number of epochs, on every training day
+        stats["validation_train_s"] = stats["train_s"]
+        model = build_model(data, vectors, config, seed)
+        stats |= {k: v for k, v in fit(model, data, data.train, replace(
+            config, epochs=stats["epoch"]), seed).items() if k != "train_loss"}
+        stats["train_s"] += stats["validation_train_s"]
     return predict(model, data, data.test), stats
 
 
