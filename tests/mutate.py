@@ -56,6 +56,7 @@ TESTS = [
     "tests/test_stats.py",
     "tests/test_stats_linear.py",
     "tests/test_verdicts.py",
+    "tests/test_ablation_validity.py",
     "tests/test_whitening.py",
     "tests/test_index.py",
     "tests/test_scoring_oracles.py",
