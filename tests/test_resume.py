@@ -94,8 +94,11 @@ def test_resume_after_sigint_computes_only_the_missing_cells(tmp_path, capsys):
     gate = tmp_path / "gate"  # napper-b waits in embed until the test creates this file
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", NAPPER_GATE=str(gate))
     command = [sys.executable, "-m", "bench", "run"]
+    # Ctrl-C's default action in the child even when this test runs in a background job,
+    # whose shell makes it (and so every child) ignore SIGINT
     process = subprocess.Popen([*command, *common, "--run-id", "r"], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     info_path = out / "r" / "run.json"
     waiting = Path(str(gate) + ".waiting")
     while process.poll() is None and not waiting.exists():  # pixels and napper-a are done
