@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,6 @@ from bench.core.cache import Cache, write_json
 from bench.core.data import Dataset
 from bench.core.distributed import World
 from bench.embed.ranks import embed_dataset
-
-_logger = logging.getLogger(__name__)
-
-
-def log(world: World, message: str) -> None:
-    """A message through stdlib logging, naming the rank under torchrun."""
-    _logger.info(f"rank {world.rank}/{world.size}: {message}" if world.distributed else message)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
