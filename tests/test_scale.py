@@ -117,11 +117,13 @@ def knn_task_rank(rank: int, world_size: int, port: int, out: str) -> None:
     """One rank of the knn task inside a joined process group (gloo, loopback)."""
     import torch.distributed as dist
 
+    from bench.core.distributed import leave_group
     from bench.tasks import TaskContext, get_task
     from tests.test_whitening import dataset_with_roles
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
+    completed = False
     try:
         dataset = dataset_with_roles()
         vectors = np.random.default_rng(4).normal(size=(100, 5)).astype(np.float32)
@@ -130,8 +132,9 @@ def knn_task_rank(rank: int, world_size: int, port: int, out: str) -> None:
         if rank == 0:
             np.save(out, np.array([[r["value"] for r in rows]]))
             np.save(out.replace(".npy", "-evidence.npy"), rows[0]["evidence"].values)
+        completed = True
     finally:
-        dist.destroy_process_group()
+        leave_group(completed)
 
 
 def test_the_knn_task_over_two_ranks_scores_what_one_process_scores(tmp_path):

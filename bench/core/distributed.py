@@ -113,7 +113,24 @@ def joined(world: World | None = None) -> Iterator[World]:
                              "command with torchrun (docs/scale.md)")
     dist.init_process_group("gloo", rank=world.rank, world_size=world.size,
                             timeout=BARRIER_TIMEOUT)
+    completed = False
     try:
         yield world
+        completed = True
     finally:
-        dist.destroy_process_group()
+        leave_group(completed)
+
+
+def leave_group(completed: bool) -> None:
+    """Destroy the default process group; after a clean finish every rank first meets at a
+    barrier.
+
+    Why: a rank that tears down its gloo pairs while a peer still has traffic in flight to it
+    aborts the peer's process ("terminate called without an active exception", SIGABRT; seen
+    once in CI after rank 0 wrote its file). After a failure the barrier is skipped, since the
+    failed peer may never reach it."""
+    if not dist.is_initialized():
+        return
+    if completed:
+        dist.barrier()
+    dist.destroy_process_group()

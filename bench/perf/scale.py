@@ -165,18 +165,20 @@ def sharded_rank(rank: int, world_size: int, port: int, vectors: np.ndarray,
     """One rank of a loopback sharded search; rank 0 saves the merged neighbours."""
     import torch.distributed as dist
 
-    from bench.core.distributed import World
+    from bench.core.distributed import World, leave_group
     from bench.search import sharded
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
+    completed = False
     try:
         indices = sharded.sharded_knn(vectors, k, World(rank, world_size, rank),
                                       queries=queries)
         if rank == 0:
             np.save(out, indices)
+        completed = True
     finally:
-        dist.destroy_process_group()
+        leave_group(completed)
 
 
 def sharded_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int,
