@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -114,9 +115,12 @@ def _decor(style: str, scene: str, h: float, accent: RGB, g: np.random.Generator
     return ps
 
 
-def _room(scene: str, style: str, g: np.random.Generator) -> tuple[list[list], float]:
+def _room(scene: str, style: str, g: np.random.Generator,
+          backdrop: dict[str, Any] | None = None) -> tuple[list[list], float]:
     """Background of a room: wall (tinted and patterned by style), floor (material by scene),
-    skirting, fixtures and decor. Returns the primitives and the horizon height."""
+    skirting, fixtures and decor. Returns the primitives and the horizon height. A
+    ``backdrop`` (``nuisance.room_backdrop``) replaces the style's wall colour and pattern,
+    floor tone and decor accent after every draw from ``g``, so only colours change."""
     spec = STYLE_SPECS[style]
     h = SCENE_HORIZON[scene] + g.uniform(-0.03, 0.03)
     wall = jitter_rgb(g, pick(g, spec.wall), 0.03)
@@ -128,8 +132,16 @@ def _room(scene: str, style: str, g: np.random.Generator) -> tuple[list[list], f
         floor = mix_rgb(pick(g, spec.body), (0.7, 0.7, 0.7), 0.4)
     elif kind == "tiles":
         floor = pick(g, ((0.85, 0.85, 0.83), (0.55, 0.56, 0.58)))
-    ps = [shape(-1, -1, 2, h, wall, texture(g, pick(g, spec.wall_tex), True)),
-          shape(-1, h, 2, 2, jitter_rgb(g, floor, 0.03), texture(g, kind, True), shade=-0.2),
+    wall_tex = texture(g, pick(g, spec.wall_tex), True)
+    floor = jitter_rgb(g, floor, 0.03)
+    if backdrop is not None:
+        wall, wall_tex, accent = backdrop["wall"], backdrop["wall_tex"], backdrop["accent"]
+        if kind == "carpet":
+            floor = mix_rgb(backdrop["accent"], (0.7, 0.7, 0.7), 0.4)
+        elif kind != "tiles":  # tiles are grey or white in every style already
+            floor = backdrop["floor"]
+    ps = [shape(-1, -1, 2, h, wall, wall_tex),
+          shape(-1, h, 2, 2, floor, texture(g, kind, True), shade=-0.2),
           shape(-1, h - 0.02, 2, h, scale_rgb(frame, 0.9))]
     ps += _fixtures(scene, h, wall, frame, accent, g)
     ps += _decor(style, scene, h, accent, g)
@@ -170,11 +182,12 @@ class Scene:
 
 
 def compose(scene: str, style: str, members: list[int], products: list[Product],
-            g: np.random.Generator, front: int | None = None) -> Scene:
+            g: np.random.Generator, front: int | None = None,
+            backdrop: dict[str, Any] | None = None) -> Scene:
     """Place products on the floor (perspective: further back is smaller) or from the ceiling,
     in slots across the room, and stack everything back to front (``front`` is drawn last so
     that other furniture never hides a query's product entirely)."""
-    bg, h = _room(scene, style, g)
+    bg, h = _room(scene, style, g, backdrop)
     slots = g.permutation(len(members))
     placed = []
     for i, m in enumerate(members):
