@@ -13,12 +13,14 @@ of what homestead-1.1 draws:
   their style's own palette. Style stays in what a style is: shapes, materials and textures,
   legs, trim, roundness, decor and how a room is furnished. The other products keep their
   style's colours, so colour is weakly tied to style, not a give-away.
-- ``backgrounds`` (percent, default 85): the share of rooms whose wall colour, wall pattern,
-  floor tone and decor accent are drawn across all styles (``WALLS``, ``WALL_TEXTURES``,
-  ``FLOOR_TONES``), and of product shots on a coloured, possibly patterned backdrop instead of
-  the plain light one.
+- ``backgrounds`` (percent, default 85): the share of rooms whose wall colour, floor tone and
+  decor accent are drawn across all styles (``WALLS``, ``FLOOR_TONES``, ``PALETTE``), and of
+  product shots on a coloured backdrop with a floor instead of the plain light one. The wall
+  pattern (brick, wallpaper, panels...) is a material, part of what a style is: it comes from
+  any style in ``PATTERN_SHARE`` of those rooms and stays the style's own in the rest.
 - ``camera`` (percent strength, default 100): zoom (view side x 1 +- 0.25), offset (+-0.08 of
-  the view) and tilt (+-6 degrees), at full strength, uniform; all shots.
+  the view) and tilt (+-6 degrees), at full strength, uniform; all shots, queries
+  ``QUERY_CAMERA`` times as strongly (a user's photo is framed more loosely than a listing's).
 - ``light`` (percent strength, default 100): brightness x 1 +- 0.3, contrast x 1 +- 0.15 and a
   colour cast of +-0.12 on the green-magenta axis, gain (1 - c/2, 1 + c, 1 - c/2). The cast is
   orthogonal to brightness (1, 1, 1) and nearly so to the covers' ``warmth`` (gain
@@ -61,6 +63,8 @@ LIMITS: dict[str, tuple[int, int]] = dict(colourways=(0, 100), backgrounds=(0, 1
                                           noise=(0, 200), jpeg=(0, 95))
 
 ZOOM, OFFSET, TILT_DEG = 0.25, 0.08, 6.0            # camera at full strength
+QUERY_CAMERA = 1.6      # a user's photo is framed more loosely than a listing photo
+PATTERN_SHARE = 0.4     # of backdrops whose wall pattern comes from any style (else its own)
 BRIGHTNESS, CONTRAST, CAST = 0.3, 0.15, 0.12        # light at full strength
 JPEG_MAX = 95
 
@@ -154,17 +158,19 @@ def room_backdrop(share: int, g: np.random.Generator) -> dict[str, Any] | None:
     if g.random() * 100 >= share:
         return None
     wall = int(g.integers(len(WALLS)))
+    pattern = texture(g, WALL_TEXTURES[int(g.integers(len(WALL_TEXTURES)))], True)
     return {"index": wall, "wall": _jitter(g, WALLS[wall], 0.03),
-            "wall_tex": texture(g, WALL_TEXTURES[int(g.integers(len(WALL_TEXTURES)))], True),
+            "wall_tex": pattern if g.random() < PATTERN_SHARE else None,
             "floor": _jitter(g, FLOOR_TONES[int(g.integers(len(FLOOR_TONES)))], 0.03),
             "accent": _jitter(g, PALETTE[int(g.integers(len(PALETTE)))], 0.05)}
 
 
 # --- camera, light, clutter, sensor -------------------------------------------------------
 
-def camera(strength: int, g: np.random.Generator) -> tuple[float, float, float, float]:
-    """(zoom, shift x, shift y, tilt in degrees) at ``strength`` percent."""
-    s = strength / 100
+def camera(strength: int, g: np.random.Generator, scale: float = 1.0
+           ) -> tuple[float, float, float, float]:
+    """(zoom, shift x, shift y, tilt in degrees) at ``strength`` percent (times ``scale``)."""
+    s = strength / 100 * scale
     u = g.uniform(-1, 1, 4)
     return (float(1 + ZOOM * s * u[0]), float(OFFSET * s * u[1]), float(OFFSET * s * u[2]),
             float(TILT_DEG * s * u[3]))

@@ -119,8 +119,8 @@ def _room(scene: str, style: str, g: np.random.Generator,
           backdrop: dict[str, Any] | None = None) -> tuple[list[list], float]:
     """Background of a room: wall (tinted and patterned by style), floor (material by scene),
     skirting, fixtures and decor. Returns the primitives and the horizon height. A
-    ``backdrop`` (``nuisance.room_backdrop``) replaces the style's wall colour and pattern,
-    floor tone and decor accent after every draw from ``g``, so only colours change."""
+    ``backdrop`` (``nuisance.room_backdrop``) replaces the style's wall colour (and, in some
+    rooms, its pattern), floor tone and decor accent after every draw from ``g``."""
     spec = STYLE_SPECS[style]
     h = SCENE_HORIZON[scene] + g.uniform(-0.03, 0.03)
     wall = jitter_rgb(g, pick(g, spec.wall), 0.03)
@@ -135,7 +135,8 @@ def _room(scene: str, style: str, g: np.random.Generator,
     wall_tex = texture(g, pick(g, spec.wall_tex), True)
     floor = jitter_rgb(g, floor, 0.03)
     if backdrop is not None:
-        wall, wall_tex, accent = backdrop["wall"], backdrop["wall_tex"], backdrop["accent"]
+        wall, accent = backdrop["wall"], backdrop["accent"]
+        wall_tex = wall_tex if backdrop["wall_tex"] is None else backdrop["wall_tex"]
         if kind == "carpet":
             floor = mix_rgb(backdrop["accent"], (0.7, 0.7, 0.7), 0.4)
         elif kind != "tiles":  # tiles are grey or white in every style already

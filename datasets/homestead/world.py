@@ -21,7 +21,7 @@ from .furniture import Product, make_product
 from .nuisance import COVER, PRODUCT, QUERY, Nuisance
 from .render import Shot, render
 from .scene import compose, foreground_clutter, scene_weights
-from .shapes import CX, CY, HH, HW, TAP, scale_rgb, shape, texture
+from .shapes import CX, CY, HH, HW, PLAIN, TAP, scale_rgb, shape
 from .titles import make_title
 from .vocabulary import COARSE, LEAF_NAMES, SCENES, STYLES, balanced, pick
 
@@ -41,6 +41,9 @@ COLD_START_SHARE = 0.10      # covers first published on the last day
 LABEL_NOISE = 0.04           # share of style / scene labels flipped
 
 
+PLANKS = (0.12, 0, 42.0, 0.0, 1.0, 0, 0, 0, 0.05, 60, 3)  # a product shot's floor boards
+
+
 def _product_shot(prod: Product, g: np.random.Generator, n: Nuisance,
                   i: int) -> tuple[Shot, Latent]:
     """A catalogue photo: the product on a plain light background with small jitter (and,
@@ -53,10 +56,9 @@ def _product_shot(prod: Product, g: np.random.Generator, n: Nuisance,
         prims = [shape(-5, -5, 5, 5, bg, shade=-0.08)]
     else:  # a wall and a floor the product stands on, in colours and patterns of any style
         bg = backdrop["wall"]
-        g_bg = draws("backgrounds")
-        prims = [shape(-5, -5, 5, 1.0, bg, texture(g_bg, "plain") if g_bg.random() < 0.5
-                       else backdrop["wall_tex"], shade=-0.08),
-                 shape(-5, 1.0, 5, 5, backdrop["floor"], texture(g_bg, "planks", True))]
+        pattern = backdrop["wall_tex"] if backdrop["wall_tex"] is not None else PLAIN
+        prims = [shape(-5, -5, 5, 1.0, bg, pattern, shade=-0.08),
+                 shape(-5, 1.0, 5, 5, backdrop["floor"], PLANKS)]
     prims.append(shape(0.05 * a, 0.96, 0.95 * a, 1.03, scale_rgb(bg, 0.7), rnd=1.0, alpha=0.5))
     prims_arr = np.concatenate([np.asarray(prims, np.float32), prod.prims])
     side = max(a, 1.0) * g.uniform(1.12, 1.3)
@@ -163,7 +165,8 @@ def _props(n: Nuisance, draws: nz.ItemDraws,
 
 
 def _disturb(shot: Shot, n: Nuisance, draws: nz.ItemDraws, props: Props,
-             backdrop: dict | None, cull: bool = False) -> tuple[Shot, Latent]:
+             backdrop: dict | None, cull: bool = False, framing: float = 1.0
+             ) -> tuple[Shot, Latent]:
     """Props in front, then camera, light and sensor noise on a shot; the values drawn are
     returned for the latents table. Factors at 0 leave the shot exactly as it was."""
     prims, view, gain, contrast, noise = shot.prims, shot.view, shot.gain, shot.contrast, shot.noise
@@ -171,7 +174,7 @@ def _disturb(shot: Shot, n: Nuisance, draws: nz.ItemDraws, props: Props,
     latent: Latent = {"backdrop": -1 if backdrop is None else backdrop["index"], "clutter": count}
     if rows:
         prims = np.concatenate([prims, np.asarray(rows, np.float32)])
-    cam = nz.camera(n.camera, draws("camera")) if n.camera else (1.0, 0.0, 0.0, 0.0)
+    cam = nz.camera(n.camera, draws("camera"), framing) if n.camera else (1.0, 0.0, 0.0, 0.0)
     if n.camera:
         prims, view = nz.apply_camera(prims, view, cam)
     if cull:
@@ -306,7 +309,7 @@ def _query_shot(cat: Catalogue, t: int, g: np.random.Generator, nuis: Nuisance,
     props = _props(nuis, draws, lambda gc: (
         cx + gc.choice([-1, 1]) * gc.uniform(0.15, 0.5) * side,
         cy + gc.uniform(0.25, 0.55) * side, gc.uniform(0.2, 0.4) * side))
-    return _disturb(shot, nuis, draws, props, backdrop, cull=True)
+    return _disturb(shot, nuis, draws, props, backdrop, cull=True, framing=nz.QUERY_CAMERA)
 
 
 def _cull(prims: np.ndarray, x0: float, y0: float, side: float) -> np.ndarray:
