@@ -17,7 +17,9 @@ of what homestead-1.1 draws:
   decor accent are drawn across all styles (``WALLS``, ``FLOOR_TONES``, ``PALETTE``), and of
   product shots on a coloured backdrop with a floor instead of the plain light one. The wall
   pattern (brick, wallpaper, panels...) is a material, part of what a style is: it comes from
-  any style in ``PATTERN_SHARE`` of those rooms and stays the style's own in the rest.
+  any style in ``PATTERN_SHARE`` of those rooms and stays the style's own in the rest. Their
+  walls and floors are drawn ``bold``: at a scale a 32-px image resolves. The sky behind
+  windows and balconies varies (``SKIES``: day, overcast, dusk, evening, haze).
 - ``camera`` (percent strength, default 100): zoom (view side x 1 +- 0.25), offset (+-0.08 of
   the view) and tilt (+-6 degrees), at full strength, uniform; all shots, queries
   ``QUERY_CAMERA`` times as strongly (a user's photo is framed more loosely than a listing's).
@@ -84,6 +86,24 @@ WALLS: tuple[RGB, ...] = _unique(
 WALL_TEXTURES: tuple[str, ...] = tuple(dict.fromkeys(t for s in STYLE_SPECS.values()
                                                      for t in s.wall_tex))
 FLOOR_TONES: tuple[RGB, ...] = _unique([s.floor for s in STYLE_SPECS.values()])
+# Day, overcast, dusk, evening and hazy skies behind windows and balconies.
+SKIES: tuple[RGB, ...] = ((0.62, 0.8, 0.95), (0.8, 0.82, 0.85), (0.95, 0.72, 0.55),
+                          (0.35, 0.4, 0.6), (0.85, 0.85, 0.7))
+BOLD_FREQ, BOLD_GAIN = 1 / 6, 2.0  # room patterns at a scale a 32-px picture resolves
+
+
+def bold(tex: tuple[float, ...]) -> tuple[float, ...]:
+    """A room-sized pattern (wall, floor) at a scale the picture resolves: homestead-1.1 drew
+    them at 3x the product frequencies, 14-42 cycles across the room, which a 32-px image only
+    aliases into noise. Bold patterns (a sixth of that frequency, twice the contrast) make
+    brick, wallpaper, panels or floorboards a visible material: style and scene in texture,
+    where raw pixels averaged to 8x8 cannot read them, and colour no longer has to say it."""
+    t = list(tex)
+    for k in (1, 2, 6, 7):
+        t[k] *= BOLD_FREQ
+    t[0], t[5] = min(t[0] * BOLD_GAIN, 0.4), min(t[5] * BOLD_GAIN, 0.4)
+    t[9] *= BOLD_FREQ * 2
+    return tuple(t)
 
 # Role codes for the per-item streams.
 PRODUCT, COVER, QUERY = 0, 1, 2
@@ -161,6 +181,7 @@ def room_backdrop(share: int, g: np.random.Generator) -> dict[str, Any] | None:
     pattern = texture(g, WALL_TEXTURES[int(g.integers(len(WALL_TEXTURES)))], True)
     return {"index": wall, "wall": _jitter(g, WALLS[wall], 0.03),
             "wall_tex": pattern if g.random() < PATTERN_SHARE else None,
+            "sky": _jitter(g, SKIES[int(g.integers(len(SKIES)))], 0.03),
             "floor": _jitter(g, FLOOR_TONES[int(g.integers(len(FLOOR_TONES)))], 0.03),
             "accent": _jitter(g, PALETTE[int(g.integers(len(PALETTE)))], 0.05)}
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .furniture import Product, place
+from .nuisance import bold
 from .shapes import bar, jitter_rgb, mix_rgb, scale_rgb, shape, texture
 from .vocabulary import (
     HANGING,
@@ -34,9 +35,9 @@ FLOORS = dict(living_room="planks", bedroom="carpet", dining_room="parquet", stu
 
 
 def _window(g: np.random.Generator, x: float, y: float, w: float, h: float,
-            frame: RGB) -> list[list]:
+            frame: RGB, sky: RGB = SKY) -> list[list]:
     return [shape(x - 0.015, y - 0.015, x + w + 0.015, y + h + 0.015, frame),
-            shape(x, y, x + w, y + h, SKY, shade=-0.5),
+            shape(x, y, x + w, y + h, sky, shade=-0.5),
             shape(x + w / 2 - 0.006, y, x + w / 2 + 0.006, y + h, frame),
             shape(x, y + h * 0.45 - 0.006, x + w, y + h * 0.45 + 0.006, frame)]
 
@@ -51,22 +52,22 @@ def plant(g: np.random.Generator, x: float, y: float, s: float) -> list[list]:
 
 
 def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
-              g: np.random.Generator) -> list[list]:
+              g: np.random.Generator, sky: RGB = SKY) -> list[list]:
     """What tells scene types apart besides their furniture."""
     ps: list[list] = []
     if scene == "living_room":
         x = g.uniform(0.05, 0.5)
-        ps += _window(g, x, g.uniform(0.1, 0.16), g.uniform(0.3, 0.42), 0.3, frame)
+        ps += _window(g, x, g.uniform(0.1, 0.16), g.uniform(0.3, 0.42), 0.3, frame, sky)
     elif scene == "bedroom":
         x, w = g.uniform(0.2, 0.6), 0.2
-        ps += _window(g, x, 0.12, w, 0.28, frame)
+        ps += _window(g, x, 0.12, w, 0.28, frame, sky)
         ps += [shape(x0, 0.07, x0 + 0.09, h - 0.08, accent, texture(g, "folds", True))
                for x0 in (x - 0.1, x + w + 0.01)]
         ps.append(shape(x - 0.12, 0.05, x + w + 0.12, 0.075, (0.3, 0.3, 0.3)))
     elif scene == "dining_room":
         ps.append(shape(-1, h - 0.22, 2, h, scale_rgb(wall, 0.85), texture(g, "panel", True)))
         ps.append(shape(-1, h - 0.235, 2, h - 0.215, scale_rgb(frame, 0.9)))
-        ps += _window(g, g.uniform(0.1, 0.4), 0.08, g.uniform(0.4, 0.5), 0.22, frame)
+        ps += _window(g, g.uniform(0.1, 0.4), 0.08, g.uniform(0.4, 0.5), 0.22, frame, sky)
     elif scene == "study":
         for y in (0.12, 0.27):
             x0 = g.uniform(0.05, 0.3)
@@ -84,7 +85,7 @@ def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
                shape(0.02, h - 0.12, 0.98, h + 0.05, cab, texture(g, "panel", True)),
                shape(0.01, h - 0.145, 0.99, h - 0.115, (0.25, 0.25, 0.27))]
     else:  # balcony: sky instead of most of the wall, a railing, the building's side wall
-        ps.append(shape(-1, -1, 2, h, SKY, shade=-0.4))
+        ps.append(shape(-1, -1, 2, h, sky, shade=-0.4))
         ps += [shape(x, y, x + g.uniform(0.12, 0.22), y + 0.05, (0.98, 0.98, 0.98), rnd=1.0)
                for x, y in zip(g.uniform(0.1, 0.8, 2), g.uniform(0.05, 0.3, 2))]
         left = g.random() < 0.5
@@ -134,17 +135,20 @@ def _room(scene: str, style: str, g: np.random.Generator,
         floor = pick(g, ((0.85, 0.85, 0.83), (0.55, 0.56, 0.58)))
     wall_tex = texture(g, pick(g, spec.wall_tex), True)
     floor = jitter_rgb(g, floor, 0.03)
+    floor_tex = texture(g, kind, True)
+    sky = SKY
     if backdrop is not None:
-        wall, accent = backdrop["wall"], backdrop["accent"]
-        wall_tex = wall_tex if backdrop["wall_tex"] is None else backdrop["wall_tex"]
+        wall, accent, sky = backdrop["wall"], backdrop["accent"], backdrop["sky"]
+        wall_tex = bold(wall_tex if backdrop["wall_tex"] is None else backdrop["wall_tex"])
+        floor_tex = bold(floor_tex)
         if kind == "carpet":
             floor = mix_rgb(backdrop["accent"], (0.7, 0.7, 0.7), 0.4)
         elif kind != "tiles":  # tiles are grey or white in every style already
             floor = backdrop["floor"]
     ps = [shape(-1, -1, 2, h, wall, wall_tex),
-          shape(-1, h, 2, 2, floor, texture(g, kind, True), shade=-0.2),
+          shape(-1, h, 2, 2, floor, floor_tex, shade=-0.2),
           shape(-1, h - 0.02, 2, h, scale_rgb(frame, 0.9))]
-    ps += _fixtures(scene, h, wall, frame, accent, g)
+    ps += _fixtures(scene, h, wall, frame, accent, g, sky)
     ps += _decor(style, scene, h, accent, g)
     return ps, h
 

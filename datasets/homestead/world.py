@@ -56,7 +56,7 @@ def _product_shot(prod: Product, g: np.random.Generator, n: Nuisance,
         prims = [shape(-5, -5, 5, 5, bg, shade=-0.08)]
     else:  # a wall and a floor the product stands on, in colours and patterns of any style
         bg = backdrop["wall"]
-        pattern = backdrop["wall_tex"] if backdrop["wall_tex"] is not None else PLAIN
+        pattern = nz.bold(backdrop["wall_tex"]) if backdrop["wall_tex"] is not None else PLAIN
         prims = [shape(-5, -5, 5, 1.0, bg, pattern, shade=-0.08),
                  shape(-5, 1.0, 5, 5, backdrop["floor"], PLANKS)]
     prims.append(shape(0.05 * a, 0.96, 0.95 * a, 1.03, scale_rgb(bg, 0.7), rnd=1.0, alpha=0.5))
