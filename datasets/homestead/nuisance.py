@@ -19,7 +19,8 @@ of what homestead-1.1 draws:
   pattern (brick, wallpaper, panels...) is a material, part of what a style is: it comes from
   any style in ``PATTERN_SHARE`` of those rooms and stays the style's own in the rest. Their
   walls and floors are drawn ``bold``: at a scale a 32-px image resolves. The sky behind
-  windows and balconies varies (``SKIES``: day, overcast, dusk, evening, haze).
+  windows and balconies varies (``SKIES``: day, overcast, dusk, evening, haze), and so does
+  the kitchen's tiled wall.
 - ``camera`` (percent strength, default 100): zoom (view side x 1 +- 0.25), offset (+-0.08 of
   the view) and tilt (+-6 degrees), at full strength, uniform; all shots, queries
   ``QUERY_CAMERA`` times as strongly (a user's photo is framed more loosely than a listing's).
@@ -31,9 +32,9 @@ of what homestead-1.1 draws:
   the two are told apart by their axes (``nuisance_cast`` is recorded beside ``warmth``).
 - ``clutter`` (most objects, default 2): 0 to ``clutter`` foreground objects (vases, book
   stacks, plants) in front of every cover, query and product shot, partly hiding furniture.
-- ``noise`` (sensor noise, 1/1000 of full scale, default 25): Gaussian noise of
+- ``noise`` (sensor noise, 1/1000 of full scale, default 15): Gaussian noise of
   ``noise/1000 * U(0.5, 1.5)`` on top of the renderer's own.
-- ``jpeg`` (lowest quality, default 50; 0 = off): every image is JPEG-encoded and decoded at its
+- ``jpeg`` (lowest quality, default 70; 0 = off): every image is JPEG-encoded and decoded at its
   rendered size with a quality drawn from ``jpeg`` .. 95 (PIL's encoder).
 
 ``nuisance=0`` (a dataset option, default 1) sets every factor not given explicitly to 0; with
@@ -59,14 +60,14 @@ from .vocabulary import RGB, STYLE_SPECS
 
 FACTORS = ("colourways", "backgrounds", "camera", "light", "clutter", "noise", "jpeg")
 DEFAULTS: dict[str, int] = dict(colourways=80, backgrounds=85, camera=100, light=100, clutter=2,
-                                noise=25, jpeg=50)
+                                noise=15, jpeg=70)
 LIMITS: dict[str, tuple[int, int]] = dict(colourways=(0, 100), backgrounds=(0, 100),
                                           camera=(0, 100), light=(0, 100), clutter=(0, 5),
                                           noise=(0, 200), jpeg=(0, 95))
 
 ZOOM, OFFSET, TILT_DEG = 0.25, 0.08, 6.0            # camera at full strength
 QUERY_CAMERA = 1.6      # a user's photo is framed more loosely than a listing photo
-PATTERN_SHARE = 0.4     # of backdrops whose wall pattern comes from any style (else its own)
+PATTERN_SHARE = 0.3     # of backdrops whose wall pattern comes from any style (else its own)
 BRIGHTNESS, CONTRAST, CAST = 0.3, 0.15, 0.12        # light at full strength
 JPEG_MAX = 95
 
@@ -182,6 +183,7 @@ def room_backdrop(share: int, g: np.random.Generator) -> dict[str, Any] | None:
     return {"index": wall, "wall": _jitter(g, WALLS[wall], 0.03),
             "wall_tex": pattern if g.random() < PATTERN_SHARE else None,
             "sky": _jitter(g, SKIES[int(g.integers(len(SKIES)))], 0.03),
+            "tile": _jitter(g, WALLS[int(g.integers(len(WALLS)))], 0.03),
             "floor": _jitter(g, FLOOR_TONES[int(g.integers(len(FLOOR_TONES)))], 0.03),
             "accent": _jitter(g, PALETTE[int(g.integers(len(PALETTE)))], 0.05)}
 

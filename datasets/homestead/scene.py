@@ -30,6 +30,7 @@ from .vocabulary import (
 )
 
 SKY = (0.62, 0.8, 0.95)
+TILE = (0.9, 0.9, 0.88)
 FLOORS = dict(living_room="planks", bedroom="carpet", dining_room="parquet", study="planks",
               kitchen="tiles", balcony="deck")
 
@@ -52,8 +53,9 @@ def plant(g: np.random.Generator, x: float, y: float, s: float) -> list[list]:
 
 
 def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
-              g: np.random.Generator, sky: RGB = SKY) -> list[list]:
-    """What tells scene types apart besides their furniture."""
+              g: np.random.Generator, sky: RGB = SKY, tile: RGB = TILE) -> list[list]:
+    """What tells scene types apart besides their furniture (``sky`` and the kitchen's wall
+    ``tile`` colour vary with the backgrounds nuisance)."""
     ps: list[list] = []
     if scene == "living_room":
         x = g.uniform(0.05, 0.5)
@@ -81,7 +83,7 @@ def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
     elif scene == "kitchen":
         cab = mix_rgb(frame, wall, 0.3)
         ps += [shape(0.02, 0.04, 0.98, 0.24, cab, texture(g, "panel", True), shade=0.2),
-               shape(0.02, 0.24, 0.98, h - 0.13, (0.9, 0.9, 0.88), texture(g, "tiles", True)),
+               shape(0.02, 0.24, 0.98, h - 0.13, tile, texture(g, "tiles", True)),
                shape(0.02, h - 0.12, 0.98, h + 0.05, cab, texture(g, "panel", True)),
                shape(0.01, h - 0.145, 0.99, h - 0.115, (0.25, 0.25, 0.27))]
     else:  # balcony: sky instead of most of the wall, a railing, the building's side wall
@@ -136,9 +138,9 @@ def _room(scene: str, style: str, g: np.random.Generator,
     wall_tex = texture(g, pick(g, spec.wall_tex), True)
     floor = jitter_rgb(g, floor, 0.03)
     floor_tex = texture(g, kind, True)
-    sky = SKY
+    sky, tile = SKY, TILE
     if backdrop is not None:
-        wall, accent, sky = backdrop["wall"], backdrop["accent"], backdrop["sky"]
+        wall, accent, sky, tile = (backdrop[k] for k in ("wall", "accent", "sky", "tile"))
         wall_tex = bold(wall_tex if backdrop["wall_tex"] is None else backdrop["wall_tex"])
         floor_tex = bold(floor_tex)
         if kind == "carpet":
@@ -148,7 +150,7 @@ def _room(scene: str, style: str, g: np.random.Generator,
     ps = [shape(-1, -1, 2, h, wall, wall_tex),
           shape(-1, h, 2, 2, floor, floor_tex, shade=-0.2),
           shape(-1, h - 0.02, 2, h, scale_rgb(frame, 0.9))]
-    ps += _fixtures(scene, h, wall, frame, accent, g, sky)
+    ps += _fixtures(scene, h, wall, frame, accent, g, sky, tile)
     ps += _decor(style, scene, h, accent, g)
     return ps, h
 
