@@ -156,3 +156,24 @@ def test_colour_cast_stays_apart_from_warmth():
 def test_factor_options_are_checked(build, option):
     with pytest.raises(DatasetError, match=f"{next(iter(option))}=.* is outside"):
         build(**option)
+
+
+def test_camera_tilt_is_a_rigid_rotation_of_the_scene():
+    """A quarter turn about the view's centre draws the picture turned by a quarter: centres
+    move about the pivot and every shape turns with them (a trapezoid's wide side turns from
+    the bottom to the left)."""
+    registry.load_plugins()
+    from bench_plugins.datasets.homestead.nuisance import apply_camera
+    from bench_plugins.datasets.homestead.render import Shot, render
+    from bench_plugins.datasets.homestead.shapes import shape
+
+    prims = np.asarray([shape(-1, -1, 2, 2, (0.9, 0.9, 0.9)),
+                        shape(0.55, 0.2, 0.75, 0.5, (0.8, 0.1, 0.1), tap=0.9),
+                        shape(0.2, 0.7, 0.3, 0.75, (0.1, 0.1, 0.8))], np.float32)
+    view = (0.0, 0.0, 1.0)
+    turned, turned_view = apply_camera(prims, view, (1.0, 0.0, 0.0, 90.0))
+    assert turned_view == pytest.approx(view)
+    still = render([Shot(prims, view, (1, 1, 1), 1.0, 0.0)], 32, 0)[0].astype(int)
+    tilted = render([Shot(turned, turned_view, (1, 1, 1), 1.0, 0.0)], 32, 0)[0].astype(int)
+    assert np.abs(tilted - still).max() > 100  # it moved
+    assert np.abs(tilted - np.rot90(still, k=-1)).max() <= 2  # clockwise on screen (y down)
