@@ -177,3 +177,36 @@ def test_camera_tilt_is_a_rigid_rotation_of_the_scene():
     tilted = render([Shot(turned, turned_view, (1, 1, 1), 1.0, 0.0)], 32, 0)[0].astype(int)
     assert np.abs(tilted - still).max() > 100  # it moved
     assert np.abs(tilted - np.rot90(still, k=-1)).max() <= 2  # clockwise on screen (y down)
+
+
+def _sweep_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "nuisance_sweep.py"
+    spec = importlib.util.spec_from_file_location("nuisance_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sweep_builds_each_factor_alone_and_all_together(tmp_path):
+    sweep = _sweep_module()
+    defaults = {f: 10 + k for k, f in enumerate(COLUMNS)}
+    settings = sweep.settings(tuple(COLUMNS), defaults)
+    assert list(settings) == ["off", *COLUMNS, "all"]
+    assert settings["off"] == {"nuisance": 0}
+    assert settings["camera"] == {"nuisance": 0, "camera": defaults["camera"]}
+    assert settings["all"] == defaults
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for task, metric in sweep.METRICS:
+        frame = pd.DataFrame({"extractor": ["pixels", "moco_v2"]})
+        for k, suffix in enumerate(("", " low", " high")):
+            frame[f"{metric} raw{suffix}"] = [0.1 * (k + 1), 0.5]
+        if (tables / f"{task}.csv").exists():
+            frame = pd.read_csv(tables / f"{task}.csv").merge(frame, on="extractor")
+        frame.to_csv(tables / f"{task}.csv", index=False)
+    row = sweep.read_row(tmp_path, "pixels")
+    assert row["style_consistency"] == pytest.approx(0.1)
+    assert row["recall@10 high"] == pytest.approx(0.3)
