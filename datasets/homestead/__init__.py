@@ -3,7 +3,8 @@
 Why synthetic: every task of the suite (KNN consistency, classification, image search, CTR) must
 run with no download, on data whose ground truth is known. The world holds
 
-- product shots: one piece of furniture on a plain light background. 6 coarse categories, 36 leaf
+- product shots: one piece of furniture on a plain light background (or, with the
+  ``backgrounds`` nuisance, a coloured wall and floor). 6 coarse categories, 36 leaf
   categories (shape: proportions, legs, back height, roundness), 6 styles (palette, material
   texture, leg type, trim), and an identity per product;
 - content covers: room scenes (6 scene types told apart by walls, floor, windows and fixtures)
