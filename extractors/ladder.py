@@ -17,7 +17,9 @@ validate`` and the report's validity table say whether it does and by how many s
 the floor and ceiling are apart. Encoding: a categorical latent with C values gets a random
 unit code per value in min(C, 16) dimensions (C <= 16: exactly orthogonal one-hot codes);
 a numeric latent is standardised; each block is scaled to unit root-mean-square norm over the
-items it applies to, and is zero where it does not apply. The codes, the noise and the rotation
+items it applies to, and is zero where it does not apply. Columns named ``nuisance_*`` (the
+camera, light, backdrop... an image was drawn with) are left out: they are what a good
+embedding should ignore, not what the tasks ask for, so they are no part of the ceiling. The codes, the noise and the rotation
 come from ``seed``, so a rung is the same vectors on every run.
 """
 
@@ -33,6 +35,7 @@ from bench.core.extractor import FitContext
 from bench.core.registry import SpecError, check_options, extractor
 
 CODE_DIM = 16
+NUISANCE_PREFIX = "nuisance_"  # latents that vary what an image looks like, not what it shows
 OPTIONS = ("noise", "dim", "seed")
 
 
@@ -74,10 +77,11 @@ class LadderExtractor:
 
 
 def latent_vectors(latents: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    """Concatenated unit-RMS blocks, one per latent column (``id`` excluded), in column order."""
+    """Concatenated unit-RMS blocks, one per latent column (``id`` and ``nuisance_*``
+    excluded), in column order."""
     blocks = []
     for column in latents.columns:
-        if column == "id":
+        if column == "id" or str(column).startswith(NUISANCE_PREFIX):
             continue
         values = latents[column]
         present = values.notna().to_numpy()

@@ -49,6 +49,19 @@ def test_clean_rung_is_the_latents_rotated(world: tuple[Dataset, Cache]) -> None
     assert latent.shape[1] < 256 and 2.5 < (latent[covers] ** 2).sum(1).mean() < 3.5
 
 
+def test_nuisance_latents_are_no_part_of_the_ladder(world: tuple[Dataset, Cache]) -> None:
+    """The camera, light, backdrop... an image was drawn with are recorded as ``nuisance_*``
+    latents; the rungs are built from what the tasks ask for only."""
+    dataset, _ = world
+    from bench_plugins.extractors.ladder import latent_vectors
+
+    nuisance = [c for c in dataset.latents.columns if c.startswith("nuisance_")]
+    assert len(nuisance) >= 7
+    full = latent_vectors(dataset.latents, np.random.default_rng(0))
+    bare = latent_vectors(dataset.latents.drop(columns=nuisance), np.random.default_rng(0))
+    assert np.array_equal(full, bare)
+
+
 def test_rungs_are_deterministic_and_named_by_noise(world: tuple[Dataset, Cache]) -> None:
     dataset, _ = world
     rows = np.arange(10)

@@ -3,7 +3,8 @@
 Why synthetic: every task of the suite (KNN consistency, classification, image search, CTR) must
 run with no download, on data whose ground truth is known. The world holds
 
-- product shots: one piece of furniture on a plain light background. 6 coarse categories, 36 leaf
+- product shots: one piece of furniture on a plain light background (or, with the
+  ``backgrounds`` nuisance, a coloured wall and floor). 6 coarse categories, 36 leaf
   categories (shape: proportions, legs, back height, roundness), 6 styles (palette, material
   texture, leg type, trim), and an identity per product;
 - content covers: room scenes (6 scene types told apart by walls, floor, windows and fixtures)
@@ -11,6 +12,9 @@ run with no download, on data whose ground truth is known. The world holds
   noisy title;
 - image-search queries: crops of fresh scenes around one product, with scale, shift and light
   changes, whose ``identity`` is that product's id in the product-shot gallery;
+- nuisance factors of real catalogues on every image (``nuisance``: colourways shared across
+  styles, backgrounds across styles, camera, light, props, sensor noise, JPEG), each a dataset
+  option recorded in the latents table as ``nuisance_*``; ``nuisance=0`` is homestead-1.1;
 - a behaviour log: users with latent tastes over style, scene, category and the cover's light
   warmth (a purely visual trait no label carries), impressions over days with click, detail-view
   and conversion outcomes, and covers first published on the last day (cold start).
@@ -21,8 +25,8 @@ train | test), title, style, scene, category (leaf), coarse_category, identity, 
 (their latent favourites, for debugging) and ``item_latents`` (true style and scene, light
 warmth, popularity: ground truth for oracles and checks, not features for a model).
 
-Label noise (a few % of style and scene labels flipped) and nuisances (jitter, scale, light)
-keep tasks from saturating. Everything is cached under
+Label noise (a few % of style and scene labels flipped) and the nuisance factors keep tasks
+from saturating and colour from giving style away. Everything is cached under
 ``cache.path("datasets", f"homestead-{fingerprint}")``.
 
 The package, in the order the data flows:
@@ -31,6 +35,7 @@ The package, in the order the data flows:
 - ``shapes``: the primitive row every shape is drawn from;
 - ``furniture``: a look per product, a drawer per coarse category;
 - ``scene``: rooms, fixtures, decor, and furniture placed in them;
+- ``nuisance``: the nuisance factors, their options and their own random streams;
 - ``render``: the batched signed-distance renderer;
 - ``titles``: the covers' noisy titles;
 - ``behaviour``: users, impressions and their outcomes;
@@ -49,6 +54,10 @@ from bench.core.data import Dataset, DatasetError, array_image_source
 from bench.core.registry import dataset
 
 from .cache import TABLES, read_entry, write_entry
+from .nuisance import DEFAULTS as NUISANCE_DEFAULTS
+from .nuisance import FACTORS
+from .nuisance import LIMITS as NUISANCE_LIMITS
+from .nuisance import resolve as resolve_nuisance
 from .vocabulary import COARSE, LEAF_NAMES, LEAVES, SCENES, STYLES
 from .world import (
     LABEL_NOISE,
@@ -60,13 +69,17 @@ from .world import (
     generate,
 )
 
-__all__ = ["COARSE", "DEFAULTS", "GENERATOR_VERSION", "LABEL_NOISE", "LEAF_NAMES", "LEAVES",
+__all__ = ["COARSE", "DEFAULTS", "FACTORS", "GENERATOR_VERSION", "LABEL_NOISE", "LEAF_NAMES", "LEAVES",
            "QUERY_CLUTTER_MAX", "QUERY_LIGHT", "QUERY_SHIFT", "QUERY_TINT", "QUERY_VIEW",
            "SCENES", "STYLES", "load_homestead"]
 
-GENERATOR_VERSION = "homestead-1.1"  # 1.1: tighter, cleaner query crops (QUERY_*); repeats test-only
+# 1.1: tighter, cleaner query crops (QUERY_*); repeats test-only. 2.0: the nuisance factors
+# (``nuisance``: colourways, backgrounds, camera, light, clutter, noise, jpeg); nuisance=0 draws
+# homestead-1.1's images, item table and logs exactly.
+GENERATOR_VERSION = "homestead-2.0"
 DEFAULTS: dict[str, int] = dict(image_size=32, n_products=1500, n_covers=2400, n_queries=2000,
-                                n_users=600, n_days=6, impressions_per_user_day=20, seed=0)
+                                n_users=600, n_days=6, impressions_per_user_day=20, seed=0,
+                                nuisance=1, **NUISANCE_DEFAULTS)
 
 
 def _params(options: dict[str, Any]) -> dict[str, int]:
@@ -81,11 +94,12 @@ def _params(options: dict[str, Any]) -> dict[str, int]:
             raise DatasetError(f"homestead: option {key}={value!r} is not an integer") from None
     limits = dict(image_size=(16, 512), n_products=(len(LEAF_NAMES), 10**7), n_covers=(6, 10**7),
                   n_queries=(0, 10**7), n_users=(1, 10**7), n_days=(2, 10**4),
-                  impressions_per_user_day=(1, 10**4), seed=(0, 2**32 - 1))
+                  impressions_per_user_day=(1, 10**4), seed=(0, 2**32 - 1), nuisance=(0, 1),
+                  **NUISANCE_LIMITS)
     for key, (lo, hi) in limits.items():
         if not lo <= params[key] <= hi:
             raise DatasetError(f"homestead: {key}={params[key]} is outside [{lo}, {hi}]")
-    return params
+    return resolve_nuisance(params, set(options))
 
 
 @dataset("homestead")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .nuisance import recolour
 from .shapes import CX, CY, HH, HW, TSC, Tex, bar, jitter_rgb, scale_rgb, shape, texture
 from .vocabulary import LEAVES, RGB, STYLE_SPECS, pick
 
@@ -364,10 +366,14 @@ class Product:
     prims: np.ndarray  # [k, NCOL] in product units (height 1, width aspect)
 
 
-def make_product(leaf: str, style: str, g: np.random.Generator) -> Product:
+def make_product(leaf: str, style: str, g: np.random.Generator,
+                 way: dict[str, Any] | None = None) -> Product:
+    """A product of a leaf and style; ``way`` is a colourway from the palette shared by all
+    styles (``nuisance.colourway``), applied after every draw from ``g`` so that it changes the
+    colours only."""
     coarse, aspect, _ = LEAVES[leaf]
     aspect *= g.uniform(0.92, 1.08)
-    look = make_look(style, g)
+    look = recolour(make_look(style, g), way)
     prims = np.asarray(DRAWERS[coarse](leaf, aspect, look, g), dtype=np.float32)
     return Product(leaf, coarse, style, aspect, prims)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .furniture import Product, place
+from .nuisance import bold
 from .shapes import bar, jitter_rgb, mix_rgb, scale_rgb, shape, texture
 from .vocabulary import (
     HANGING,
@@ -28,14 +30,15 @@ from .vocabulary import (
 )
 
 SKY = (0.62, 0.8, 0.95)
+TILE = (0.9, 0.9, 0.88)
 FLOORS = dict(living_room="planks", bedroom="carpet", dining_room="parquet", study="planks",
               kitchen="tiles", balcony="deck")
 
 
 def _window(g: np.random.Generator, x: float, y: float, w: float, h: float,
-            frame: RGB) -> list[list]:
+            frame: RGB, sky: RGB = SKY) -> list[list]:
     return [shape(x - 0.015, y - 0.015, x + w + 0.015, y + h + 0.015, frame),
-            shape(x, y, x + w, y + h, SKY, shade=-0.5),
+            shape(x, y, x + w, y + h, sky, shade=-0.5),
             shape(x + w / 2 - 0.006, y, x + w / 2 + 0.006, y + h, frame),
             shape(x, y + h * 0.45 - 0.006, x + w, y + h * 0.45 + 0.006, frame)]
 
@@ -50,22 +53,23 @@ def plant(g: np.random.Generator, x: float, y: float, s: float) -> list[list]:
 
 
 def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
-              g: np.random.Generator) -> list[list]:
-    """What tells scene types apart besides their furniture."""
+              g: np.random.Generator, sky: RGB = SKY, tile: RGB = TILE) -> list[list]:
+    """What tells scene types apart besides their furniture (``sky`` and the kitchen's wall
+    ``tile`` colour vary with the backgrounds nuisance)."""
     ps: list[list] = []
     if scene == "living_room":
         x = g.uniform(0.05, 0.5)
-        ps += _window(g, x, g.uniform(0.1, 0.16), g.uniform(0.3, 0.42), 0.3, frame)
+        ps += _window(g, x, g.uniform(0.1, 0.16), g.uniform(0.3, 0.42), 0.3, frame, sky)
     elif scene == "bedroom":
         x, w = g.uniform(0.2, 0.6), 0.2
-        ps += _window(g, x, 0.12, w, 0.28, frame)
+        ps += _window(g, x, 0.12, w, 0.28, frame, sky)
         ps += [shape(x0, 0.07, x0 + 0.09, h - 0.08, accent, texture(g, "folds", True))
                for x0 in (x - 0.1, x + w + 0.01)]
         ps.append(shape(x - 0.12, 0.05, x + w + 0.12, 0.075, (0.3, 0.3, 0.3)))
     elif scene == "dining_room":
         ps.append(shape(-1, h - 0.22, 2, h, scale_rgb(wall, 0.85), texture(g, "panel", True)))
         ps.append(shape(-1, h - 0.235, 2, h - 0.215, scale_rgb(frame, 0.9)))
-        ps += _window(g, g.uniform(0.1, 0.4), 0.08, g.uniform(0.4, 0.5), 0.22, frame)
+        ps += _window(g, g.uniform(0.1, 0.4), 0.08, g.uniform(0.4, 0.5), 0.22, frame, sky)
     elif scene == "study":
         for y in (0.12, 0.27):
             x0 = g.uniform(0.05, 0.3)
@@ -79,11 +83,11 @@ def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
     elif scene == "kitchen":
         cab = mix_rgb(frame, wall, 0.3)
         ps += [shape(0.02, 0.04, 0.98, 0.24, cab, texture(g, "panel", True), shade=0.2),
-               shape(0.02, 0.24, 0.98, h - 0.13, (0.9, 0.9, 0.88), texture(g, "tiles", True)),
+               shape(0.02, 0.24, 0.98, h - 0.13, tile, texture(g, "tiles", True)),
                shape(0.02, h - 0.12, 0.98, h + 0.05, cab, texture(g, "panel", True)),
                shape(0.01, h - 0.145, 0.99, h - 0.115, (0.25, 0.25, 0.27))]
     else:  # balcony: sky instead of most of the wall, a railing, the building's side wall
-        ps.append(shape(-1, -1, 2, h, SKY, shade=-0.4))
+        ps.append(shape(-1, -1, 2, h, sky, shade=-0.4))
         ps += [shape(x, y, x + g.uniform(0.12, 0.22), y + 0.05, (0.98, 0.98, 0.98), rnd=1.0)
                for x, y in zip(g.uniform(0.1, 0.8, 2), g.uniform(0.05, 0.3, 2))]
         left = g.random() < 0.5
@@ -114,9 +118,12 @@ def _decor(style: str, scene: str, h: float, accent: RGB, g: np.random.Generator
     return ps
 
 
-def _room(scene: str, style: str, g: np.random.Generator) -> tuple[list[list], float]:
+def _room(scene: str, style: str, g: np.random.Generator,
+          backdrop: dict[str, Any] | None = None) -> tuple[list[list], float]:
     """Background of a room: wall (tinted and patterned by style), floor (material by scene),
-    skirting, fixtures and decor. Returns the primitives and the horizon height."""
+    skirting, fixtures and decor. Returns the primitives and the horizon height. A
+    ``backdrop`` (``nuisance.room_backdrop``) replaces the style's wall colour (and, in some
+    rooms, its pattern), floor tone and decor accent after every draw from ``g``."""
     spec = STYLE_SPECS[style]
     h = SCENE_HORIZON[scene] + g.uniform(-0.03, 0.03)
     wall = jitter_rgb(g, pick(g, spec.wall), 0.03)
@@ -128,10 +135,22 @@ def _room(scene: str, style: str, g: np.random.Generator) -> tuple[list[list], f
         floor = mix_rgb(pick(g, spec.body), (0.7, 0.7, 0.7), 0.4)
     elif kind == "tiles":
         floor = pick(g, ((0.85, 0.85, 0.83), (0.55, 0.56, 0.58)))
-    ps = [shape(-1, -1, 2, h, wall, texture(g, pick(g, spec.wall_tex), True)),
-          shape(-1, h, 2, 2, jitter_rgb(g, floor, 0.03), texture(g, kind, True), shade=-0.2),
+    wall_tex = texture(g, pick(g, spec.wall_tex), True)
+    floor = jitter_rgb(g, floor, 0.03)
+    floor_tex = texture(g, kind, True)
+    sky, tile = SKY, TILE
+    if backdrop is not None:
+        wall, accent, sky, tile = (backdrop[k] for k in ("wall", "accent", "sky", "tile"))
+        wall_tex = bold(wall_tex if backdrop["wall_tex"] is None else backdrop["wall_tex"])
+        floor_tex = bold(floor_tex)
+        if kind == "carpet":
+            floor = mix_rgb(backdrop["accent"], (0.7, 0.7, 0.7), 0.4)
+        elif kind != "tiles":  # tiles are grey or white in every style already
+            floor = backdrop["floor"]
+    ps = [shape(-1, -1, 2, h, wall, wall_tex),
+          shape(-1, h, 2, 2, floor, floor_tex, shade=-0.2),
           shape(-1, h - 0.02, 2, h, scale_rgb(frame, 0.9))]
-    ps += _fixtures(scene, h, wall, frame, accent, g)
+    ps += _fixtures(scene, h, wall, frame, accent, g, sky, tile)
     ps += _decor(style, scene, h, accent, g)
     return ps, h
 
@@ -170,11 +189,12 @@ class Scene:
 
 
 def compose(scene: str, style: str, members: list[int], products: list[Product],
-            g: np.random.Generator, front: int | None = None) -> Scene:
+            g: np.random.Generator, front: int | None = None,
+            backdrop: dict[str, Any] | None = None) -> Scene:
     """Place products on the floor (perspective: further back is smaller) or from the ceiling,
     in slots across the room, and stack everything back to front (``front`` is drawn last so
     that other furniture never hides a query's product entirely)."""
-    bg, h = _room(scene, style, g)
+    bg, h = _room(scene, style, g, backdrop)
     slots = g.permutation(len(members))
     placed = []
     for i, m in enumerate(members):

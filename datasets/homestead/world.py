@@ -9,16 +9,19 @@ stream, so e.g. more queries do not change the products or covers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from . import nuisance as nz
 from .behaviour import behaviour_log
 from .furniture import Product, make_product
+from .nuisance import COVER, PRODUCT, QUERY, Nuisance
 from .render import Shot, render
 from .scene import compose, foreground_clutter, scene_weights
-from .shapes import CX, CY, HH, HW, TAP, scale_rgb, shape
+from .shapes import CX, CY, HH, HW, PLAIN, TAP, scale_rgb, shape
 from .titles import make_title
 from .vocabulary import COARSE, LEAF_NAMES, SCENES, STYLES, balanced, pick
 
@@ -38,17 +41,33 @@ COLD_START_SHARE = 0.10      # covers first published on the last day
 LABEL_NOISE = 0.04           # share of style / scene labels flipped
 
 
-def _product_shot(prod: Product, g: np.random.Generator) -> Shot:
-    """A catalogue photo: the product on a plain light background with small jitter."""
+PLANKS = (0.12, 0, 42.0, 0.0, 1.0, 0, 0, 0, 0.05, 60, 3)  # a product shot's floor boards
+
+
+def _product_shot(prod: Product, g: np.random.Generator, n: Nuisance,
+                  i: int) -> tuple[Shot, Latent]:
+    """A catalogue photo: the product on a plain light background with small jitter (and,
+    with the nuisance factors on, a backdrop across styles, camera, light, props, noise)."""
     bg = tuple(np.clip(g.uniform(0.9, 0.97) + g.normal(0, 0.006, 3), 0, 1).tolist())
     a = prod.aspect
-    prims = [shape(-5, -5, 5, 5, bg, shade=-0.08),
-             shape(0.05 * a, 0.96, 0.95 * a, 1.03, scale_rgb(bg, 0.7), rnd=1.0, alpha=0.5)]
+    draws = n.draws(PRODUCT, i)
+    backdrop = nz.room_backdrop(n.backgrounds, draws("backgrounds")) if n.backgrounds else None
+    if backdrop is None:
+        prims = [shape(-5, -5, 5, 5, bg, shade=-0.08)]
+    else:  # a wall and a floor the product stands on, in colours and patterns of any style
+        bg = backdrop["wall"]
+        pattern = nz.bold(backdrop["wall_tex"]) if backdrop["wall_tex"] is not None else PLAIN
+        prims = [shape(-5, -5, 5, 1.0, bg, pattern, shade=-0.08),
+                 shape(-5, 1.0, 5, 5, backdrop["floor"], PLANKS)]
+    prims.append(shape(0.05 * a, 0.96, 0.95 * a, 1.03, scale_rgb(bg, 0.7), rnd=1.0, alpha=0.5))
     prims_arr = np.concatenate([np.asarray(prims, np.float32), prod.prims])
     side = max(a, 1.0) * g.uniform(1.12, 1.3)
     cx, cy = a / 2 + g.normal(0, 0.03) * side, 0.5 + g.normal(0, 0.03) * side
     gain = tuple((g.uniform(0.96, 1.04) * g.uniform(0.99, 1.01, 3)).tolist())
-    return Shot(prims_arr, (cx - side / 2, cy - side / 2, side), gain, 1.0, 0.006)
+    shot = Shot(prims_arr, (cx - side / 2, cy - side / 2, side), gain, 1.0, 0.006)
+    props = _props(n, draws, lambda gc: (gc.uniform(-0.1, 1.1) * a, 1.0,
+                                         gc.uniform(0.25, 0.5)))
+    return _disturb(shot, n, draws, props, backdrop)
 
 
 def _split_products(leaves: np.ndarray, g: np.random.Generator) -> np.ndarray:
@@ -75,19 +94,26 @@ class Catalogue:
     split: np.ndarray     # "pretrain" | "train" | "test"
     pools: dict[str, np.ndarray]  # split -> product indices that may furnish rooms of that split
     affinity: np.ndarray  # [scene, leaf]
+    colourway: np.ndarray  # index into nuisance.PALETTE per product, -1: its style's colours
 
 
-def _make_catalogue(n: int, g: np.random.Generator, g_split: np.random.Generator) -> Catalogue:
-    """Products with balanced leaves and styles (drawn independently), split by leaf."""
+def _make_catalogue(n: int, g: np.random.Generator, g_split: np.random.Generator,
+                    nuis: Nuisance) -> Catalogue:
+    """Products with balanced leaves and styles (drawn independently), split by leaf; a share
+    of them in a colourway of the palette shared by all styles (``nuisance.colourway``)."""
     leaf, style = balanced(g, n, len(LEAF_NAMES)), balanced(g, n, len(STYLES))
-    products = [make_product(LEAF_NAMES[lf], STYLES[st], g) for lf, st in zip(leaf, style)]
+    ways = [nz.colourway(nuis.colourways, nuis.draws(PRODUCT, i)("colourways"))
+            if nuis.colourways else None for i in range(n)]
+    products = [make_product(LEAF_NAMES[lf], STYLES[st], g, way)
+                for lf, st, way in zip(leaf, style, ways)]
     coarse = np.array([COARSE.index(p.coarse) for p in products])
     split = _split_products(leaf, g_split)
     pools = {s: np.flatnonzero(split == s) for s in ("train", "test")}
     for s in pools:  # tiny worlds: a split without products borrows the other non-pretrain ones
         if not len(pools[s]):
             pools[s] = np.flatnonzero(split != "pretrain")
-    return Catalogue(products, leaf, style, coarse, split, pools, scene_weights())
+    colourway = np.array([-1 if w is None else w["index"] for w in ways])
+    return Catalogue(products, leaf, style, coarse, split, pools, scene_weights(), colourway)
 
 
 def _pick_members(cat: Catalogue, scene_i: int, style_i: int, k: int, split: str,
@@ -119,6 +145,50 @@ def _flip(labels: np.ndarray, vocab: tuple[str, ...], g: np.random.Generator) ->
     return out.astype(str)
 
 
+Latent = dict[str, float]
+
+
+Props = tuple[list[list], int]  # primitive rows of foreground objects, how many objects
+
+
+def _props(n: Nuisance, draws: nz.ItemDraws,
+           where: Callable[[np.random.Generator], tuple[float, float, float]]) -> Props:
+    """0..``clutter`` foreground objects; ``where(g)`` gives each one's (x, floor y, height)."""
+    if not n.clutter:
+        return [], 0
+    g = draws("clutter")
+    count = nz.clutter_count(n.clutter, g)
+    out: list[list] = []
+    for _ in range(count):
+        out += foreground_clutter(g, *where(g))
+    return out, count
+
+
+def _disturb(shot: Shot, n: Nuisance, draws: nz.ItemDraws, props: Props,
+             backdrop: dict | None, cull: bool = False, framing: float = 1.0
+             ) -> tuple[Shot, Latent]:
+    """Props in front, then camera, light and sensor noise on a shot; the values drawn are
+    returned for the latents table. Factors at 0 leave the shot exactly as it was."""
+    prims, view, gain, contrast, noise = shot.prims, shot.view, shot.gain, shot.contrast, shot.noise
+    rows, count = props
+    latent: Latent = {"backdrop": -1 if backdrop is None else backdrop["index"], "clutter": count}
+    if rows:
+        prims = np.concatenate([prims, np.asarray(rows, np.float32)])
+    cam = nz.camera(n.camera, draws("camera"), framing) if n.camera else (1.0, 0.0, 0.0, 0.0)
+    if n.camera:
+        prims, view = nz.apply_camera(prims, view, cam)
+    if cull:
+        prims = _cull(prims, *view)
+    bright, con, cast = nz.light(n.light, draws("light")) if n.light else (1.0, 1.0, 0.0)
+    if n.light:
+        gain, contrast = nz.lit(gain, bright, cast), contrast * con
+    sigma = nz.sensor_sigma(n.noise, draws("noise"))
+    latent.update(zoom=cam[0], shift_x=cam[1], shift_y=cam[2], tilt=cam[3], brightness=bright,
+                  contrast=con, cast=cast, noise=sigma,
+                  jpeg=nz.jpeg_quality(n.jpeg, draws("jpeg")))
+    return Shot(prims, view, gain, contrast, noise + sigma if sigma else noise), latent
+
+
 def _cover_light(g: np.random.Generator) -> tuple[float, tuple[float, float, float], float]:
     """Light warmth in [-1, 1]: the purely visual trait users have a taste for."""
     warmth = float(g.uniform(-1, 1))
@@ -129,21 +199,31 @@ def _cover_light(g: np.random.Generator) -> tuple[float, tuple[float, float, flo
 
 
 def _make_covers(cat: Catalogue, n: int, n_days: int, g: np.random.Generator,
-                 g_title: np.random.Generator) -> tuple[list[Shot], pd.DataFrame]:
+                 g_title: np.random.Generator, nuis: Nuisance
+                 ) -> tuple[list[Shot], pd.DataFrame, list[Latent]]:
     """Room scenes with balanced scene types and dominant styles, their titles, publish days
     (a share only on the last day: cold start) and light; one row of truth per cover."""
     scene, style = balanced(g, n, len(SCENES)), balanced(g, n, len(STYLES))
     split = np.where(g.random(n) < TRAIN_SHARE, "train", "test")
     cold = g.random(n) < COLD_START_SHARE
     early = np.where(g.random(n) < 0.5, 0, g.integers(0, n_days - 1, n))
-    shots, warmth, titles = [], np.zeros(n), []
+    shots, warmth, titles, latents = [], np.zeros(n), [], []
     mix = np.zeros((n, len(COARSE)))
     for j in range(n):
+        draws = nuis.draws(COVER, j)
+        backdrop = (nz.room_backdrop(nuis.backgrounds, draws("backgrounds"))
+                    if nuis.backgrounds else None)
         members = _pick_members(cat, scene[j], style[j], int(g.integers(2, 5)), split[j], g)
-        room = compose(SCENES[scene[j]], STYLES[style[j]], members, cat.products, g)
+        room = compose(SCENES[scene[j]], STYLES[style[j]], members, cat.products, g,
+                       backdrop=backdrop)
         warmth[j], gain, contrast = _cover_light(g)
         x0, y0, side = g.uniform(-0.04, 0.04), g.uniform(-0.04, 0.04), g.uniform(0.96, 1.04)
-        shots.append(Shot(room.prims, (x0, y0, side), gain, contrast, 0.012))
+        props = _props(nuis, draws, lambda gc: (gc.uniform(0.0, 1.0), gc.uniform(0.85, 1.05),
+                                                gc.uniform(0.12, 0.3)))
+        shot, latent = _disturb(Shot(room.prims, (x0, y0, side), gain, contrast, 0.012), nuis,
+                                draws, props, backdrop)
+        shots.append(shot)
+        latents.append(latent)
         titles.append(make_title(STYLES[style[j]], SCENES[scene[j]],
                                  [cat.products[m].leaf for m in members], g_title))
         np.add.at(mix[j], cat.coarse[members], 1 / len(members))
@@ -153,10 +233,11 @@ def _make_covers(cat: Catalogue, n: int, n_days: int, g: np.random.Generator,
                           "publish_day": np.where(cold, n_days - 1, early), "title": titles,
                           "warmth": warmth.round(4),
                           **{f"mix_{c}": mix[:, k] for k, c in enumerate(COARSE)}})
-    return shots, truth
+    return shots, truth, latents
 
 
-def _make_queries(cat: Catalogue, n: int, g: np.random.Generator) -> tuple[list[Shot], np.ndarray]:
+def _make_queries(cat: Catalogue, n: int, g: np.random.Generator, nuis: Nuisance
+                  ) -> tuple[list[Shot], np.ndarray, list[Latent]]:
     """Scene-crop queries: every train and test product once, then further queries of test
     products only (they sharpen the measurement; more train queries would only make the
     self-supervised extractors' epochs longer)."""
@@ -167,7 +248,8 @@ def _make_queries(cat: Catalogue, n: int, g: np.random.Generator) -> tuple[list[
     reps = -(-rest // max(1, len(tested))) if rest > 0 and len(tested) else 0
     extra = np.concatenate([g.permutation(tested) for _ in range(reps)] + [np.zeros(0, int)])
     targets = np.concatenate([first, extra[:max(rest, 0)]]).astype(np.int64)
-    return [_query_shot(cat, int(t), g) for t in targets], targets
+    made = [_query_shot(cat, int(t), g, nuis, j) for j, t in enumerate(targets)]
+    return [shot for shot, _ in made], targets, [latent for _, latent in made]
 
 
 def generate(params: dict[str, int]) -> tuple[np.ndarray, pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -175,29 +257,40 @@ def generate(params: dict[str, int]) -> tuple[np.ndarray, pd.DataFrame, dict[str
     more queries do not change the products or covers."""
     seeds = np.random.SeedSequence([params["seed"], 20240611]).spawn(6)
     g_prod, g_split, g_cover, g_query, g_log, g_title = (np.random.default_rng(s) for s in seeds)
-    cat = _make_catalogue(params["n_products"], g_prod, g_split)
-    product_shots = [_product_shot(p, g_prod) for p in cat.products]
-    cover_shots, covers = _make_covers(cat, params["n_covers"], params["n_days"], g_cover,
-                                       g_title)
-    query_shots, targets = _make_queries(cat, params["n_queries"], g_query)
+    nuis = Nuisance.from_params(params)
+    cat = _make_catalogue(params["n_products"], g_prod, g_split, nuis)
+    made = [_product_shot(p, g_prod, nuis, i) for i, p in enumerate(cat.products)]
+    product_shots, product_latents = [s for s, _ in made], [lt for _, lt in made]
+    cover_shots, covers, cover_latents = _make_covers(cat, params["n_covers"], params["n_days"],
+                                                      g_cover, g_title, nuis)
+    query_shots, targets, query_latents = _make_queries(cat, params["n_queries"], g_query, nuis)
     images = render(product_shots + cover_shots + query_shots, params["image_size"],
                     params["seed"])
+    nuisance = pd.DataFrame(product_latents + cover_latents + query_latents)
+    if len(nuisance):
+        nz.compress(images, nuisance["jpeg"].to_numpy())
     table = _item_table(cat, covers, targets, g_split)
     logs = behaviour_log(covers, params["n_users"], params["n_days"],
                          params["impressions_per_user_day"], g_log)
-    logs["latents"] = _latent_table(cat, covers, targets, table)
+    logs["latents"] = _latent_table(cat, covers, targets, table, nuisance)
     return images, table, logs
 
 
-def _query_shot(cat: Catalogue, t: int, g: np.random.Generator) -> Shot:
+def _query_shot(cat: Catalogue, t: int, g: np.random.Generator, nuis: Nuisance,
+                j: int) -> tuple[Shot, Latent]:
     """A scene-crop query: a room holding the target and 1-3 other products of its split, the
-    view cropped around the target (scale and shift jitter), other light (``QUERY_*``)."""
+    view cropped around the target (scale and shift jitter), other light (``QUERY_*``); the
+    nuisance factors add a backdrop, props, camera, light and noise of the query's own."""
+    draws = nuis.draws(QUERY, j)
+    backdrop = (nz.room_backdrop(nuis.backgrounds, draws("backgrounds"))
+                if nuis.backgrounds else None)
     fit = cat.affinity[:, cat.leaf[t]]
     scene_i = int(g.choice(len(SCENES), p=fit / fit.sum()))
     style_i = int(cat.style[t]) if g.random() < 0.6 else int(g.integers(len(STYLES)))
     members = _pick_members(cat, scene_i, style_i, int(g.integers(2, 5)), cat.split[t], g,
                             first=t)
-    room = compose(SCENES[scene_i], STYLES[style_i], members, cat.products, g, front=t)
+    room = compose(SCENES[scene_i], STYLES[style_i], members, cat.products, g, front=t,
+                   backdrop=backdrop)
     x0, y0, w, h = room.boxes[room.members.index(t)]
     side = max(w, h) * g.uniform(*QUERY_VIEW)
     cx = x0 + w / 2 + g.uniform(-QUERY_SHIFT, QUERY_SHIFT) * side
@@ -212,8 +305,11 @@ def _query_shot(cat: Catalogue, t: int, g: np.random.Generator) -> Shot:
     light = g.uniform(*QUERY_LIGHT)
     gain = tuple((light * g.uniform(1 - QUERY_TINT, 1 + QUERY_TINT, 3)).tolist())
     view = (cx - side / 2, cy - side / 2, side)
-    return Shot(_cull(prims, *view), view, gain, float(g.uniform(0.75, 1.1)),
-                float(g.uniform(0.015, 0.04)))
+    shot = Shot(prims, view, gain, float(g.uniform(0.75, 1.1)), float(g.uniform(0.015, 0.04)))
+    props = _props(nuis, draws, lambda gc: (
+        cx + gc.choice([-1, 1]) * gc.uniform(0.15, 0.5) * side,
+        cy + gc.uniform(0.25, 0.55) * side, gc.uniform(0.2, 0.4) * side))
+    return _disturb(shot, nuis, draws, props, backdrop, cull=True, framing=nz.QUERY_CAMERA)
 
 
 def _cull(prims: np.ndarray, x0: float, y0: float, side: float) -> np.ndarray:
@@ -253,10 +349,13 @@ def _item_table(cat: Catalogue, covers: pd.DataFrame, targets: np.ndarray,
 
 
 def _latent_table(cat: Catalogue, covers: pd.DataFrame, targets: np.ndarray,
-                  table: pd.DataFrame) -> pd.DataFrame:
+                  table: pd.DataFrame, nuisance: pd.DataFrame) -> pd.DataFrame:
     """The ground truth each image was made from, one row per item (render order), before
     label noise: style (a product's, a cover's dominant one, a query's target's), scene
-    (covers), leaf category and identity (products, queries) and the light warmth (covers)."""
+    (covers), leaf category and identity (products, queries) and the light warmth (covers);
+    then every nuisance value drawn (``nuisance_*``: the product's colourway, -1 for its
+    style's own colours, none for covers; backdrop, -1 for the style's own; camera, light,
+    props, sensor noise and JPEG quality, 0 for none)."""
     n_p, n_c = len(cat.products), len(covers)
     style = np.concatenate([np.array(STYLES)[cat.style], covers["true_style"].to_numpy(),
                             np.array(STYLES)[cat.style[targets]]])
@@ -267,6 +366,10 @@ def _latent_table(cat: Catalogue, covers: pd.DataFrame, targets: np.ndarray,
                             "warmth": np.nan})
     latents.loc[n_p:n_p + n_c - 1, "scene"] = covers["true_scene"].to_numpy()
     latents.loc[n_p:n_p + n_c - 1, "warmth"] = covers["warmth"].to_numpy()
+    way = np.concatenate([cat.colourway, np.full(n_c, np.nan), cat.colourway[targets]])
+    columns = {"colourway": way, **{k: nuisance[k].to_numpy() for k in nuisance.columns}}
+    for key, values in columns.items():
+        latents[f"nuisance_{key}"] = values
     return latents
 
 
