@@ -16,7 +16,7 @@ from bench.core.data import DatasetError
 
 # A tiny world: every role, a few users; building one takes about a second.
 TINY = dict(image_size=32, n_products=36, n_covers=12, n_queries=12, n_users=3, n_days=2,
-            impressions_per_user_day=4, seed=5)
+            impressions_per_user_day=4, seed=5, nuisance=1)
 # Which ``nuisance_*`` latents each factor draws.
 COLUMNS = {"colourways": ["colourway"], "backgrounds": ["backdrop"],
            "camera": ["zoom", "shift_x", "shift_y", "tilt"],
@@ -210,3 +210,13 @@ def test_the_sweep_builds_each_factor_alone_and_all_together(tmp_path):
     row = sweep.read_row(tmp_path, "pixels")
     assert row["style_consistency"] == pytest.approx(0.1)
     assert row["recall@10 high"] == pytest.approx(0.3)
+
+
+def test_the_factors_are_off_unless_asked_for():
+    registry.load_plugins()
+    from bench_plugins.datasets.homestead import _params
+    from bench_plugins.datasets.homestead.nuisance import DEFAULTS
+
+    assert all(_params({})[factor] == 0 for factor in DEFAULTS)
+    assert _params({"nuisance": 1}) == {**_params({}), "nuisance": 1, **DEFAULTS}
+    assert _params({"camera": 50})["camera"] == 50 and _params({"camera": 50})["light"] == 0

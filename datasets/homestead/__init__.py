@@ -14,7 +14,9 @@ run with no download, on data whose ground truth is known. The world holds
   changes, whose ``identity`` is that product's id in the product-shot gallery;
 - nuisance factors of real catalogues on every image (``nuisance``: colourways shared across
   styles, backgrounds across styles, camera, light, props, sensor noise, JPEG), each a dataset
-  option recorded in the latents table as ``nuisance_*``; ``nuisance=0`` is homestead-1.1;
+  option recorded in the latents table as ``nuisance_*``; off by default (``nuisance=0``:
+  homestead-1.1's pictures), ``nuisance=1`` turns them on (docs/homestead.md says why the
+  default stays off);
 - a behaviour log: users with latent tastes over style, scene, category and the cover's light
   warmth (a purely visual trait no label carries), impressions over days with click, detail-view
   and conversion outcomes, and covers first published on the last day (cold start).
@@ -79,7 +81,7 @@ __all__ = ["COARSE", "DEFAULTS", "FACTORS", "GENERATOR_VERSION", "LABEL_NOISE", 
 GENERATOR_VERSION = "homestead-2.0"
 DEFAULTS: dict[str, int] = dict(image_size=32, n_products=1500, n_covers=2400, n_queries=2000,
                                 n_users=600, n_days=6, impressions_per_user_day=20, seed=0,
-                                nuisance=1, **NUISANCE_DEFAULTS)
+                                nuisance=0, **NUISANCE_DEFAULTS)
 
 
 def _params(options: dict[str, Any]) -> dict[str, int]:

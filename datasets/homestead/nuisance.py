@@ -37,7 +37,8 @@ of what homestead-1.1 draws:
 - ``jpeg`` (lowest quality, default 70; 0 = off): every image is JPEG-encoded and decoded at its
   rendered size with a quality drawn from ``jpeg`` .. 95 (PIL's encoder).
 
-``nuisance=0`` (a dataset option, default 1) sets every factor not given explicitly to 0; with
+``nuisance=0`` (a dataset option, and the default: docs/homestead.md says why) sets every
+factor not given explicitly to 0; ``nuisance=1`` gives each factor its default below. With
 all factors at 0 the images, item table and logs are homestead-1.1's, byte for byte
 (``tests/test_homestead_nuisance.py`` holds that world's digest). Every draw here comes from
 its own stream per item and factor (``ItemDraws``), never from the streams homestead-1.1 draws
