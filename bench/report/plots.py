@@ -503,6 +503,15 @@ def knn_grid(ctx: PlotContext) -> Figure:
     return fig
 
 
+def online_offline(ctx: PlotContext) -> Figure:
+    from bench.report.online import offline_online_figure
+
+    path = ctx.run_dir / "verdicts.csv"
+    if not path.is_file():
+        raise NotRun("the run has no verdicts.csv (no intervals to draw)")
+    return offline_online_figure(pd.read_csv(path))
+
+
 PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
     ("knn_consistency", "KNN consistency",
      "Share of each test content's nearest neighbours that share its label, per extractor, raw "
@@ -517,6 +526,11 @@ PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
      "seed standard deviation.", ctr_auc),
     ("ctr_cold_start", "CTR cold start",
      "The same AUCs on items first published on the evaluation day.", ctr_cold_start),
+    ("online_offline", "Offline against online",
+     "Each extractor arm's offline figure (ctr_auc and ctr_gauc over IDs only, knn style "
+     "consistency, retrieval Recall@10) against its simulated online CTR lift over IDs only, "
+     "both with 95% intervals; the title gives Kendall's tau between the two orderings with a "
+     "bootstrap interval over arms (docs/online.md).", online_offline),
     ("ams_costs", "AMS communication and time",
      "Bytes sent between workers and servers and time per iteration, per mode (log scale).",
      ams_costs),
@@ -540,6 +554,7 @@ PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
 
 # Tasks the plots above draw; every other task gets ``task_scores`` (no report edit needed).
 DRAWN_TASKS = ("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
+               "online",
                "ams")
 
 
