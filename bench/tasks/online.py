@@ -97,10 +97,11 @@ def online_world(simulator: Any, eligible: np.ndarray, eval_day: int, days: int,
         raise ValueError(f"online: {len(eligible)} eligible covers, fewer than {slots} slots")
     weights = simulator.exposure_logits(eligible, eval_day)
     user = np.tile(np.arange(n_users), days)
-    keys = weights + g.gumbel(size=(len(user), len(eligible)))
-    drawn = np.argpartition(-keys, m - 1, axis=1)[:, :m]
-    drawn = np.sort(drawn, axis=1)  # candidate order carries no information
-    cand = eligible[drawn]
+    drawn = []
+    for start in range(0, len(user), 1024):  # [1024, covers] keys at a time: bounded memory
+        keys = weights + g.gumbel(size=(min(1024, len(user) - start), len(eligible)))
+        drawn.append(np.argpartition(-keys, m - 1, axis=1)[:, :m])
+    cand = eligible[np.sort(np.concatenate(drawn), axis=1)]  # candidate order says nothing
     shape = cand.shape
     noisy = simulator.score(user[:, None], cand) + g.normal(0, simulator.noise_sd, shape)
     uniforms = (g.random(shape), g.random(shape), g.random(shape))
