@@ -129,7 +129,7 @@ def test_an_arm_against_itself_shows_exactly_zero_lift(world_log):
     scores = g.random(world.candidates.shape)
     a, b = online.serve(world, scores), online.serve(world, scores.copy())
     rows = online.arm_rows(world, model.user_ids, a, b)
-    lifts = [r for r in rows if "_lift" in r["metric"]]
+    lifts = [r for r in rows if "_lift" in r["metric"] or "_diff" in r["metric"]]
     assert len(lifts) == 8
     for row in lifts:
         assert row["value"] == 0.0, row["metric"]

@@ -25,7 +25,8 @@ import pandas as pd
 import scipy.stats
 
 KPIS = (("ctr", "CTR"), ("pctcvr", "pCTCVR"), ("ipv", "IPV per user"),
-        ("new_share", "clicks on new covers"))
+        ("new_share", "share of clicks on new covers, pp"))
+POINTS = ("new_share",)  # compared in percentage points (bench/tasks/online.py)
 OFFLINE = (("ctr", "ctr_auc", "diff", "ctr_auc over IDs only"),
            ("ctr", "ctr_gauc", "diff", "ctr_gauc over IDs only"),
            ("knn", "style_consistency", "value", "knn style consistency"),
@@ -57,7 +58,8 @@ def lifts_frame(verdicts: pd.DataFrame, results: pd.DataFrame | None = None) -> 
     frames = {}
     for kpi, _ in KPIS:
         for suffix in ("", "_sampled"):
-            part = _part(verdicts, "online", f"online_{kpi}_lift{suffix}")
+            kind = "diff" if kpi in POINTS else "lift"
+            part = _part(verdicts, "online", f"online_{kpi}_{kind}{suffix}")
             frames[f"{kpi}{suffix}"] = part["value"]
             frames[f"{kpi}{suffix}_low"] = part["ci_low"]
             frames[f"{kpi}{suffix}_high"] = part["ci_high"]
@@ -79,7 +81,8 @@ def _cell(row: pd.Series, key: str) -> str:
 
 def lifts_markdown(lifts: pd.DataFrame) -> str:
     head = " | ".join(f"{label} (exp.) | {label} (sampled)" for _, label in KPIS)
-    lines = ["Lift over the ID-only arm in %, 95% interval paired over users (exp.: exact "
+    lines = ["Lift over the ID-only arm in % (the share of clicks on new covers: difference "
+             "in percentage points), 95% interval paired over users (exp.: exact "
              "expected value from the true probabilities; sampled: the drawn outcome a real A/B "
              "sees); users: per arm, for an unpaired A/B to detect the expected CTR lift "
              "(two-sided 5%, power 80%):", "",
