@@ -199,3 +199,49 @@ def test_the_online_task_serves_the_ctr_models_from_the_cache(tmp_path, monkeypa
     again = ctr_task.predict(model, view, data.test)
     np.testing.assert_allclose(again["ctr"], cached_predictions["ctr"], atol=1e-6)
     assert calls == ["dicm", "none"]
+
+
+def synthetic_verdicts() -> pd.DataFrame:
+    """verdicts.csv rows of five extractor arms and the references, ctr and online."""
+    rows = []
+    arms = {"a": (0.030, 12.0), "b": (0.020, 9.0), "c": (0.010, 1.0), "d": (0.002, 0.5),
+            "ladder:clean": (0.050, 30.0)}
+    for arm, (auc_gain, lift) in arms.items():
+        for task, metric, value, diff, half in (("ctr", "ctr_auc", 0.6 + auc_gain, auc_gain, 0.004),
+                                                ("ctr", "ctr_gauc", 0.6 + auc_gain, auc_gain, 0.004),
+                                                ("online", "online_ctr_lift", lift, lift, 0.8)):
+            rows.append(dict(task=task, extractor=arm, variant="raw", metric=metric,
+                             value=value, ci_low=value - half, ci_high=value + half,
+                             reference="none (ids only)", diff=diff, diff_low=diff - half,
+                             diff_high=diff + half, p_value=0.01))
+    for arm, lift in (("none (ids only)", 0.0), ("oracle", 80.0), ("random order", -20.0)):
+        rows.append(dict(task="online", extractor=arm, variant="raw", metric="online_ctr_lift",
+                         value=lift, ci_low=lift - 1, ci_high=lift + 1,
+                         reference="none (ids only)", diff=lift, diff_low=lift - 1,
+                         diff_high=lift + 1, p_value=0.01))
+    return pd.DataFrame(rows)
+
+
+def test_report_section_reads_the_known_answers_and_the_agreement():
+    """The online section: the known answers hold, tau is scipy's on the extractor arms (no
+    reference, no policy), and the smallest offline gain with a detectable lift is arm c's
+    (planted: taking the largest gain instead, or keeping the references among the arms,
+    fails)."""
+    import scipy.stats
+
+    from bench.report import online as section
+
+    verdicts = synthetic_verdicts()
+    frame = section.offline_online(verdicts)
+    assert sorted(frame.index) == ["a", "b", "c", "d", "ladder:clean"]
+    taus = {k.offline: k for k in section.agreement(frame)}
+    expected = scipy.stats.kendalltau(frame["ctr_auc"], frame["online"]).statistic
+    assert taus["ctr_auc"].tau == pytest.approx(expected)
+    assert taus["ctr_auc"].low <= taus["ctr_auc"].tau <= taus["ctr_auc"].high
+    assert section.smallest_detectable(frame) == ("c", pytest.approx(0.010))
+    text = section.online_markdown(verdicts, None, {"dataset_options": {"n_users": 600}})
+    assert "oracle >= every arm" in text and "holds" in text and "FAILS" not in text
+    assert "random order <= IDs only" in text
+    assert "What this means" in text
+    figure = section.offline_online_figure(verdicts)
+    assert len([ax for ax in figure.axes if ax.get_visible()]) == 2

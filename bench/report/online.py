@@ -33,7 +33,7 @@ OFFLINE = (("ctr", "ctr_auc", "diff", "ctr_auc over IDs only"),
            ("retrieval", "recall@10", "value", "retrieval Recall@10"))
 POLICIES = ("oracle", "random order", "logging policy")
 BOOTSTRAP_SEED = 20240611
-N_RESAMPLES = 2000
+N_RESAMPLES = 1000
 Z = float(scipy.stats.norm.ppf(0.975))
 
 
@@ -137,7 +137,7 @@ def offline_online(verdicts: pd.DataFrame) -> pd.DataFrame:
 def kendall(x: np.ndarray, y: np.ndarray, offline: str, x_se: np.ndarray | None = None,
             y_se: np.ndarray | None = None) -> Kendall | None:
     """Kendall's tau-b (``scipy.stats.kendalltau``) of two orderings of the same arms, with a
-    95% percentile bootstrap interval: each resample draws the arms with replacement and each
+    95% percentile bootstrap interval (``N_RESAMPLES``): each resample draws the arms with replacement and each
     drawn arm's two figures from normals with their standard errors (when given), so the
     interval holds both which arms were tried and how well each was measured. None below 3
     arms."""
@@ -165,7 +165,21 @@ def _se(frame: pd.DataFrame, name: str) -> np.ndarray:
     return ((frame[f"{name}_high"] - frame[f"{name}_low"]) / (2 * Z)).to_numpy(float)
 
 
+_AGREEMENT: dict[str, list[Kendall]] = {}
+
+
 def agreement(frame: pd.DataFrame) -> list[Kendall]:
+    """Kendall's tau of each offline figure against the online CTR lift; computed once per
+    frame (summary.md, the page and the plot all show it)."""
+    key = frame.to_csv()
+    if key not in _AGREEMENT:
+        if len(_AGREEMENT) > 8:
+            _AGREEMENT.clear()
+        _AGREEMENT[key] = _agreement(frame)
+    return _AGREEMENT[key]
+
+
+def _agreement(frame: pd.DataFrame) -> list[Kendall]:
     out = []
     for _, metric, _, _ in OFFLINE:
         if metric in frame.columns:
@@ -174,6 +188,11 @@ def agreement(frame: pd.DataFrame) -> list[Kendall]:
             if found is not None:
                 out.append(found)
     return out
+
+
+def deployable_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """The arms a team could ship: no known-answer ladder rung (built from the ground truth)."""
+    return frame[[not str(i).startswith("ladder:") for i in frame.index]]
 
 
 def smallest_detectable(frame: pd.DataFrame, metric: str = "ctr_auc") -> tuple[str, float] | None:
@@ -202,9 +221,17 @@ def meaning(frame: pd.DataFrame, taus: list[Kendall],
                   f"smallest that came with a CTR lift detectable at 95% ({size}, paired)")
     trust = ("orders arms as online CTR does" if auc.low > 0 else
              "does not reliably order arms as online CTR does")
+    shipped = next((k for k in agreement(deployable_only(frame)) if k.offline == "ctr_auc"),
+                   None)
+    among = "" if shipped is None else (
+        f"; among the {shipped.n} deployable extractors alone tau is {shipped.tau:+.2f} "
+        f"[{shipped.low:+.2f}, {shipped.high:+.2f}]"
+        + (", so the offline table does not settle their online order" if shipped.low <= 0
+           else ""))
     return (f"What this means: on this simulated world, offline ctr_auc {trust} (Kendall tau "
-            f"{auc.tau:+.2f} [{auc.low:+.2f}, {auc.high:+.2f}] over {auc.n} arms); {detect}. "
-            "Plan a real A/B with the users-per-arm column, not with the paired interval.")
+            f"{auc.tau:+.2f} [{auc.low:+.2f}, {auc.high:+.2f}] over {auc.n} arms, ladder "
+            f"rungs included{among}); {detect}. Plan a real A/B with the users-per-arm column, "
+            "not with the paired interval.")
 
 
 def ladder_line(validity: pd.DataFrame | None, metric: str = "online_ctr_lift") -> str:
@@ -241,12 +268,18 @@ def online_markdown(verdicts: pd.DataFrame | None, results: pd.DataFrame | None,
     if ladder:
         parts += ["", ladder]
     if taus:
-        parts += ["", "Offline against online CTR lift, over the extractor arms (Kendall tau-b, "
-                  "95% bootstrap interval over arms and their measurement error):", "",
-                  "| offline figure | tau | 95% interval | arms |", "|---|---|---|---|"]
+        deployable = {k.offline: k for k in agreement(deployable_only(frame))}
+        parts += ["", "Offline against online CTR lift (Kendall tau-b, 95% bootstrap interval "
+                  "over arms and their measurement error), over every extractor arm and over "
+                  "the deployable ones (no ladder rung):", "",
+                  "| offline figure | tau, all arms | arms | tau, deployable | arms |",
+                  "|---|---|---|---|---|"]
         labels = {metric: label for _, metric, _, label in OFFLINE}
-        parts += [f"| {labels[k.offline]} | {k.tau:+.3f} | [{k.low:+.3f}, {k.high:+.3f}] | "
-                  f"{k.n} |" for k in taus]
+        for k in taus:
+            d = deployable.get(k.offline)
+            shown = "–" if d is None else f"{d.tau:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+            parts.append(f"| {labels[k.offline]} | {k.tau:+.3f} [{k.low:+.3f}, {k.high:+.3f}] "
+                         f"| {k.n} | {shown} | {0 if d is None else d.n} |")
     parts += ["", meaning(frame, taus, smallest, options.get("n_users"), days)]
     return "\n".join(parts)
 
