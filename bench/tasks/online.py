@@ -229,8 +229,9 @@ def arm_rows(world: OnlineWorld, users: np.ndarray, totals: dict[str, np.ndarray
                         "evidence": lift_evidence(users, arm, ref)})
         arm_v, base_v = per_user_values(totals, kpi), per_user_values(base, kpi)
         expected = ratio(*kpi_parts(totals, kpi, False)) - ratio(*kpi_parts(base, kpi, False))
-        out.append({"metric": f"online_{kpi}_users", "value": users_needed(arm_v, base_v,
-                                                                            expected)})
+        needed = users_needed(arm_v, base_v, expected)
+        if np.isfinite(needed):  # no row where there is no difference to detect (IDs only)
+            out.append({"metric": f"online_{kpi}_users", "value": needed})
     return out
 
 
