@@ -252,8 +252,9 @@ class OnlineTask(Task):
     seeded = True
     variants = ("raw",)
     whitening_labels = ("style", "scene")
-    # 7 days: the study's own A/B ran a week, and with 600 users the ladder's adjacent rungs
-    # separate at 95% on the expected lift (docs/online.md); 40 candidates, 10 shown
+    # 7 days: the study's own A/B ran a week, the unit a real A/B is planned in; the ladder's
+    # adjacent rungs separate at 95% from 3 days on at 600 users (docs/online.md); 40
+    # candidates, 10 shown
     defaults = {"quick": {**_COMMON, "days": 3}, "default": dict(_COMMON),
                 "full": dict(_COMMON)}
 
