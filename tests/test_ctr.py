@@ -3,6 +3,8 @@ scikit-learn, overfitting a tiny log, and the task's rows (baseline once, ablati
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,9 +26,11 @@ from bench.tasks.ctr.synthetic import make_log
 from bench.tasks.ctr.train import (
     CtrConfig,
     build_model,
+    co_click_directions,
     evaluate,
     evidence,
     fit,
+    image_vectors,
     predict,
     prepare,
     score,
@@ -272,6 +276,46 @@ def test_images_beat_ids_on_a_visual_preference_log():
     dicm = score(embeddings.vectors, dataset.ids, dataset.logs["impressions"], **kw)
     assert dicm["ctr_auc"] > none["ctr_auc"] + 0.03, (dicm, none)
     assert dicm["cold_ctr_auc"] > none["cold_ctr_auc"] + 0.03
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A visual-preference log whose 8 latent taste dimensions are hidden among 100 unit-noise
+    dimensions by a random rotation (docs/ctr.md's padded-and-rotated probe, small)."""
+    dataset, embeddings = make_log(n_users=200, n_items=300, n_days=4, per_day=15, taste=3.0,
+                                   noise=0.2, seed=2)
+    rng = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(rng.normal(size=(108, 108)))
+    padded = np.concatenate([embeddings.vectors[:, :8], rng.normal(size=(300, 100))], axis=1)
+    data = prepare(dataset.logs["impressions"], dataset.table, dataset.ids, history_length=10)
+    x = image_vectors((padded @ rotation)[data.item_rows]).numpy().astype(np.float64)
+    return data, x, rotation[:8].T  # the taste subspace, [108, 8] orthonormal
+
+
+def test_co_click_directions_keep_the_taste_subspace_and_drop_most_noise(planted):
+    data, x, taste = planted
+    basis = co_click_directions(x, data, data.train, most=64)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-8)
+    kept = float(np.linalg.norm(basis.T @ taste) ** 2 / taste.shape[1])
+    chance = basis.shape[1] / x.shape[1]  # what a random subspace of that size keeps
+    assert basis.shape[1] <= 30 and kept >= max(0.45, 5 * chance), (basis.shape, kept)
+    assert co_click_directions(x, data, data.train, most=3).shape[1] <= 3
+
+
+def test_co_click_directions_never_read_the_evaluation_day(planted):
+    data, x, _ = planted
+    flipped = copy.copy(data)
+    flipped.labels = data.labels.clone()
+    flipped.labels[data.test, 0] = 1 - flipped.labels[data.test, 0]
+    np.testing.assert_array_equal(co_click_directions(x, data, data.train, 64),
+                                  co_click_directions(x, flipped, flipped.train, 64))
+
+
+def test_behaviour_dims_changes_what_the_model_sees(planted):
+    data, x, _ = planted
+    full = train_and_evaluate(data, x, CtrConfig(epochs=1), seed=0)[0]
+    reduced = train_and_evaluate(data, x, CtrConfig(epochs=1, behaviour_dims=64), seed=0)[0]
+    assert full["ctr_auc"] != reduced["ctr_auc"]
 
 
 def test_training_is_deterministic_per_seed(small):

@@ -161,10 +161,13 @@ def test_a_dataset_without_simulator_is_skipped_with_its_reason():
     assert reason is not None and "no simulator" in reason
 
 
-def test_the_online_task_serves_the_ctr_models_from_the_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("behaviour_dims", [0, 4])
+def test_the_online_task_serves_the_ctr_models_from_the_cache(tmp_path, monkeypatch,
+                                                             behaviour_dims):
     """The ctr task trains each model once; the online task reads it from the cache and the
-    restored model predicts what the ctr task predicted (planted: no weights in the cache
-    entry, or a second training, both fail)."""
+    restored model predicts what the ctr task predicted, on the same image table (with
+    ``behaviour_dims``: the co-click subspace) (planted: no weights in the cache entry, a
+    second training, or the raw vectors under a reduced model, all fail)."""
     dataset = mini_dataset()
     calls = []
     real = ctr_task.train_model
@@ -175,7 +178,8 @@ def test_the_online_task_serves_the_ctr_models_from_the_cache(tmp_path, monkeypa
 
     monkeypatch.setattr(ctr_task, "train_model", counting)
     cache = Cache(tmp_path)
-    options = {**ctr_task._COMMON, "epochs": 1, "batch_size": 256, "history_length": 5}
+    options = {**ctr_task._COMMON, "epochs": 1, "batch_size": 256, "history_length": 5,
+               "behaviour_dims": behaviour_dims}
     vectors = Embeddings(dataset.ids, np.random.default_rng(0).normal(size=(len(dataset), 8)))
     ctx = TaskContext(seed=0, options=options, cache=cache)
     ctr = get_task("ctr")

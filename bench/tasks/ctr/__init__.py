@@ -40,6 +40,7 @@ from bench.tasks.ctr.train import (
     CtrConfig,
     build_model,
     evidence,
+    model_vectors,
     predict,
     prepare,
     scored,
@@ -232,7 +233,7 @@ def trained_model(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: D
     config = CtrConfig.from_options(options, feature_set=feature_set, aggregator=aggregator,
                                       device=device)
     view = serving_view(data.to(device), config)
-    model = build_model(view, vectors, config, seed)
+    model = build_model(view, model_vectors(data, vectors, config), config, seed)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in
                            found["weights"].items()})
     return model.eval(), view

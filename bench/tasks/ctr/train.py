@@ -50,6 +50,7 @@ class CtrConfig:
     validation_days: int = 0  # > 0: the last training day(s) validate; early stopping on them
     patience: int = 1  # epochs without a lower validation loss before training stops
     refit: bool = False  # after early stopping: retrain on every training day, best epochs
+    behaviour_dims: int = 0  # > 0: the image table reduced to its co-click directions (docs/ctr.md)
     threads: int = 1  # intra-op threads while training: ops here are too small to split
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +71,53 @@ def image_vectors(vectors: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
     x = x - x.mean(0, keepdim=True)
     return x / x.pow(2).mean().sqrt().clamp(min=1e-12)
+
+
+def co_click_directions(x: np.ndarray, data: ctr_data.CtrData, rows: np.ndarray,
+                        most: int, seed: int = 0) -> np.ndarray:
+    """[D, k] directions along which two items clicked by the same user agree more than two
+    clicks paired at random do: the generalised eigenvectors M v = l C v with M the sum over
+    users of x_i x_j^T over pairs i != j of their clicks (``rows`` only) and C the
+    click-weighted covariance, kept while l exceeds the largest eigenvalue of the same M with
+    the clicks' users shuffled (each user's and each item's click count kept); at most
+    ``most``, at least one.
+
+    Why: the image projection sees every item's vector; where most dimensions carry no taste
+    (the 13 true click latents padded with 243 noise dimensions), it fits the items' click
+    noise before the shared signal (docs/ctr.md). Pairs of a user's clicks share taste traits
+    and not noise, so these directions keep the first and drop most of the second. Fitted on
+    the training days' clicks alone: no evaluation-day outcome enters."""
+    import scipy.linalg
+    import scipy.sparse
+
+    clicked = rows[data.labels[rows, 0].cpu().numpy() > 0]
+    users = np.asarray(data.groups)[clicked]
+    items = data.item[clicked].cpu().numpy()
+    weight = np.bincount(items, minlength=len(x)).astype(np.float64)
+    xc = x - (weight @ x) / max(weight.sum(), 1.0)
+    spread = (xc * weight[:, None]).T @ xc
+    spread += np.eye(len(spread)) * 1e-6 * max(np.trace(spread) / len(spread), 1e-12)
+
+    def pairs(owners: np.ndarray) -> np.ndarray:
+        counts = scipy.sparse.csr_matrix((np.ones(len(owners)), (owners, items)),
+                                         shape=(int(owners.max(initial=0)) + 1, len(x)))
+        counts.sum_duplicates()
+        sums = counts @ xc
+        squares = np.asarray(counts.multiply(counts).sum(0)).ravel()
+        m = sums.T @ sums - (xc * squares[:, None]).T @ xc
+        return (m + m.T) / 2
+
+    shuffled = np.random.default_rng(seed).permutation(users)
+    observed, chance = pairs(users), pairs(shuffled)
+    found = []
+    for metric in (None, spread):  # the vectors' own geometry, and the whitened one
+        values, vectors = scipy.linalg.eigh(observed, metric)
+        top_chance = scipy.linalg.eigh(chance, metric, eigvals_only=True)[-1]
+        keep = int(np.clip((values > top_chance).sum(), 1, most))
+        found.append(vectors[:, ::-1][:, :keep])
+    basis, singular, _ = np.linalg.svd(np.concatenate(found, axis=1), full_matrices=False)
+    rank = int((singular > 1e-8 * singular[0]).sum())
+    return basis[:, :min(rank, most)]
 
 
 def build_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
@@ -290,11 +338,26 @@ def serving_view(data: ctr_data.CtrData, config: CtrConfig) -> ctr_data.CtrData:
     return ctr_data.seen_only_in(data, fit_rows)
 
 
+def model_vectors(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig
+                  ) -> np.ndarray | None:
+    """The image table the model is built on: ``vectors``, or with ``behaviour_dims`` their
+    co-click subspace (fitted on the training days' clicks; deterministic, so a model rebuilt
+    from cached weights gets the same table)."""
+    if vectors is None or config.behaviour_dims <= 0:
+        return vectors
+    fit_rows = (data.train if config.validation_days <= 0
+                else ctr_data.validation_split(data, config.validation_days)[0])
+    x = image_vectors(vectors).numpy().astype(np.float64)
+    # the subspace, in the vectors' own geometry (orthonormal basis: no whitening)
+    return x @ co_click_directions(x, data, fit_rows, config.behaviour_dims)
+
+
 def train_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
                 seed: int) -> tuple[DICM, ctr_data.CtrData, dict[str, Any]]:
     """(the trained model, the data it predicts with (:func:`serving_view`), training stats);
     the weights are what the ctr cache keeps for the online task."""
     data.to(config.device)
+    vectors = model_vectors(data, vectors, config)
     if config.validation_days <= 0:
         model = build_model(data, vectors, config, seed)
         return model, data, fit(model, data, data.train, config, seed)
