@@ -221,17 +221,18 @@ def meaning(frame: pd.DataFrame, taus: list[Kendall],
                   f"smallest that came with a CTR lift detectable at 95% ({size}, paired)")
     trust = ("orders arms as online CTR does" if auc.low > 0 else
              "does not reliably order arms as online CTR does")
+    rungs = len(frame) - len(deployable_only(frame))
     shipped = next((k for k in agreement(deployable_only(frame)) if k.offline == "ctr_auc"),
-                   None)
+                   None) if rungs else None
     among = "" if shipped is None else (
         f"; among the {shipped.n} deployable extractors alone tau is {shipped.tau:+.2f} "
         f"[{shipped.low:+.2f}, {shipped.high:+.2f}]"
         + (", so the offline table does not settle their online order" if shipped.low <= 0
            else ""))
     return (f"What this means: on this simulated world, offline ctr_auc {trust} (Kendall tau "
-            f"{auc.tau:+.2f} [{auc.low:+.2f}, {auc.high:+.2f}] over {auc.n} arms, ladder "
-            f"rungs included{among}); {detect}. Plan a real A/B with the users-per-arm column, "
-            "not with the paired interval.")
+            f"{auc.tau:+.2f} [{auc.low:+.2f}, {auc.high:+.2f}] over {auc.n} arms"
+            f"{f', {rungs} ladder rungs included' if rungs else ''}{among}); {detect}. Plan a "
+            "real A/B with the users-per-arm column, not with the paired interval.")
 
 
 def ladder_line(validity: pd.DataFrame | None, metric: str = "online_ctr_lift") -> str:
