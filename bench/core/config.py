@@ -67,7 +67,8 @@ _QUICK = Profile(
     },
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only"),
-    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
+    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
+           "online"),
     seeds=1,
     train={"*": dict(image_size=32, width=16)},
 )
@@ -83,7 +84,8 @@ _DEFAULT = Profile(
     },
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only", *LADDER),
-    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
+    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
+           "online"),
     seeds=2,  # with bootstrap intervals over units; 3 seeds did not fit 15 minutes (docs/metrics.md)
     train={"*": dict(image_size=32, width=32)},
 )
@@ -98,7 +100,8 @@ _FULL = Profile(
     },
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only", *LADDER),
-    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr"),
+    tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
+           "online"),
     seeds=3,
     train={"*": dict(image_size=64, width=64, arch="resnet18")},
     embed_batch_size=512,

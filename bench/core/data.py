@@ -28,6 +28,30 @@ class DatasetError(ValueError):
     """Bad dataset input; the message names the file, column, id and count."""
 
 
+class Simulator(Protocol):
+    """The true user model a generated log was drawn from (homestead's ``UserModel``); real
+    data has none. Users and items are positions into ``user_ids`` and ``item_ids``; arrays
+    broadcast against each other. ``probabilities`` gives the true click, detail and
+    conversion probabilities (0 for an item not published by ``day``); ``score`` the
+    noise-free logit and ``outcomes`` the outcomes of noisy logits given three uniforms each
+    (draws shared across arms); ``exposure_logits`` the logging policy (docs/online.md)."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    publish_day: np.ndarray
+    noise_sd: float
+
+    def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+    def outcomes(self, noisy_score: np.ndarray, uniforms: tuple[np.ndarray, np.ndarray,
+                 np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def probabilities(self, users: np.ndarray, items: np.ndarray,
+                      day: int | None = None) -> dict[str, np.ndarray]: ...
+
+    def exposure_logits(self, items: np.ndarray, day: int) -> np.ndarray: ...
+
+
 class ImageReader(Protocol):
     """Opens one row's image as a PIL image at its own resolution (in a DataLoader worker).
 
@@ -65,6 +89,9 @@ class Dataset:
     latents: pd.DataFrame | None = None
     reader: ImageReader | None = None
     """Opens images at full resolution (files); None: the images are ``image_source``'s."""
+    simulator: Simulator | None = None
+    """The true user model behind ``logs`` (generated worlds); None for real data: the online
+    task is then skipped."""
 
     def __post_init__(self) -> None:
         self.table = self.table.reset_index(drop=True)

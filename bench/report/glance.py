@@ -34,6 +34,7 @@ STAGE_ORDER = ("recall", "ranking", "image search", "transfer")
 STAGES = {
     "knn": "recall",
     "ctr": "ranking",
+    "online": "ranking",
     "retrieval": "image search",
     "finetune_retrieval": "image search",
     "classify": "transfer",

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report.online import online_markdown
 from bench.report.plots import PlotResult
 from bench.report.tables import (
     NOT_RUN,
@@ -250,7 +251,9 @@ def _subtitle(run_info: dict[str, Any]) -> str:
 
 
 def _tables_section(tables: dict[str, TaskTable], tasks: list[str],
-                    run_info: dict[str, Any], verdicts: pd.DataFrame | None = None) -> str:
+                    run_info: dict[str, Any], verdicts: pd.DataFrame | None = None,
+                    results: pd.DataFrame | None = None,
+                    validity: pd.DataFrame | None = None) -> str:
     if verdicts is not None and len(verdicts):
         legend = ("Mean over seeds with its 95% interval [low, high] (bootstrap over the task's "
                   "units plus the seed spread); ▲ / ▼: better / worse than the task's reference "
@@ -274,7 +277,21 @@ def _tables_section(tables: dict[str, TaskTable], tasks: list[str],
         if against:
             title, _, table = against.partition("\n\n")
             parts.append(f'<p class="note">{escape(title)}</p>' + markdown_table_html(table))
+        if task == "online" and results is not None:
+            parts.append(markdown_blocks_html(online_markdown(verdicts, results, run_info,
+                                                                 validity)))
     return "".join(parts)
+
+
+def markdown_blocks_html(text: str) -> str:
+    """Paragraphs and pipe tables separated by blank lines, as HTML."""
+    out = []
+    for block in text.split("\n\n"):
+        block = block.strip()
+        if block:
+            out.append(markdown_table_html(block) if block.startswith("|") else
+                       f'<p class="note">{escape(block)}</p>')
+    return "".join(out)
 
 
 def _run_section(run_info: dict[str, Any]) -> str:
@@ -320,6 +337,14 @@ def markdown_table_html(text: str) -> str:
             f"</table></div>" + (f'<p class="note">{escape(rest)}</p>' if rest else ""))
 
 
+def _results(run_dir: Path) -> pd.DataFrame | None:
+    path = run_dir / "results.csv"
+    try:
+        return pd.read_csv(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def render(run_dir: Path, run_info: dict[str, Any], tables: dict[str, TaskTable],
            tasks: list[str], plots: list[PlotResult], build_seconds: float,
            verdicts: pd.DataFrame | None = None, validity: pd.DataFrame | None = None,
@@ -330,7 +355,8 @@ def render(run_dir: Path, run_info: dict[str, Any], tables: dict[str, TaskTable]
     sections = [
         ("glance", "At a glance", glance_html(glance or [], glance_plot)),
         ("validity", "Validity: the known-answer ladder", validity_html(validity, run_info)),
-        ("tables", "Tables", _tables_section(tables, tasks, run_info, verdicts)),
+        ("tables", "Tables", _tables_section(tables, tasks, run_info, verdicts,
+                                             _results(run_dir), validity)),
         ("plots", "Plots", "".join(_plot_html(p) for p in plots)),
         ("problems", f"Errors and skipped tasks ({n_problems})", problems),
         ("run", "Run configuration, versions and hardware", _run_section(run_info)),

@@ -503,6 +503,15 @@ def knn_grid(ctx: PlotContext) -> Figure:
     return fig
 
 
+def online_offline(ctx: PlotContext) -> Figure:
+    from bench.report.online import offline_online_figure
+
+    path = ctx.run_dir / "verdicts.csv"
+    if not path.is_file():
+        raise NotRun("the run has no verdicts.csv (no intervals to draw)")
+    return offline_online_figure(pd.read_csv(path))
+
+
 PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
     ("knn_consistency", "KNN consistency",
      "Share of each test content's nearest neighbours that share its label, per extractor, raw "
@@ -540,6 +549,7 @@ PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
 
 # Tasks the plots above draw; every other task gets ``task_scores`` (no report edit needed).
 DRAWN_TASKS = ("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
+               "online",
                "ams")
 
 
@@ -563,12 +573,25 @@ def task_scores(ctx: PlotContext, task: str) -> Figure:
     return fig
 
 
+# plots drawn only when their task is in the run (the fixture runs of the plot tests have none)
+TASK_PLOTS: dict[str, tuple[str, str, str, Callable[[PlotContext], Figure]]] = {
+    "online": ("online_offline", "Offline against online",
+               "Each extractor arm's offline figure (ctr_auc and ctr_gauc over IDs only, knn "
+               "style consistency, retrieval Recall@10) against its simulated online CTR lift "
+               "over IDs only, both with 95% intervals; the title gives Kendall's tau between "
+               "the two orderings with a bootstrap interval over arms (docs/online.md).",
+               online_offline),
+}
+
+
 def default_plots(ctx: PlotContext) -> list[tuple[str, str, str, Callable[[PlotContext], Figure]]]:
-    """One ``task_scores`` plot for each task in the results that no plot above draws."""
-    tasks = [t for t in dict.fromkeys(map(str, ctx.stats["task"])) if t not in DRAWN_TASKS]
-    return [(f"task_{t}", f"Task {t}", f"Every ranked metric of task {t}, rows best first; "
-             "error bars are the 95% interval.", lambda c, t=t: task_scores(c, t))
-            for t in tasks]
+    """The ``TASK_PLOTS`` of the run's tasks, then one ``task_scores`` plot for each task in
+    the results that no plot above draws."""
+    present = list(dict.fromkeys(map(str, ctx.stats["task"])))
+    tasks = [t for t in present if t not in DRAWN_TASKS]
+    return [TASK_PLOTS[t] for t in present if t in TASK_PLOTS] + [
+        (f"task_{t}", f"Task {t}", f"Every ranked metric of task {t}, rows best first; "
+         "error bars are the 95% interval.", lambda c, t=t: task_scores(c, t)) for t in tasks]
 
 
 def _draw(key: str, title: str, caption: str, path: Path, draw: Callable[[], Figure],

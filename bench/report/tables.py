@@ -26,6 +26,7 @@ import pandas as pd
 from bench.core.metric_info import MetricBook
 from bench.report import kinds
 from bench.report.ctr_ablation import ctr_ablation_markdown
+from bench.report.online import online_markdown
 from bench.scoring import ties
 
 VARIANT_LABELS = {"raw": "raw", "w": "+w", "ft": "fine-tuned"}
@@ -390,6 +391,8 @@ def summary_markdown(results: pd.DataFrame, title: str = "Summary",
             if against:
                 lines += [against, ""]
             known = ctr_ablation_markdown(validity, verdicts, run_info) if task == "ctr" else ""
+            if task == "online":
+                known = online_markdown(verdicts, results, run_info, validity)
             if known:
                 lines += [known, ""]
         else:

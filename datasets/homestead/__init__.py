@@ -24,8 +24,10 @@ run with no download, on data whose ground truth is known. The world holds
 The item table has one row per image: id, role (product | content | query), split (pretrain |
 train | test), title, style, scene, category (leaf), coarse_category, identity, publish_day.
 ``logs`` holds ``impressions`` (user_id, item_id, day, click, detail, conversion), ``users``
-(their latent favourites, for debugging) and ``item_latents`` (true style and scene, light
-warmth, popularity: ground truth for oracles and checks, not features for a model).
+(their latent favourites and tastes) and ``item_latents`` (true style and scene, light warmth,
+coarse mix, popularity, publish day: ground truth for oracles and checks, not features for a
+model). Together they hold the user model the log was drawn from (``behaviour.UserModel``), which
+the dataset gives back as its ``simulator`` (the online task, docs/online.md).
 
 Label noise (a few % of style and scene labels flipped) and the nuisance factors keep tasks
 from saturating and colour from giving style away. Everything is cached under
@@ -55,6 +57,7 @@ from bench.core.cache import Cache, fingerprint
 from bench.core.data import Dataset, DatasetError, array_image_source
 from bench.core.registry import dataset
 
+from .behaviour import BEHAVIOUR_VERSION, UserModel
 from .cache import TABLES, read_entry, write_entry
 from .nuisance import DEFAULTS as NUISANCE_DEFAULTS
 from .nuisance import FACTORS
@@ -108,7 +111,7 @@ def _params(options: dict[str, Any]) -> dict[str, int]:
 def load_homestead(cache: Cache | None = None, **options: Any) -> Dataset:
     """Build (or load from the cache) the homestead world for the given size options."""
     params = _params(options)
-    fp = fingerprint("homestead", GENERATOR_VERSION, params)
+    fp = fingerprint("homestead", GENERATOR_VERSION, params, *_behaviour_key())
     folder = (cache or Cache()).path("datasets", f"homestead-{fp}")
     loaded = read_entry(folder)
     if loaded is None:  # generate, then always return what was read back: both paths agree
@@ -125,9 +128,16 @@ def load_homestead(cache: Cache | None = None, **options: Any) -> Dataset:
     info = {**params, "generator_version": GENERATOR_VERSION, "styles": list(STYLES),
             "scenes": list(SCENES), "coarse_categories": list(COARSE),
             "categories": list(LEAF_NAMES), "label_noise": LABEL_NOISE,
-            "tasks": ["knn", "classify", "retrieval", "ctr"], "cache_dir": str(folder),
+            "tasks": ["knn", "classify", "retrieval", "ctr", "online"], "cache_dir": str(folder),
             "generated_seconds": meta.get("seconds")}
     logs = {name: tables[name] for name in TABLES if name not in ("items", "latents")}
     return Dataset(name="homestead", table=tables["items"], image_source=array_image_source(images),
                    image_size=params["image_size"], fingerprint=fp, logs=logs, info=info,
-                   latents=tables["latents"])
+                   latents=tables["latents"],
+                   simulator=UserModel.from_tables(tables["users"], tables["item_latents"]))
+
+
+def _behaviour_key() -> tuple[str, ...]:
+    """The behaviour tables' version in the fingerprint (``behaviour.BEHAVIOUR_VERSION``: the
+    user model is stored since 1), apart from GENERATOR_VERSION, the pictures' version."""
+    return ("behaviour", BEHAVIOUR_VERSION)

@@ -13,8 +13,9 @@ extractor ``none (ids only)`` (option ``baseline``), and for one extractor
 order, i.e. the profile's list, then by name, or a list of these; the default and full
 profiles add the ladder rungs ``ABLATION_RUNGS``, where the ablation has a known answer) the
 feature-set and aggregator ablations as extractors such as ``pixels [ad]`` or ``pixels [dicm, sum]`` (variants ``ablation_variants``).
-Every trained model's metrics are cached under ``ctx.cache`` (keyed by the log, the vectors,
-the settings and the seed). See docs/ctr.md.
+Every trained model's metrics, predictions and weights are cached under ``ctx.cache`` (keyed by
+the log, the vectors, the settings and the seed); the online task serves the same models from
+there (``trained_model``), never training one twice. See docs/ctr.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bench.core.cache import Cache, Codec, cached, fingerprint, load_npz, save_npz, write_json
 from bench.core.data import Dataset
@@ -33,11 +35,21 @@ from bench.core.metric_info import MetricInfo
 from bench.embed.embeddings import Embeddings
 from bench.tasks import Reference, Task, TaskContext, task
 from bench.tasks.ctr import data as ctr_data
-from bench.tasks.ctr.model import AGGREGATORS, FEATURE_SETS
-from bench.tasks.ctr.train import CtrConfig, evidence, prepare, scored, train_and_predict
+from bench.tasks.ctr.model import AGGREGATORS, DICM, FEATURE_SETS
+from bench.tasks.ctr.train import (
+    CtrConfig,
+    build_model,
+    evidence,
+    model_vectors,
+    predict,
+    prepare,
+    scored,
+    serving_view,
+    train_model,
+)
 
-CTR_VERSION = "3"  # bump when the model, features or metrics change meaning (2: similarity,
-# 3: the user x ad-image input, validation options)
+CTR_VERSION = "4"  # bump when the model, features or metrics change meaning (2: similarity,
+# 3: the user x ad-image input, validation options, 4: entries keep the trained weights)
 BASELINE = "none (ids only)"
 ABLATION_RUNGS = ("ladder:clean", "ladder:noise=0.15")  # where the paper's ablation is checked
 log = logging.getLogger(__name__)
@@ -168,22 +180,31 @@ def load(dataset: Dataset, options: dict[str, Any]) -> ctr_data.CtrData:
     return _LOADED[key]
 
 
+def _weights_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.weights.npz")
+
+
 def _read_result(path: Path) -> dict[str, Any]:
     saved = json.loads(path.read_text(encoding="utf-8"))
     saved["predictions"] = load_npz(path.with_suffix(".npz")) if saved.get("predictions") \
         else None
+    saved["weights"] = load_npz(_weights_path(path)) if saved.get("weights") else None
     return saved
 
 
 def _write_result(path: Path, result: dict[str, Any]) -> None:
-    predictions = result["predictions"]
+    predictions, weights = result["predictions"], result.get("weights")
     if predictions is not None:  # first: the JSON marks a complete entry
         save_npz(path.with_suffix(".npz"),
                  **{h: p.astype(np.float32) for h, p in predictions.items()})
-    write_json(path, {**result, "predictions": predictions is not None})
+    if weights is not None:
+        save_npz(_weights_path(path), **weights)
+    write_json(path, {**result, "predictions": predictions is not None,
+                      "weights": weights is not None})
 
 
-# a trained configuration: its metrics and settings as JSON, its predictions in an .npz beside
+# a trained configuration: its metrics and settings as JSON, its predictions and its weights
+# (the model's state_dict) in .npz files beside
 RESULT = Codec(".json", _read_result, _write_result)
 
 
@@ -193,6 +214,36 @@ def cached_score(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Da
                  ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
     """Train and evaluate one configuration, or read it from ``cache``: (metrics, predictions
     per head on the evaluation day; None on the AMS backend, which keeps them remote)."""
+    found = cached_training(data, vectors, dataset, options, feature_set, aggregator, seed,
+                            cache, device)
+    return {k: float(v) for k, v in found["metrics"].items()}, found["predictions"]
+
+
+def trained_model(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Dataset,
+                  options: dict[str, Any], feature_set: str, aggregator: str, seed: int,
+                  cache: Cache | None, device: str = "cpu"
+                  ) -> tuple[DICM, ctr_data.CtrData] | None:
+    """The model the ctr task trained for this configuration (read from ``cache``; trained
+    and cached here only when the ctr task has not run it yet) and the data it predicts with;
+    None on the AMS backend, whose weights stay on its servers."""
+    found = cached_training(data, vectors, dataset, options, feature_set, aggregator, seed,
+                            cache, device)
+    if found.get("weights") is None:
+        return None
+    config = CtrConfig.from_options(options, feature_set=feature_set, aggregator=aggregator,
+                                      device=device)
+    view = serving_view(data.to(device), config)
+    model = build_model(view, model_vectors(data, vectors, config), config, seed)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in
+                           found["weights"].items()})
+    return model.eval(), view
+
+
+def cached_training(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Dataset,
+                    options: dict[str, Any], feature_set: str, aggregator: str, seed: int,
+                    cache: Cache | None, device: str = "cpu") -> dict[str, Any]:
+    """The cache entry of one trained configuration (metrics, stats, settings, predictions and
+    weights), computed on a miss: the one place a ctr model is trained."""
     config = CtrConfig.from_options(options, feature_set=feature_set, aggregator=aggregator,
                                       device=device)
     settings = {k: v for k, v in vars(config).items() if k not in ("device", "extra")}
@@ -207,21 +258,22 @@ def cached_score(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Da
                       options["item_fields"], settings, vector_hash, seed)
 
     def compute() -> dict[str, Any]:
-        predictions = None
+        predictions = weights = None
         if ams:  # backend "ams": trained by parameter servers and workers (tasks/ctr/ams)
             from bench.tasks.ctr.ams import train_and_evaluate as train_on_ams
 
             metrics, stats = train_on_ams(data, vectors, config, seed, options.get("ams"),
                                           keys=dataset.ids[data.item_rows])
         else:
-            predictions, stats = train_and_predict(data, vectors, config, seed)
+            model, view, stats = train_model(data, vectors, config, seed)
+            predictions = predict(model, view, data.test)
             metrics = scored(data, predictions)
+            weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         return {"metrics": metrics, "stats": stats, "settings": settings, "seed": seed,
-                "predictions": predictions}
+                "predictions": predictions, "weights": weights}
 
-    found = cached(cache, "ctr", key, compute, codec=RESULT,
-                   valid=lambda v: isinstance(v, dict) and "metrics" in v)
-    return {k: float(v) for k, v in found["metrics"].items()}, found["predictions"]
+    return cached(cache, "ctr", key, compute, codec=RESULT,
+                  valid=lambda v: isinstance(v, dict) and "metrics" in v)
 
 
 def scored_rows(data: ctr_data.CtrData, metrics: dict[str, float],

@@ -325,29 +325,54 @@ def train_and_evaluate(data: ctr_data.CtrData, vectors: np.ndarray | None, confi
 def train_and_predict(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
                       seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """(predictions per head on the evaluation day, training stats) of one model."""
+    model, view, stats = train_model(data, vectors, config, seed)
+    return predict(model, view, data.test), stats
+
+
+def serving_view(data: ctr_data.CtrData, config: CtrConfig) -> ctr_data.CtrData:
+    """The data a trained model predicts with: ``data`` itself, or, for a model fitted with
+    validation days and no refit, ``data`` with the validation-day newcomers unseen."""
+    if config.validation_days <= 0 or config.refit:
+        return data
+    fit_rows, _ = ctr_data.validation_split(data, config.validation_days)
+    return ctr_data.seen_only_in(data, fit_rows)
+
+
+def model_vectors(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig
+                  ) -> np.ndarray | None:
+    """The image table the model is built on: ``vectors``, or with ``behaviour_dims`` their
+    co-click subspace (fitted on the training days' clicks; deterministic, so a model rebuilt
+    from cached weights gets the same table)."""
+    if vectors is None or config.behaviour_dims <= 0:
+        return vectors
+    fit_rows = (data.train if config.validation_days <= 0
+                else ctr_data.validation_split(data, config.validation_days)[0])
+    x = image_vectors(vectors).numpy().astype(np.float64)
+    # the subspace, in the vectors' own geometry (orthonormal basis: no whitening)
+    return x @ co_click_directions(x, data, fit_rows, config.behaviour_dims)
+
+
+def train_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
+                seed: int) -> tuple[DICM, ctr_data.CtrData, dict[str, Any]]:
+    """(the trained model, the data it predicts with (:func:`serving_view`), training stats);
+    the weights are what the ctr cache keeps for the online task."""
     data.to(config.device)
-    if vectors is not None and config.behaviour_dims > 0:
-        fit_rows = (data.train if config.validation_days <= 0
-                    else ctr_data.validation_split(data, config.validation_days)[0])
-        x = image_vectors(vectors).numpy().astype(np.float64)
-        # the subspace, in the vectors' own geometry (orthonormal basis: no whitening)
-        vectors = x @ co_click_directions(x, data, fit_rows, config.behaviour_dims)
+    vectors = model_vectors(data, vectors, config)
     if config.validation_days <= 0:
         model = build_model(data, vectors, config, seed)
-        stats = fit(model, data, data.train, config, seed)
-        return predict(model, data, data.test), stats
+        return model, data, fit(model, data, data.train, config, seed)
     fit_rows, validation = ctr_data.validation_split(data, config.validation_days)
     seen = ctr_data.seen_only_in(data, fit_rows)  # validation-day newcomers are unseen IDs
     model = build_model(seen, vectors, config, seed)
     stats = fit(model, seen, fit_rows, config, seed, validation)
     if not config.refit:
-        return predict(model, seen, data.test), stats
+        return model, seen, stats
     # the chosen number of epochs, on every training day
     model = build_model(data, vectors, config, seed)
     refit = fit(model, data, data.train, replace(config, epochs=stats["epoch"]), seed)
     stats |= {"validation_train_s": stats["train_s"], "train_s": stats["train_s"]
               + refit["train_s"], "train_loss": refit["train_loss"]}
-    return predict(model, data, data.test), stats
+    return model, data, stats
 
 
 @contextmanager
