@@ -106,7 +106,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=8, image_size=32, d_model=32, heads=2, expert_hidden=64,
                             epochs=2, batch_size=64, max_seconds=0.0),
     "default": _COMMON | dict(width=32, stem="strided", image_size=32, d_model=64,
-                              expert_hidden=128, epochs=10, batch_size=128, max_seconds=400.0),
+                              expert_hidden=128, epochs=12, batch_size=128, max_seconds=400.0),
     "full": _COMMON | dict(width=64, image_size=64, d_model=256, heads=8, layers=4, experts=8,
                            expert_hidden=512, epochs=60, batch_size=256, lr=1e-3,
                            max_seconds=1800.0),

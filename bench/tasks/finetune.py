@@ -158,7 +158,7 @@ class FinetuneClassify(_Finetune):
                       eval_batch_size=256),
         # one seed (bootstrap intervals over test items): a second cost 40 s of the default
         # run's 15 minutes
-        "default": dict(epochs=8, max_steps=24, batch_size=64, lr=0.05, max_seconds=60,
+        "default": dict(epochs=20, max_steps=0, batch_size=64, lr=0.05, max_seconds=300,
                         eval_batch_size=256, max_seeds=1),
         "full": dict(epochs=40, batch_size=256, lr=0.1, max_seconds=900, eval_batch_size=1024),
     }
