@@ -131,7 +131,7 @@ def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepare
     registry.load_plugins(spec.plugins)
     for problem in registry.load_errors:
         log(str(problem))
-    resolve_run_precision(spec)
+    precision = resolve_run_precision(spec)
     config = run_config(spec.profile, spec.dataset, spec.dataset_options)
     previous = load_previous(run_dir, config)
     tasks = [(name, registry.find_task(name)) for name in dict.fromkeys(spec.tasks)]
@@ -155,13 +155,15 @@ def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepare
         validate = getattr(extractor, "validate", None)
         if callable(validate):
             validate(dataset)
+    log(precision)  # once every check passed: a refused run prints its one line only
     return Prepared(spec, run_id, run_dir, cache, config, previous, dataset, extractors, tasks)
 
 
-def resolve_run_precision(spec: RunSpec) -> None:
+def resolve_run_precision(spec: RunSpec) -> str:
     """Resolve the profile's training precision once for the run's device (``auto``: bf16
-    where native, else fp32) and log which and why: every extractor and task of the run then
-    reads the resolved value, and run.json records it (``profile.precision``)."""
+    where native, else fp32): every extractor and task of the run then reads the resolved
+    value, and run.json records it (``profile.precision``). Returns the log line that says
+    which and why."""
     from bench.run.session import run_device
     from bench.train.precision import describe, resolve_precision
 
@@ -169,7 +171,7 @@ def resolve_run_precision(spec: RunSpec) -> None:
     requested = spec.profile.precision
     resolved = resolve_precision(requested, device)
     spec.profile = replace(spec.profile, precision=resolved)
-    log(describe(requested, resolved, device))
+    return describe(requested, resolved, device)
 
 
 def same_content(earlier: dict[str, Any], dataset: Dataset, run_id: str) -> None:
