@@ -12,9 +12,9 @@ image, which kept the room layout that scene labels depend on; see docs/learned-
 The embedding is the backbone's pooled features, not the projection.
 
 Budgets (``DEFAULTS``): ``quick`` trains a width-16 ResNet-18 for one short epoch; ``default``
-a width-32 ResNet-18 with the strided stem on 32 px images for 10 epochs with a 256-key bank
-(about 2 minutes on 2 idle CPU cores; cut from 30 to fit the default run's 15 minutes,
-docs/learned-extractors.md; ``max_seconds`` is only a safety stop); ``full`` a width-64 ResNet-18
+a width-32 ResNet-18 with the strided stem on 32 px images for 25 epochs with a 256-key bank
+(under 2 minutes in bf16 on 2 idle CPU cores with avx512_bf16; raised from 10 with the time bf16
+freed, docs/learned-extractors.md; ``max_seconds`` is only a safety stop); ``full`` a width-64 ResNet-18
 with the small-image stem on 64 px images for 100 epochs with a 4096-key bank, for a GPU.
 """
 
@@ -44,7 +44,7 @@ _COMMON = dict(arch="resnet18", lr=0.06, momentum=0.9, weight_decay=5e-4, temper
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quick": _COMMON | dict(width=16, stem="strided", image_size=32, epochs=1, batch_size=64,
                             max_seconds=0.0, memory_bank=256),
-    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=10,
+    "default": _COMMON | dict(width=32, stem="strided", image_size=32, epochs=25,
                               batch_size=128, max_seconds=500.0, memory_bank=256),
     "full": _COMMON | dict(width=64, stem="small", image_size=64, epochs=100, batch_size=256,
                            max_seconds=1800.0, memory_bank=4096, ema_start=0.996,

@@ -34,7 +34,7 @@ from bench.train.backbones import build_backbone, pick_device
 from bench.train.checkpoint import checkpoint_key
 from bench.train.loop import StepInfo
 from bench.train.options import resolve_options
-from bench.train.ssl import BackboneEmbedder, TrainConfig, train
+from bench.train.ssl import BackboneEmbedder, TrainConfig, train, with_precision
 
 NAME = "pretrained"
 LABEL_COLUMNS = ("coarse_category", "category")
@@ -97,9 +97,9 @@ class PretrainedExtractor(BackboneEmbedder):
     name = NAME
 
     def __init__(self, options: dict[str, Any], batch_size: int = 256):
-        self.options = options
-        self.batch_size = batch_size
         self.device = pick_device(options["device"] or None)
+        self.options = options = with_precision(options, self.device)
+        self.batch_size = batch_size
         self.weights = options.get("weights") or None
         if self.weights:
             self.model, self.options = load_torchvision_weights(Path(self.weights), options)

@@ -12,9 +12,13 @@ def test_budget_precedence_star_then_plugin_defaults_then_named_section():
     profile = Profile(name="p", datasets={}, extractors=(), tasks=(), seeds=1,
                       train={"*": {"epochs": 1, "width": 9}, "x": {"epochs": 7}})
     defaults = {"p": {"epochs": 5, "lr": 0.1}, "other": {"epochs": 99}}
-    assert profile.budget("x", defaults) == {"epochs": 7, "width": 9, "lr": 0.1}
-    assert profile.budget("y", defaults) == {"epochs": 5, "width": 9, "lr": 0.1}
-    assert profile.budget("y") == {"epochs": 1, "width": 9}  # no plugin defaults: * is all
+    auto = {"precision": "auto"}  # the profile's training precision comes first
+    assert profile.budget("x", defaults) == auto | {"epochs": 7, "width": 9, "lr": 0.1}
+    assert profile.budget("y", defaults) == auto | {"epochs": 5, "width": 9, "lr": 0.1}
+    assert profile.budget("y") == auto | {"epochs": 1, "width": 9}  # no plugin defaults
+    bf16 = dataclasses.replace(profile, precision="bf16", train={"x": {"precision": "fp32"}})
+    assert bf16.budget("y")["precision"] == "bf16"
+    assert bf16.budget("x")["precision"] == "fp32"  # a named section overrides it
 
 
 def test_every_star_key_of_a_builtin_profile_reaches_an_extractor(plugins):

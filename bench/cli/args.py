@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="TASK.KEY=VALUE",
                         help="a task option over the profile's, e.g. knn.index=auto or "
                              "retrieval.nprobe=16 (repeatable; docs/scale.md)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                        help="training precision (default: the profile's, auto: bf16 where "
+                             "the CPU or GPU has it natively, else fp32; docs/performance.md)")
     parser.add_argument("--ctr-backend", choices=("local", "ams"),
                         help="train the ctr task in this process (local) or on the AMS "
                              "parameter-server path (ams, docs/ams.md)")
@@ -89,7 +93,7 @@ def run_request(args: argparse.Namespace) -> dict[str, Any]:
              "seeds": args.seeds, "plugin": args.plugin, "ctr_backend": args.ctr_backend,
              "no_report": args.no_report, "reference": args.reference,
              "whiten_k": args.whiten_k, "whiten_shrinkage": args.whiten_shrinkage,
-             "task_options": args.task_option}
+             "task_options": args.task_option, "precision": args.precision}
     stored: dict[str, Any] = {}
     if args.resume:
         if args.run_id and args.run_id != args.resume:
@@ -118,6 +122,8 @@ def run_spec(request: dict[str, Any], out: str) -> RunSpec:
     profile = get_profile(request["profile"])
     if request.get("ctr_backend"):
         profile.task_options.setdefault("ctr", {})["backend"] = request["ctr_backend"]
+    if request.get("precision"):
+        profile = replace(profile, precision=request["precision"])
     if request.get("whiten_k"):
         profile.whitening["k"] = request["whiten_k"]
     if request.get("whiten_shrinkage"):
@@ -145,7 +151,8 @@ def run_spec(request: dict[str, Any], out: str) -> RunSpec:
                "no_report": bool(request.get("no_report")),
                "reference": request.get("reference"), "whiten_k": request.get("whiten_k"),
                "whiten_shrinkage": request.get("whiten_shrinkage"),
-               "task_options": list(request.get("task_options") or [])}
+               "task_options": list(request.get("task_options") or []),
+               "precision": request.get("precision")}
     return RunSpec(profile=profile, dataset=dataset, dataset_options=options,
                    extractors=extractors, tasks=tasks, seeds=seeds, out_root=Path(out),
                    run_id=request.get("run_id"), plugins=tuple(request.get("plugin") or ()),

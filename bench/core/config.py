@@ -27,6 +27,10 @@ class Profile:
     # population's train split (bench/vectors/variants.py)
     whitening: dict[str, Any] = field(default_factory=lambda: {"k": "auto",
                                                                "shrinkage": "auto"})
+    # the training precision (bench/train/precision.py): auto (bf16 where the device has it
+    # natively, else fp32), fp32 or bf16; `bench run --precision` overrides it, and the run
+    # resolves it once (run.json ``profile.precision``, every training's cache key)
+    precision: str = "auto"
 
     def budget(self, extractor: str, defaults: dict[str, dict[str, Any]] | None = None
                ) -> dict[str, Any]:
@@ -35,8 +39,9 @@ class Profile:
         device), then the plugin's own per-profile ``defaults`` (keyed by profile name: its
         epochs, batch size and safety stop), then this profile's section named after the
         extractor. ``*`` therefore fills only what a plugin leaves unset (``random``, whose
-        backbone must match the learned ones', reads all of it; tests/test_config.py)."""
-        merged = dict(self.train.get("*", {}))
+        backbone must match the learned ones', reads all of it; tests/test_config.py). The
+        profile's ``precision`` comes first, so any of them may override it."""
+        merged = {"precision": self.precision, **self.train.get("*", {})}
         merged.update((defaults or {}).get(self.name, {}))
         merged.update(self.train.get(extractor, {}))
         return merged

@@ -1,4 +1,8 @@
-"""``bench perf train``: images/s of our training loop (``bench.train.ssl.train``) against a bare
+"""``bench perf train``: with ``--precisions``, images/s of each SSL method's real training step
+(``moco_v2`` with its momentum encoder and queue, ``swav`` with its multi-crop, ``m6_moe``) at
+the default profile's backbone, image size and batch, in fp32, bf16 autocast, channels_last and
+bf16 + channels_last (``--compile`` adds torch.compile), interleaved over rounds in one run,
+with ratios against fp32 (docs/performance.md). Without it: images/s of our training loop (``bench.train.ssl.train``) against a bare
 loop written like lightly's MoCo and SwAV examples, on the same backbone, batch, data and
 augmentation output, in one run; the ratio is the figure (target >= 0.9). With
 ``--transforms`` it also times lightly's own per-image PIL transforms (``MoCoV2Transform``,
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,12 +30,14 @@ from bench.core.cache import Cache
 from bench.core.config import get_profile
 from bench.train.augment import augment, to_unit
 from bench.train.backbones import amp_context
+from bench.train.precision import bf16_supported
 from bench.train.ssl import TrainConfig, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small", action="store_true", help="width 16, batch 64, 4 steps")
-    parser.add_argument("--methods", default="moco_v2,swav")
+    parser.add_argument("--methods", default=None,
+                        help="default: moco_v2,swav (with --precisions: moco_v2,swav,m6_moe)")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--stem", default="imagenet", help="small | strided | imagenet")
@@ -38,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loop")
     parser.add_argument("--local-crops", type=int, default=2, help="SwAV local crops (default profile: 2)")
+    parser.add_argument("--precisions", action="store_true",
+                        help="compare fp32, bf16, channels_last and both per SSL method at the "
+                             "default profile's settings (uses --methods, --steps, --rounds)")
+    parser.add_argument("--rounds", type=int, default=2, help="--precisions: timed rounds")
+    parser.add_argument("--compile", action="store_true",
+                        help="--precisions: also time torch.compile'd backbones (fp32, bf16)")
     parser.add_argument("--transforms", action="store_true",
                         help="also time lightly's PIL transforms against the batched ones")
 
@@ -178,11 +191,102 @@ def time_transforms(args: argparse.Namespace) -> None:
               f"batched tensors {batched_ips:8.0f} img/s ({batched_ips / lightly_ips:.1f}x)")
 
 
+# (label, precision, channels_last, compiled)
+VARIANTS = (("fp32", "fp32", False, False), ("bf16", "bf16", False, False),
+            ("fp32+cl", "fp32", True, False), ("bf16+cl", "bf16", True, False))
+COMPILED = (("fp32+compile", "fp32", False, True), ("bf16+compile", "bf16", False, True))
+
+
+def _prepare_backbone(module: torch.nn.Module, channels_last: bool, compiled: bool) -> None:
+    """Channels-last weights (the convolutions then run in NHWC) and/or a compiled forward."""
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    if compiled:
+        module.compile()
+
+
+def time_step(name: str, precision: str, channels_last: bool, compiled: bool, steps: int,
+              seed: int = 0) -> tuple[float, int]:
+    """images/s of ``steps`` real training steps of ``name`` at the default profile's budget
+    (one epoch of ``steps`` batches on random images, through the method's own training
+    function and the suite's loop), and the batch size."""
+    profile = get_profile("default")
+    spec = f"{name}:precision={precision},epochs=1,max_seconds=0"
+    extractor = registry.build_extractor(spec, profile)
+    options = extractor.options
+    batch = int(options["batch_size"])
+    n, size = batch * steps, int(options["image_size"])
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        if name == "m6_moe":
+            return _time_m6(extractor, images, channels_last, compiled, rng, Path(tmp)), batch
+        _prepare_backbone(extractor.model, channels_last, compiled)
+        result = train(extractor.method(n), images, None,
+                       TrainConfig.from_options(options), name=name, key="perf",
+                       cache=Cache(tmp), device=extractor.device, progress=False)
+    return result.images_per_s, batch
+
+
+def _time_m6(extractor, images: np.ndarray, channels_last: bool, compiled: bool,
+             rng: np.random.Generator, tmp: Path) -> float:
+    """``m6_moe``'s training function on random titles (a 200-word vocabulary)."""
+    from extractors import m6_moe
+
+    options, vocab = extractor.options, [*m6_moe.SPECIALS, *(f"w{i}" for i in range(196))]
+    torch.manual_seed(options["seed"])
+    model = m6_moe.M6MoE(len(vocab), options)
+    _prepare_backbone(model.image, channels_last, compiled)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options["lr"],
+                                  weight_decay=options["weight_decay"])
+    ids = torch.as_tensor(rng.integers(len(m6_moe.SPECIALS), len(vocab),
+                                       (len(images), options["max_words"])))
+    log = m6_moe.train(model, optimizer, images, ids, options, path=tmp / "m6.pt", key="perf",
+                       vocab=vocab, device=extractor.device, progress=False)
+    return float(log["images_per_s"])
+
+
+def time_precisions(args: argparse.Namespace) -> None:
+    """Every variant of every method: one untimed warm-up step each, then ``rounds`` rounds
+    of ``steps`` steps, variants interleaved within a round (so a change in the machine's load
+    hits them alike); the median per variant and its ratio to fp32."""
+    variants = VARIANTS + (COMPILED if args.compile else ())
+    methods = args.methods.split(",") if args.methods_given else ["moco_v2", "swav", "m6_moe"]
+    lines = []
+    for name in methods:
+        for _label, precision, cl, compiled in variants:  # kernel choice, allocations
+            time_step(name, precision, cl, compiled, 1)
+        rates: dict[str, list[float]] = {label: [] for label, *_ in variants}
+        batch = 0
+        for _ in range(args.rounds):
+            for label, precision, cl, compiled in variants:
+                rate, batch = time_step(name, precision, cl, compiled, args.steps)
+                rates[label].append(rate)
+        base = float(np.median(rates["fp32"]))
+        options = registry.build_extractor(name, get_profile("default")).options
+        lines.append(f"{name}: {options['arch']} width {options['width']} {options['stem']} "
+                     f"stem, {options['image_size']} px, batch {batch}, {args.steps} steps x "
+                     f"{args.rounds} rounds")
+        for label, *_ in variants:
+            median = float(np.median(rates[label]))
+            spread = ", ".join(f"{r:.1f}" for r in rates[label])
+            lines.append(f"  {label:<13} {median:8.1f} img/s  {median / base:5.2f}x fp32"
+                         f"  (rounds: {spread})")
+        print("\n".join(lines[-len(variants) - 1:]), flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    args.methods_given = args.methods is not None
+    if args.precisions:
+        registry.load_plugins()
+        print(f"{torch.get_num_threads()} threads; bf16 native: {bf16_supported('cpu')}")
+        time_precisions(args)
+        return 0
     if args.small:
         args.width, args.batch_size, args.steps = 16, 64, 4
     registry.load_plugins()
     print(f"{torch.get_num_threads()} threads")
+    args.methods = args.methods or "moco_v2,swav"
     if args.transforms:
         time_transforms(args)
     time_methods(args)

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import traceback
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,7 @@ def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepare
     registry.load_plugins(spec.plugins)
     for problem in registry.load_errors:
         log(str(problem))
+    precision = resolve_run_precision(spec)
     config = run_config(spec.profile, spec.dataset, spec.dataset_options)
     previous = load_previous(run_dir, config)
     tasks = [(name, registry.find_task(name)) for name in dict.fromkeys(spec.tasks)]
@@ -154,7 +155,23 @@ def _prepare(spec: RunSpec, cache: Cache, run_id: str, run_dir: Path) -> Prepare
         validate = getattr(extractor, "validate", None)
         if callable(validate):
             validate(dataset)
+    log(precision)  # once every check passed: a refused run prints its one line only
     return Prepared(spec, run_id, run_dir, cache, config, previous, dataset, extractors, tasks)
+
+
+def resolve_run_precision(spec: RunSpec) -> str:
+    """Resolve the profile's training precision once for the run's device (``auto``: bf16
+    where native, else fp32): every extractor and task of the run then reads the resolved
+    value, and run.json records it (``profile.precision``). Returns the log line that says
+    which and why."""
+    from bench.run.session import run_device
+    from bench.train.precision import describe, resolve_precision
+
+    device = run_device(spec.profile)
+    requested = spec.profile.precision
+    resolved = resolve_precision(requested, device)
+    spec.profile = replace(spec.profile, precision=resolved)
+    return describe(requested, resolved, device)
 
 
 def same_content(earlier: dict[str, Any], dataset: Dataset, run_id: str) -> None:

@@ -230,6 +230,7 @@ class Run:
             "extractors": self.extractors, "tasks": self.tasks,
             "seeds": list(range(self.seeds)), "command": spec.command,
             "config": {"train": spec.profile.train, "task_options": spec.profile.task_options},
+            "precision": spec.profile.precision,
             "run_config": self.prepared.config,
             "cells": list(self.cells.values()), "missing": len(self.missing()),
             "not_started": self.not_started,

@@ -26,6 +26,7 @@ seed). Verdicts test each ``ft`` row against it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,20 @@ from bench.tasks import Reference, Task, TaskContext, task
 from bench.tasks.classify import Classify, Split, accuracy_metrics, make_split
 from bench.tasks.retrieval import IdentityRetrieval, query_and_gallery, retrieval_metrics
 from bench.train import finetune as ft
+from bench.train.precision import resolve_precision
 
 FINETUNED = "ft"  # the variant of every fine-tuned row (and of the scratch rows)
+
+
+def training_precision(ctx: TaskContext) -> str:
+    """The run's training precision (the profile's, ``auto`` when none) resolved for the
+    device the tasks train on."""
+    return resolve_precision(getattr(ctx.profile, "precision", None), ctx.device)
+
+
+def budget_of(ctx: TaskContext) -> ft.Budget:
+    """The task options' fine-tuning budget, at the run's training precision."""
+    return replace(ft.Budget.from_options(ctx.options), precision=training_precision(ctx))
 
 
 def scratch_references(extractors: list[tuple[str, Any]], dataset: Dataset
@@ -85,11 +98,16 @@ class _Finetune(Task):
     def train_and_score(self, dataset: Dataset, ctx: TaskContext) -> Any:
         raise NotImplementedError
 
+    def result_key(self, dataset: Dataset, ctx: TaskContext) -> tuple:
+        """``data_key`` and the run's training precision: fine-tuned numbers differ between
+        precisions, so a result is cached per precision."""
+        return (*self.data_key(dataset, ctx.seed, ctx.options), training_precision(ctx))
+
     def evaluate(self, embeddings: Embeddings, dataset: Dataset,
                  ctx: TaskContext) -> list[dict[str, Any]]:
         """The extractor's backbone fine-tuned (a copy), cached by its embeddings fingerprint."""
         result = ft.own_result(self.cache_name, ctx.extractor, embeddings.meta.get("fingerprint"),
-                               self.data_key(dataset, ctx.seed, ctx.options), ctx.seed,
+                               self.result_key(dataset, ctx), ctx.seed,
                                ctx.cache, self.train_and_score(dataset, ctx))
         return ft.result_rows(result)
 
@@ -103,7 +121,7 @@ class _Finetune(Task):
         architecture, re-initialised."""
         result = ft.scratch_result(self.cache_name, ctx.extractor,
                                    image_size(ctx.extractor, dataset),
-                                   self.data_key(dataset, ctx.seed, ctx.options), ctx.seed,
+                                   self.result_key(dataset, ctx), ctx.seed,
                                    ctx.cache, self.train_and_score(dataset, ctx))
         return ft.result_rows(result)
 
@@ -140,7 +158,7 @@ class FinetuneClassify(_Finetune):
                       eval_batch_size=256),
         # one seed (bootstrap intervals over test items): a second cost 40 s of the default
         # run's 15 minutes
-        "default": dict(epochs=8, max_steps=24, batch_size=64, lr=0.05, max_seconds=60,
+        "default": dict(epochs=20, max_steps=0, batch_size=64, lr=0.05, max_seconds=300,
                         eval_batch_size=256, max_seeds=1),
         "full": dict(epochs=40, batch_size=256, lr=0.1, max_seconds=900, eval_batch_size=1024),
     }
@@ -158,7 +176,7 @@ class FinetuneClassify(_Finetune):
 
     def train_and_score(self, dataset: Dataset, ctx: TaskContext) -> Any:
         split = self.split(dataset, ctx.seed, ctx.options)
-        budget = ft.Budget.from_options(ctx.options)
+        budget = budget_of(ctx)
         batch = int(ctx.options.get("eval_batch_size", 256))
         device = torch.device(ctx.device)
         return lambda model, to_tensor: classify_scores(model, dataset, split, budget, ctx.seed,
@@ -269,7 +287,7 @@ class FinetuneRetrieval(_Finetune):
 
     def train_and_score(self, dataset: Dataset, ctx: TaskContext) -> Any:
         groups = training_groups(dataset)
-        budget = ft.Budget.from_options(ctx.options)
+        budget = budget_of(ctx)
         temperature = float(ctx.options.get("temperature", 0.1))
         batch = int(ctx.options.get("eval_batch_size", 256))
         device = torch.device(ctx.device)

@@ -92,10 +92,16 @@ def images_to_tensor(images: np.ndarray, size: int | None = None,
     return (x - mean) / std
 
 
-def amp_context(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The suite's one mixed-precision context, for training and embedding alike: bf16
-    autocast on CUDA (fp16 where bf16 is missing; the training loop then scales the loss),
-    nothing on CPU."""
+def amp_context(device: torch.device | str,
+                precision: str | None = None) -> contextlib.AbstractContextManager:
+    """The suite's one mixed-precision context. ``precision`` (resolved by
+    ``bench.train.precision.resolve_precision``: fp32, bf16, fp16) is what training asks
+    for; None, what embedding uses: bf16 autocast on CUDA (fp16 where bf16 is missing),
+    nothing (fp32) on the CPU, so vectors keep full precision for the neighbour searches."""
+    if precision is not None:
+        from bench.train.precision import autocast
+
+        return autocast(device, precision)
     if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -49,10 +49,14 @@ class Budget:
     warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to zero
     max_seconds: float = 60.0  # safety stop (0: none); a capped run is marked, never cached
     crop_padding: float = 0.125  # random crop after reflect padding by this share of the side
+    # the run's resolved training precision (bench.train.precision; None: the device's
+    # default); set by the tasks from the run, never a task option, so it is not in ``key()``
+    # and the tasks add it to their result keys themselves
+    precision: str | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Budget:
-        known = {f.name: f.type for f in fields(cls)}
+        known = {f.name: f.type for f in fields(cls) if f.name != "precision"}
         values = {k: (int(v) if known[k] == "int" else float(v))
                   for k, v in options.items() if k in known}
         return cls(**values)
@@ -61,8 +65,9 @@ class Budget:
         return asdict(self)
 
     def key(self) -> dict[str, Any]:
-        """What a result depends on: everything but the time cap (capped runs are not cached)."""
-        return {k: v for k, v in asdict(self).items() if k != "max_seconds"}
+        """What a result depends on: everything but the time cap (capped runs are not cached)
+        and the precision (the tasks key it themselves)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("max_seconds", "precision")}
 
 
 @dataclass
@@ -207,7 +212,8 @@ def train(model: nn.Module, n_items: int, loss_fn: Callable[[torch.Tensor], torc
     state = fit_loop(model, optimizer, lambda indices, info: loss_fn(indices), plan,
                      name="fine-tuning", device=device, shuffle=one_stream(n_items, generator),
                      lr_at=lambda step: budget.lr * warmup_cosine(step, planned,
-                                                                  budget.warmup_fraction))
+                                                                  budget.warmup_fraction),
+                     precision=budget.precision)
     log_ = TrainLog(steps=state.steps, planned_steps=planned,
                     seconds=time.perf_counter() - start,
                     epoch_losses=list(state.history.get("loss", [])))

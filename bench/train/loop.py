@@ -187,12 +187,14 @@ def fit_loop(model: nn.Module, optimizer: torch.optim.Optimizer, step_loss: Step
              plan: Plan, *, name: str, device: torch.device | str,
              lr_at: Callable[[int], float], shuffle: Shuffle,
              checkpoint: Checkpointing | None = None, resumed: LoopState | None = None,
-             hooks: Hooks | None = None, progress: bool = True) -> LoopState:
+             hooks: Hooks | None = None, progress: bool = True,
+             precision: str | None = None) -> LoopState:
     """The one backbone training loop (pretraining, self-supervised, fine-tuning, m6_moe).
 
     Each step sets the learning rate ``lr_at(step)`` (the schedule follows steps, never time),
-    computes ``step_loss(batch indices, info)`` under ``amp_context`` and takes an optimizer
-    step (the loss scaled where fp16 needs it). Each epoch appends the mean of every returned
+    computes ``step_loss(batch indices, info)`` under ``amp_context(device, precision)``
+    (``precision``: a resolved training precision, ``bench.train.precision``; None: the
+    device's default) and takes an optimizer step (the loss scaled where fp16 needs it). Each epoch appends the mean of every returned
     loss to ``state.history``; a loss that is not finite stops training with an error. With
     ``checkpoint``, a checkpoint is saved atomically after every epoch, so a training cut by
     the ``max_seconds`` safety stop (``state.cut``) or killed resumes from ``resumed``."""
@@ -200,8 +202,9 @@ def fit_loop(model: nn.Module, optimizer: torch.optim.Optimizer, step_loss: Step
     hooks = hooks or Hooks()
     state = resumed or LoopState()
     total, per_epoch = plan.total_steps, plan.steps_per_epoch
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
+    fp16 = (precision == "fp16" if precision is not None
+            else device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     stop = SafetyStop(plan.max_seconds)
     model.train()
     bar = _progress_bar(total, state.steps, name, progress)
@@ -220,7 +223,7 @@ def fit_loop(model: nn.Module, optimizer: torch.optim.Optimizer, step_loss: Step
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step)
                 info = StepInfo(step, total, epoch, per_epoch, generator, cpu_generator)
-                with amp_context(device):
+                with amp_context(device, precision):
                     out = step_loss(order[i * plan.batch_size:(i + 1) * plan.batch_size], info)
                 losses = out if isinstance(out, dict) else {"loss": out}
                 optimizer.zero_grad(set_to_none=True)

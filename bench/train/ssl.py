@@ -46,6 +46,7 @@ from bench.train.loop import (
     seeded_epochs,
 )
 from bench.train.options import NOT_TRAINED
+from bench.train.precision import resolve_precision
 
 log = logging.getLogger(__name__).info
 
@@ -71,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     max_seconds: float = 0.0  # a safety stop per session, not a budget (SafetyStop); 0: none
     seed: int = 0
+    precision: str | None = None  # resolved (bench.train.precision); None: the device's default
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TrainConfig:
@@ -147,7 +149,7 @@ def train(method: Method, images: np.ndarray, targets: np.ndarray | None, config
                      checkpoint=Checkpointing(path, key, name, (criterion,),
                                               lambda _: {"config": asdict(config)}),
                      resumed=resumed, hooks=Hooks(on_epoch_end=on_epoch_end),
-                     progress=progress)
+                     progress=progress, precision=config.precision)
     result = _result(record(state), path, device, cached=False)
     losses = result.losses
     if result.cut:
@@ -175,6 +177,12 @@ def _write_log(log_dir: Path | None, name: str, key: str, result: TrainResult) -
         "images_per_s": round(result.images_per_s, 2), "images_seen": result.images_seen,
         "cached": result.cached, "stopped_by": result.stopped_by, "cut": result.cut,
         "device": result.device, "checkpoint": result.checkpoint})
+
+
+def with_precision(options: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``options`` with ``precision`` resolved for ``device`` (``auto`` or missing: bf16 where
+    native, else fp32), so ``config()`` and every key built from it name what trained."""
+    return {**options, "precision": resolve_precision(options.get("precision"), device)}
 
 
 def unlabelled_rows(dataset: Any, name: str, role: str = "all") -> np.ndarray:
@@ -212,10 +220,10 @@ class BackboneEmbedder:
 
     def __init__(self, options: dict[str, Any], batch_size: int = 256):
         """A fresh backbone from the resolved options (arch, width, stem, seed, image_size)."""
-        self.options = options
+        self.device = pick_device(options["device"] or None)
+        self.options = options = with_precision(options, self.device)
         self.image_size = int(options["image_size"])
         self.batch_size = batch_size
-        self.device = pick_device(options["device"] or None)
         self.model = build_backbone(options["arch"], options["width"], stem=options["stem"],
                                     seed=options["seed"]).to(self.device)
         self.dim = self.model.feature_dim
