@@ -99,6 +99,8 @@ def test_an_ablation_with_the_highest_score_is_never_named_best(tmp_path: Path,
     assert ABLATION in answer.references and ABLATION not in answer.rows
     assert answer.reference == ("random" if declared else OWN) and answer.lead.low > 0
     assert "above the best extractor but is not deployable" in answer.reference_note()
+    cell = answer.references[ABLATION]  # every number on the page carries its interval
+    assert cell.interval and f"{ABLATION} {cell.mean:.4f}{cell.interval}" in answer.reference_note()
     table = json.loads((tmp_path / "tables" / "knn.json").read_text())
     ranks = {r["extractor"]: r["cells"]["style_consistency raw"]["rank"] for r in table["rows"]}
     assert ranks[ABLATION] is None and ranks["a"] == 1

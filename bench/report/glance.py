@@ -114,7 +114,8 @@ class Answer:
         best = self.rows[self.group.best].mean
         sign = -1 if self.lower_is_better else 1
         above = [r for r, c in self.references.items() if sign * (c.mean - best) > 0]
-        listed = ", ".join(f"{r} {format_number(c.mean)}" for r, c in self.references.items())
+        listed = ", ".join(f"{r} {format_number(c.mean)}{c.interval}"
+                           for r, c in self.references.items())
         note = f"references (not ranked): {listed}"
         if above:
             note += (f"; {_names(above)} score{'s' if len(above) == 1 else ''} above the best "
