@@ -3,9 +3,6 @@ the old world (homestead-1.1) stays reachable byte for byte."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +10,7 @@ import pytest
 from bench.core import registry
 from bench.core.cache import Cache
 from bench.core.data import DatasetError
+from benchmarks.homestead_digest import array_digest, frame_digest
 
 # A tiny world: every role, a few users; building one takes about a second.
 TINY = dict(image_size=32, n_products=36, n_covers=12, n_queries=12, n_users=3, n_days=2,
@@ -33,19 +31,6 @@ OLD_DIGESTS = {
     "items": "a8ea351ec257f3a42e5b928d25bab96cc71a75b8a1edf0edf0f6073d04ce9c43",
     "latents": "51c64ba12579c39e49ac4cfd40381adfb3e0d4fa4b5f0e4166b25e48fda8f5d4",
 }
-
-
-def _array_digest(array: np.ndarray) -> str:
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def _frame_digest(frame: pd.DataFrame) -> str:
-    digest = hashlib.sha256(json.dumps([list(map(str, frame.columns)),
-                                        [str(t) for t in frame.dtypes]]).encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +58,8 @@ def test_nuisance_zero_is_homestead_1_1_byte_for_byte(build):
     from bench_plugins.datasets.homestead import nuisance
 
     world = build(**{**OLD_OPTIONS, "nuisance": 0})
-    got = {"images": _array_digest(world.images()), "items": _frame_digest(world.table),
-           "latents": _frame_digest(_content_latents(world))}
+    got = {"images": array_digest(world.images()), "items": frame_digest(world.table),
+           "latents": frame_digest(_content_latents(world))}
     assert got == OLD_DIGESTS
     for factor in nuisance.FACTORS:  # every factor off, and recorded so
         values = _nuisance(world, factor).to_numpy(dtype=float)
