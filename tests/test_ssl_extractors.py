@@ -140,6 +140,17 @@ def test_swav_local_crops_follow_the_size_ratio(profile, local):
     assert method.local_view.max_scale < method.global_view.min_scale
 
 
+def test_swav_default_learns_at_the_rate_per_image_of_its_tuning_record():
+    """The tuning record's batch 128 at lr 0.15, moved to batch 64 at the same rate per image:
+    ``train`` scales ``lr`` (per 128 images) with the batch, so the option must not be
+    pre-scaled too (until issue #26 it was: half the rate, and a probe at random's level)."""
+    options = build("swav", "default").options
+    config = TrainConfig.from_options(options)
+    assert config.batch_size == 64
+    sgd_lr = config.lr * config.batch_size / 128  # what ``train`` gives the optimizer
+    assert sgd_lr == pytest.approx(0.15 * 64 / 128)
+
+
 def test_one_supervised_step():
     data = tiny_dataset()
     extractor = build(f"pretrained:{TINY}")

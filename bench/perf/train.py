@@ -30,7 +30,7 @@ from bench.core.cache import Cache
 from bench.core.config import get_profile
 from bench.train.augment import augment, to_unit
 from bench.train.backbones import amp_context
-from bench.train.precision import bf16_supported
+from bench.train.precision import bf16_supported, resolve_precision
 from bench.train.ssl import TrainConfig, train
 
 
@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--precisions: also time torch.compile'd backbones (fp32, bf16)")
     parser.add_argument("--transforms", action="store_true",
                         help="also time lightly's PIL transforms against the batched ones")
+    parser.add_argument("--hotspots", action="store_true",
+                        help="per SSL method at the default profile's settings: the share of "
+                             "a training step spent in its augmentations (every crop) and the "
+                             "step at 1 thread against the default thread count")
 
 
 def _spec(method: str, args: argparse.Namespace) -> str:
@@ -275,8 +279,73 @@ def time_precisions(args: argparse.Namespace) -> None:
         print("\n".join(lines[-len(variants) - 1:]), flush=True)
 
 
+def method_views(name: str, method) -> list:
+    """Every view one training step of ``name`` draws per image, in its order."""
+    if name == "swav":
+        return ([method.global_view] * method.n_global) + ([method.local_view] * method.n_local)
+    if name == "moco_v2":
+        return [method.view, method.view]
+    raise ValueError(f"--hotspots times moco_v2 and swav, not {name!r}")
+
+
+def time_augmentation(name: str, steps: int, seed: int = 0) -> float:
+    """images/s of the augmentations alone of ``steps`` batches of ``name``'s real step at the
+    default profile's settings: every view, drawn under the run's precision as the loop does."""
+    extractor = registry.build_extractor(f"{name}:epochs=1,max_seconds=0", get_profile("default"))
+    options, device = extractor.options, torch.device(extractor.device)
+    batch, size = int(options["batch_size"]), int(options["image_size"])
+    views = method_views(name, extractor.method(batch * steps))
+    images = np.random.default_rng(seed).integers(0, 256, (batch * steps, size, size, 3),
+                                                  dtype=np.uint8)
+    data = torch.from_numpy(images).to(device)
+    g = torch.Generator(device).manual_seed(seed)
+    _sync(device)
+    start = time.perf_counter()
+    with torch.no_grad(), amp_context(device, options["precision"]):
+        for step in range(steps):
+            x = to_unit(data[step * batch:(step + 1) * batch])
+            for view in views:
+                augment(x, view, g)
+    _sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def time_hotspots(args: argparse.Namespace) -> None:
+    """Per method, interleaved over ``rounds``: the real step at the default thread count and
+    at one thread, and its augmentations alone; medians, the augmentations' share of the step
+    time and the one-thread ratio. Training reads no files (the uint8 images sit on the device
+    and the loop indexes them), so there is no DataLoader to time here."""
+    threads = torch.get_num_threads()
+    methods = args.methods.split(",") if args.methods_given else ["moco_v2", "swav"]
+    for name in methods:
+        time_step(name, "auto", False, False, 1)
+        time_augmentation(name, 1)
+        rates: dict[str, list[float]] = {"step": [], "step_1thread": [], "augment": []}
+        for _ in range(args.rounds):
+            rates["step"].append(time_step(name, "auto", False, False, args.steps)[0])
+            torch.set_num_threads(1)
+            try:
+                rates["step_1thread"].append(time_step(name, "auto", False, False,
+                                                       args.steps)[0])
+            finally:
+                torch.set_num_threads(threads)
+            rates["augment"].append(time_augmentation(name, args.steps))
+        step, one, aug = (float(np.median(rates[k])) for k in ("step", "step_1thread",
+                                                                "augment"))
+        print(f"{name}: default profile, {args.steps} steps x {args.rounds} rounds, "
+              f"precision {resolve_precision('auto', 'cpu')}")
+        print(f"  step, {threads} threads   {step:8.1f} img/s")
+        print(f"  step, 1 thread    {one:8.1f} img/s  {one / step:5.2f}x")
+        print(f"  augmentations     {aug:8.1f} img/s  {step / aug:5.1%} of the step's time "
+              f"(every view, {threads} threads)", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     args.methods_given = args.methods is not None
+    if args.hotspots:
+        registry.load_plugins()
+        time_hotspots(args)
+        return 0
     if args.precisions:
         registry.load_plugins()
         print(f"{torch.get_num_threads()} threads; bf16 native: {bf16_supported('cpu')}")
