@@ -151,6 +151,26 @@ def test_swav_default_learns_at_the_rate_per_image_of_its_tuning_record():
     assert sgd_lr == pytest.approx(0.15 * 64 / 128)
 
 
+@pytest.mark.parametrize("name", ["moco_v2", "swav"])
+def test_perf_hotspots_time_every_view_a_real_step_draws(name, monkeypatch):
+    """``bench perf train --hotspots`` times the augmentations of a step apart from the step:
+    it must draw the same views, in the same order, as the method's own loss."""
+    from bench.perf.train import method_views
+
+    method = build(f"{name}:{TINY}").method(16)
+    module = sys.modules[type(method).__module__]
+    drawn = []
+    real = module.augment
+
+    def counting(x, view, g):
+        drawn.append(view)
+        return real(x, view, g)
+
+    monkeypatch.setattr(module, "augment", counting)
+    one_step(method, tiny_dataset().images(np.arange(8)))
+    assert drawn == method_views(name, method)
+
+
 def test_one_supervised_step():
     data = tiny_dataset()
     extractor = build(f"pretrained:{TINY}")
