@@ -17,11 +17,11 @@ product classification, so it is not the default (docs/learned-extractors.md).
 
 Budgets (``DEFAULTS``): ``quick`` seconds; ``default`` about 1.5 minutes in bf16 on 2 CPU cores
 (width-32 ResNet-18, strided stem, 32 px, 2 global crops + 2 local crops at 24 px, 256
-prototypes on 32-d features, temperature 0.2, 8 epochs of batches of 64 at lr 0.075 (26 when
-chosen, cut to 6 to fit the default run's 15 minutes, raised to 8 with the time bf16 freed (14 did not lift the probe above
-the random backbone at 95% either, and cost 70 s more):
-docs/learned-extractors.md); chosen
-on the train-split covers and a validation world, see docs/learned-extractors.md); ``full`` a
+prototypes on 32-d features, temperature 0.2, 8 epochs of batches of 64 at an SGD rate of
+0.075, i.e. ``lr`` 0.15 per 128 images; until issue #26 the profile pre-scaled ``lr`` and
+trained at half that rate, which left the linear probe at the random backbone's level).
+Chosen on the train-split covers and a validation world (26 epochs then, cut to 6 and raised
+to 8 to fit the default run's 15 minutes): docs/learned-extractors.md. ``full`` a
 width-64 ResNet-18 on 64 px images (2x64 + 6x32 crops, 512 prototypes, the paper's temperature
 0.1) for a GPU.
 """
