@@ -373,7 +373,9 @@ def _latent_table(cat: Catalogue, covers: pd.DataFrame, targets: np.ndarray,
     (covers), leaf category and identity (products, queries) and the light warmth (covers);
     then every nuisance value drawn (``nuisance_*``: the product's colourway, -1 for its
     style's own colours, none for covers; backdrop, -1 for the style's own; camera, light,
-    props, sensor noise and JPEG quality, 0 for none)."""
+    props, sensor noise and JPEG quality, 0 for none; material, the style index of the
+    signature material on a product's upholstery or on a cover's or query scene's walls and
+    rug, -1 for none: a query's room may be of another style than its product)."""
     n_p, n_c = len(cat.products), len(covers)
     style = np.concatenate([np.array(STYLES)[cat.style], covers["true_style"].to_numpy(),
                             np.array(STYLES)[cat.style[targets]]])
