@@ -19,7 +19,7 @@ TINY = dict(image_size=32, n_products=36, n_covers=12, n_queries=12, n_users=3, 
 COLUMNS = {"colourways": ["colourway"], "backgrounds": ["backdrop"],
            "camera": ["zoom", "shift_x", "shift_y", "tilt"],
            "light": ["brightness", "contrast", "cast"], "clutter": ["clutter"],
-           "noise": ["noise"], "jpeg": ["jpeg"]}
+           "noise": ["noise"], "jpeg": ["jpeg"], "materials": ["material"]}
 # homestead-1.1 (main at ae19acc, before the nuisance factors), built at these options: sha256
 # as in benchmarks/homestead_digest.py. The logs are left out: behaviour.py is not this
 # generator's to freeze. Float rendering may differ on another CPU's numpy; then rebuild the
@@ -64,7 +64,7 @@ def test_nuisance_zero_is_homestead_1_1_byte_for_byte(build):
     for factor in nuisance.FACTORS:  # every factor off, and recorded so
         values = _nuisance(world, factor).to_numpy(dtype=float)
         neutral = {"zoom": 1.0, "brightness": 1.0, "contrast": 1.0, "colourway": -1.0,
-                   "backdrop": -1.0}
+                   "backdrop": -1.0, "material": -1.0}
         for k, column in enumerate(COLUMNS[factor]):
             column_values = values[:, k][~np.isnan(values[:, k])]
             assert (column_values == neutral.get(column, 0.0)).all(), column
@@ -137,7 +137,7 @@ def test_colour_cast_stays_apart_from_warmth():
 
 
 @pytest.mark.parametrize("option", [dict(nuisance=2), dict(clutter=6), dict(jpeg=96),
-                                    dict(colourways=101), dict(noise=-1)])
+                                    dict(colourways=101), dict(noise=-1), dict(materials=101)])
 def test_factor_options_are_checked(build, option):
     with pytest.raises(DatasetError, match=f"{next(iter(option))}=.* is outside"):
         build(**option)
@@ -205,3 +205,47 @@ def test_the_factors_are_off_unless_asked_for():
     assert all(_params({})[factor] == 0 for factor in DEFAULTS)
     assert _params({"nuisance": 1}) == {**_params({}), "nuisance": 1, **DEFAULTS}
     assert _params({"camera": 50})["camera"] == 50 and _params({"camera": 50})["light"] == 0
+
+
+def test_materials_are_the_style_s_own_and_recorded(build):
+    """``materials``: a product's or a cover's signature material is its own style's, and the
+    latents table says which items carry one (the style's index) and which do not (-1)."""
+    from bench_plugins.datasets.homestead import STYLES
+
+    world = build(nuisance=0, materials=100)
+    lat = world.latents
+    mat = lat["nuisance_material"].to_numpy()
+    assert (mat >= 0).all()  # at 100 every product, cover and query scene carries one
+    own = lat["id"].str.startswith(("p", "c")).to_numpy()
+    assert (np.array(STYLES)[mat[own].astype(int)] == lat["style"].to_numpy()[own]).all()
+    some = build(nuisance=0, materials=50).latents["nuisance_material"].to_numpy()
+    assert 0.2 < (some >= 0).mean() < 0.8
+    assert set(np.unique(some[some < 0])) <= {-1}
+
+
+def test_signature_materials_keep_the_mean_and_vanish_at_8x8():
+    """Each style's material is a pattern a 32-px picture shows and an 8x8 average does not:
+    the mean of a patterned wall stays the plain wall's, and average pooling to 8x8 (what the
+    ``pixels`` extractor computes) keeps little of its contrast, while the 32-px image keeps
+    most of it. A material with a brightness offset, or one drawn at a scale 8x8 resolves,
+    fails here."""
+    registry.load_plugins()
+    from bench_plugins.datasets.homestead.materials import ROOM_FREQ, SIGNATURE, signature
+    from bench_plugins.datasets.homestead.render import Shot, render
+    from bench_plugins.datasets.homestead.shapes import shape
+
+    g = np.random.default_rng(0)
+    grey = (0.5, 0.5, 0.5)
+    plain = render([Shot(np.asarray([shape(-1, -1, 2, 2, grey)], np.float32), (0, 0, 1),
+                         (1, 1, 1), 1.0, 0.0)], 32, 0)[0].astype(float)
+    for style in SIGNATURE:
+        shots = [Shot(np.asarray([shape(-1, -1, 2, 2, grey, signature(style, ROOM_FREQ, g))],
+                                 np.float32), (0, 0, 1), (1, 1, 1), 1.0, 0.0) for _ in range(8)]
+        images = render(shots, 32, 0).astype(float)
+        assert abs(images.mean() - plain.mean()) < 3, style
+        if style == "modern":  # smooth: no pattern at all
+            assert images.std() < 1
+            continue
+        pooled = images.reshape(8, 8, 4, 8, 4, 3).mean(axis=(2, 4))
+        assert images.std() > 20, style
+        assert pooled.std() < 0.6 * images.std(), style

@@ -13,10 +13,11 @@ run with no download, on data whose ground truth is known. The world holds
 - image-search queries: crops of fresh scenes around one product, with scale, shift and light
   changes, whose ``identity`` is that product's id in the product-shot gallery;
 - nuisance factors of real catalogues on every image (``nuisance``: colourways shared across
-  styles, backgrounds across styles, camera, light, props, sensor noise, JPEG), each a dataset
-  option recorded in the latents table as ``nuisance_*``; off by default (``nuisance=0``:
-  homestead-1.1's pictures), ``nuisance=1`` turns them on (docs/homestead.md says why the
-  default stays off);
+  styles, backgrounds across styles, camera, light, props, sensor noise, JPEG) and the style
+  cue that takes colour's place (``materials``: each style's signature material on walls, rugs
+  and upholstery), each a dataset option recorded in the latents table as ``nuisance_*``; off
+  by default (``nuisance=0``: homestead-1.1's pictures), ``nuisance=1`` turns them on
+  (docs/homestead.md says why the default stays off);
 - a behaviour log: users with latent tastes over style, scene, category and the cover's light
   warmth (a purely visual trait no label carries), impressions over days with click, detail-view
   and conversion outcomes, and covers first published on the last day (cold start).
@@ -40,6 +41,7 @@ The package, in the order the data flows:
 - ``furniture``: a look per product, a drawer per coarse category;
 - ``scene``: rooms, fixtures, decor, and furniture placed in them;
 - ``nuisance``: the nuisance factors, their options and their own random streams;
+- ``materials``: each style's signature material, drawn at a scale 32 px resolves;
 - ``render``: the batched signed-distance renderer;
 - ``titles``: the covers' noisy titles;
 - ``behaviour``: users, impressions and their outcomes;
@@ -80,8 +82,9 @@ __all__ = ["COARSE", "DEFAULTS", "FACTORS", "GENERATOR_VERSION", "LABEL_NOISE", 
 
 # 1.1: tighter, cleaner query crops (QUERY_*); repeats test-only. 2.0: the nuisance factors
 # (``nuisance``: colourways, backgrounds, camera, light, clutter, noise, jpeg); nuisance=0 draws
-# homestead-1.1's images, item table and logs exactly.
-GENERATOR_VERSION = "homestead-2.0"
+# homestead-1.1's images, item table and logs exactly. 2.1: the style materials
+# (``materials``, materials.py), on with nuisance=1; nuisance=0 is still homestead-1.1.
+GENERATOR_VERSION = "homestead-2.1"
 DEFAULTS: dict[str, int] = dict(image_size=32, n_products=1500, n_covers=2400, n_queries=2000,
                                 n_users=600, n_days=6, impressions_per_user_day=20, seed=0,
                                 nuisance=0, **NUISANCE_DEFAULTS)

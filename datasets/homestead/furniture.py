@@ -10,7 +10,7 @@ units (height 1, y down, floor at 1); ``place`` scales them into a room.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -367,13 +367,17 @@ class Product:
 
 
 def make_product(leaf: str, style: str, g: np.random.Generator,
-                 way: dict[str, Any] | None = None) -> Product:
+                 way: dict[str, Any] | None = None,
+                 material: dict[str, Any] | None = None) -> Product:
     """A product of a leaf and style; ``way`` is a colourway from the palette shared by all
-    styles (``nuisance.colourway``), applied after every draw from ``g`` so that it changes the
-    colours only."""
+    styles (``nuisance.colourway``) and ``material`` its style's signature material
+    (``materials.draw``), both applied after every draw from ``g`` so that they change the
+    colours and the upholstery's texture only."""
     coarse, aspect, _ = LEAVES[leaf]
     aspect *= g.uniform(0.92, 1.08)
     look = recolour(make_look(style, g), way)
+    if material is not None:
+        look = replace(look, body_tex=material["product"])
     prims = np.asarray(DRAWERS[coarse](leaf, aspect, look, g), dtype=np.float32)
     return Product(leaf, coarse, style, aspect, prims)
 

@@ -36,6 +36,10 @@ of what homestead-1.1 draws:
   ``noise/1000 * U(0.5, 1.5)`` on top of the renderer's own.
 - ``jpeg`` (lowest quality, default 70; 0 = off): every image is JPEG-encoded and decoded at its
   rendered size with a quality drawn from ``jpeg`` .. 95 (PIL's encoder).
+- ``materials`` (percent, default 90): not a nuisance but the style cue that takes colour's
+  place, so it lives in ``materials.py``; it is listed here because it shares the options,
+  the ``nuisance=0`` switch and the per-item streams: that share of products, covers and query
+  scenes carry their style's signature material on the wall, the rug and the upholstery.
 
 ``nuisance=0`` (a dataset option, and the default: docs/homestead.md says why) sets every
 factor not given explicitly to 0; ``nuisance=1`` gives each factor its default below. With
@@ -59,12 +63,13 @@ from PIL import Image
 from .shapes import ANG, CB, CR, CX, CY, texture
 from .vocabulary import RGB, STYLE_SPECS
 
-FACTORS = ("colourways", "backgrounds", "camera", "light", "clutter", "noise", "jpeg")
+FACTORS = ("colourways", "backgrounds", "camera", "light", "clutter", "noise", "jpeg",
+           "materials")
 DEFAULTS: dict[str, int] = dict(colourways=80, backgrounds=85, camera=100, light=100, clutter=2,
-                                noise=15, jpeg=70)
+                                noise=15, jpeg=70, materials=90)
 LIMITS: dict[str, tuple[int, int]] = dict(colourways=(0, 100), backgrounds=(0, 100),
                                           camera=(0, 100), light=(0, 100), clutter=(0, 5),
-                                          noise=(0, 200), jpeg=(0, 95))
+                                          noise=(0, 200), jpeg=(0, 95), materials=(0, 100))
 
 ZOOM, OFFSET, TILT_DEG = 0.25, 0.08, 6.0            # camera at full strength
 QUERY_CAMERA = 1.6      # a user's photo is framed more loosely than a listing photo
@@ -130,6 +135,7 @@ class Nuisance:
     clutter: int = 0
     noise: int = 0
     jpeg: int = 0
+    materials: int = 0
 
     @classmethod
     def from_params(cls, params: dict[str, int]) -> Nuisance:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .furniture import Product, place
 from .nuisance import bold
-from .shapes import bar, jitter_rgb, mix_rgb, scale_rgb, shape, texture
+from .shapes import PLAIN, Tex, bar, jitter_rgb, mix_rgb, scale_rgb, shape, texture
 from .vocabulary import (
     HANGING,
     LEAF_NAMES,
@@ -53,9 +53,12 @@ def plant(g: np.random.Generator, x: float, y: float, s: float) -> list[list]:
 
 
 def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
-              g: np.random.Generator, sky: RGB = SKY, tile: RGB = TILE) -> list[list]:
+              g: np.random.Generator, sky: RGB = SKY, tile: RGB = TILE,
+              material: Tex | None = None) -> list[list]:
     """What tells scene types apart besides their furniture (``sky`` and the kitchen's wall
-    ``tile`` colour vary with the backgrounds nuisance)."""
+    ``tile`` colour vary with the backgrounds nuisance; ``material``, the style's signature,
+    covers the kitchen's tiled wall and the balcony's side wall, where a room shows the
+    little wall it has)."""
     ps: list[list] = []
     if scene == "living_room":
         x = g.uniform(0.05, 0.5)
@@ -82,8 +85,10 @@ def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
                bar((cx, 0.16), (cx + 0.03, 0.13), 0.008, (0.1, 0.1, 0.1))]
     elif scene == "kitchen":
         cab = mix_rgb(frame, wall, 0.3)
-        ps += [shape(0.02, 0.04, 0.98, 0.24, cab, texture(g, "panel", True), shade=0.2),
-               shape(0.02, 0.24, 0.98, h - 0.13, tile, texture(g, "tiles", True)),
+        upper = texture(g, "panel", True)
+        tiles = texture(g, "tiles", True)
+        ps += [shape(0.02, 0.04, 0.98, 0.24, cab, upper, shade=0.2),
+               shape(0.02, 0.24, 0.98, h - 0.13, tile, tiles if material is None else material),
                shape(0.02, h - 0.12, 0.98, h + 0.05, cab, texture(g, "panel", True)),
                shape(0.01, h - 0.145, 0.99, h - 0.115, (0.25, 0.25, 0.27))]
     else:  # balcony: sky instead of most of the wall, a railing, the building's side wall
@@ -92,21 +97,26 @@ def _fixtures(scene: str, h: float, wall: RGB, frame: RGB, accent: RGB,
                for x, y in zip(g.uniform(0.1, 0.8, 2), g.uniform(0.05, 0.3, 2))]
         left = g.random() < 0.5
         side = g.uniform(0.12, 0.25)
-        ps.append(shape(-1 if left else 1 - side, -1, side if left else 2, h, wall))
+        ps.append(shape(-1 if left else 1 - side, -1, side if left else 2, h, wall,
+                        PLAIN if material is None else material))
         rail = (0.2, 0.2, 0.22)
         ps.append(shape(-1, h - 0.21, 2, h - 0.19, rail))
         ps += [shape(x - 0.005, h - 0.19, x + 0.005, h, rail) for x in np.linspace(0, 1, 12)]
     return ps
 
 
-def _decor(style: str, scene: str, h: float, accent: RGB, g: np.random.Generator) -> list[list]:
-    """Style-tinted decor: rug, wall art and plants (more plants for boho and balconies)."""
+def _decor(style: str, scene: str, h: float, accent: RGB, g: np.random.Generator,
+           rug: Tex | None = None) -> list[list]:
+    """Style-tinted decor: rug, wall art and plants (more plants for boho and balconies).
+    ``rug`` replaces the rug's pattern (the style's signature material) after every draw."""
     spec = STYLE_SPECS[style]
     ps: list[list] = []
     if scene in ("living_room", "bedroom", "dining_room") and g.random() < 0.8:
         x = g.uniform(0.05, 0.3)
-        ps.append(shape(x, h + 0.15, x + g.uniform(0.5, 0.65), h + 0.28, accent,
-                        texture(g, pick(g, spec.body_tex), True), rnd=0.3))
+        x1 = x + g.uniform(0.5, 0.65)
+        pattern = texture(g, pick(g, spec.body_tex), True)
+        ps.append(shape(x, h + 0.15, x1, h + 0.28, accent, pattern if rug is None else rug,
+                        rnd=0.3))
     if scene not in ("kitchen", "balcony") and g.random() < 0.7:
         x, y = g.uniform(0.55, 0.8), g.uniform(0.08, 0.2)
         art = jitter_rgb(g, pick(g, spec.body), 0.08)
@@ -119,11 +129,14 @@ def _decor(style: str, scene: str, h: float, accent: RGB, g: np.random.Generator
 
 
 def _room(scene: str, style: str, g: np.random.Generator,
-          backdrop: dict[str, Any] | None = None) -> tuple[list[list], float]:
+          backdrop: dict[str, Any] | None = None,
+          material: dict[str, Any] | None = None) -> tuple[list[list], float]:
     """Background of a room: wall (tinted and patterned by style), floor (material by scene),
     skirting, fixtures and decor. Returns the primitives and the horizon height. A
     ``backdrop`` (``nuisance.room_backdrop``) replaces the style's wall colour (and, in some
-    rooms, its pattern), floor tone and decor accent after every draw from ``g``."""
+    rooms, its pattern), floor tone and decor accent after every draw from ``g``; a
+    ``material`` (``materials.draw``) puts the style's signature material on the wall and the
+    rug, whatever the backdrop drew."""
     spec = STYLE_SPECS[style]
     h = SCENE_HORIZON[scene] + g.uniform(-0.03, 0.03)
     wall = jitter_rgb(g, pick(g, spec.wall), 0.03)
@@ -147,11 +160,14 @@ def _room(scene: str, style: str, g: np.random.Generator,
             floor = mix_rgb(backdrop["accent"], (0.7, 0.7, 0.7), 0.4)
         elif kind != "tiles":  # tiles are grey or white in every style already
             floor = backdrop["floor"]
+    if material is not None:
+        wall_tex = material["room"]
     ps = [shape(-1, -1, 2, h, wall, wall_tex),
           shape(-1, h, 2, 2, floor, floor_tex, shade=-0.2),
           shape(-1, h - 0.02, 2, h, scale_rgb(frame, 0.9))]
-    ps += _fixtures(scene, h, wall, frame, accent, g, sky, tile)
-    ps += _decor(style, scene, h, accent, g)
+    ps += _fixtures(scene, h, wall, frame, accent, g, sky, tile,
+                    None if material is None else material["room"])
+    ps += _decor(style, scene, h, accent, g, None if material is None else material["rug"])
     return ps, h
 
 
@@ -190,11 +206,12 @@ class Scene:
 
 def compose(scene: str, style: str, members: list[int], products: list[Product],
             g: np.random.Generator, front: int | None = None,
-            backdrop: dict[str, Any] | None = None) -> Scene:
+            backdrop: dict[str, Any] | None = None,
+            material: dict[str, Any] | None = None) -> Scene:
     """Place products on the floor (perspective: further back is smaller) or from the ceiling,
     in slots across the room, and stack everything back to front (``front`` is drawn last so
     that other furniture never hides a query's product entirely)."""
-    bg, h = _room(scene, style, g, backdrop)
+    bg, h = _room(scene, style, g, backdrop, material)
     slots = g.permutation(len(members))
     placed = []
     for i, m in enumerate(members):

@@ -18,6 +18,7 @@ import pandas as pd
 from . import nuisance as nz
 from .behaviour import behaviour_log
 from .furniture import Product, make_product
+from .materials import draw as draw_material
 from .nuisance import COVER, PRODUCT, QUERY, Nuisance
 from .render import Shot, render
 from .scene import compose, foreground_clutter, scene_weights
@@ -45,7 +46,7 @@ PLANKS = (0.12, 0, 42.0, 0.0, 1.0, 0, 0, 0, 0.05, 60, 3)  # a product shot's flo
 
 
 def _product_shot(prod: Product, g: np.random.Generator, n: Nuisance,
-                  i: int) -> tuple[Shot, Latent]:
+                  i: int, material: int = -1) -> tuple[Shot, Latent]:
     """A catalogue photo: the product on a plain light background with small jitter (and,
     with the nuisance factors on, a backdrop across styles, camera, light, props, noise)."""
     bg = tuple(np.clip(g.uniform(0.9, 0.97) + g.normal(0, 0.006, 3), 0, 1).tolist())
@@ -67,7 +68,7 @@ def _product_shot(prod: Product, g: np.random.Generator, n: Nuisance,
     shot = Shot(prims_arr, (cx - side / 2, cy - side / 2, side), gain, 1.0, 0.006)
     props = _props(n, draws, lambda gc: (gc.uniform(-0.1, 1.1) * a, 1.0,
                                          gc.uniform(0.25, 0.5)))
-    return _disturb(shot, n, draws, props, backdrop)
+    return _disturb(shot, n, draws, props, backdrop, material)
 
 
 def _split_products(leaves: np.ndarray, g: np.random.Generator) -> np.ndarray:
@@ -95,6 +96,7 @@ class Catalogue:
     pools: dict[str, np.ndarray]  # split -> product indices that may furnish rooms of that split
     affinity: np.ndarray  # [scene, leaf]
     colourway: np.ndarray  # index into nuisance.PALETTE per product, -1: its style's colours
+    material: np.ndarray  # style index of the signature material per product, -1: none
 
 
 def _make_catalogue(n: int, g: np.random.Generator, g_split: np.random.Generator,
@@ -104,8 +106,10 @@ def _make_catalogue(n: int, g: np.random.Generator, g_split: np.random.Generator
     leaf, style = balanced(g, n, len(LEAF_NAMES)), balanced(g, n, len(STYLES))
     ways = [nz.colourway(nuis.colourways, nuis.draws(PRODUCT, i)("colourways"))
             if nuis.colourways else None for i in range(n)]
-    products = [make_product(LEAF_NAMES[lf], STYLES[st], g, way)
-                for lf, st, way in zip(leaf, style, ways)]
+    mats = [draw_material(nuis.materials, STYLES[st], nuis.draws(PRODUCT, i)("materials"))
+            if nuis.materials else None for i, st in enumerate(style)]
+    products = [make_product(LEAF_NAMES[lf], STYLES[st], g, way, mat)
+                for lf, st, way, mat in zip(leaf, style, ways, mats)]
     coarse = np.array([COARSE.index(p.coarse) for p in products])
     split = _split_products(leaf, g_split)
     pools = {s: np.flatnonzero(split == s) for s in ("train", "test")}
@@ -113,7 +117,9 @@ def _make_catalogue(n: int, g: np.random.Generator, g_split: np.random.Generator
         if not len(pools[s]):
             pools[s] = np.flatnonzero(split != "pretrain")
     colourway = np.array([-1 if w is None else w["index"] for w in ways])
-    return Catalogue(products, leaf, style, coarse, split, pools, scene_weights(), colourway)
+    material = np.array([-1 if m is None else m["index"] for m in mats])
+    return Catalogue(products, leaf, style, coarse, split, pools, scene_weights(), colourway,
+                     material)
 
 
 def _pick_members(cat: Catalogue, scene_i: int, style_i: int, k: int, split: str,
@@ -165,13 +171,14 @@ def _props(n: Nuisance, draws: nz.ItemDraws,
 
 
 def _disturb(shot: Shot, n: Nuisance, draws: nz.ItemDraws, props: Props,
-             backdrop: dict | None, cull: bool = False, framing: float = 1.0
-             ) -> tuple[Shot, Latent]:
+             backdrop: dict | None, material: int = -1, cull: bool = False,
+             framing: float = 1.0) -> tuple[Shot, Latent]:
     """Props in front, then camera, light and sensor noise on a shot; the values drawn are
     returned for the latents table. Factors at 0 leave the shot exactly as it was."""
     prims, view, gain, contrast, noise = shot.prims, shot.view, shot.gain, shot.contrast, shot.noise
     rows, count = props
-    latent: Latent = {"backdrop": -1 if backdrop is None else backdrop["index"], "clutter": count}
+    latent: Latent = {"backdrop": -1 if backdrop is None else backdrop["index"], "clutter": count,
+                      "material": material}
     if rows:
         prims = np.concatenate([prims, np.asarray(rows, np.float32)])
     cam = nz.camera(n.camera, draws("camera"), framing) if n.camera else (1.0, 0.0, 0.0, 0.0)
@@ -213,15 +220,17 @@ def _make_covers(cat: Catalogue, n: int, n_days: int, g: np.random.Generator,
         draws = nuis.draws(COVER, j)
         backdrop = (nz.room_backdrop(nuis.backgrounds, draws("backgrounds"))
                     if nuis.backgrounds else None)
+        material = (draw_material(nuis.materials, STYLES[style[j]], draws("materials"))
+                    if nuis.materials else None)
         members = _pick_members(cat, scene[j], style[j], int(g.integers(2, 5)), split[j], g)
         room = compose(SCENES[scene[j]], STYLES[style[j]], members, cat.products, g,
-                       backdrop=backdrop)
+                       backdrop=backdrop, material=material)
         warmth[j], gain, contrast = _cover_light(g)
         x0, y0, side = g.uniform(-0.04, 0.04), g.uniform(-0.04, 0.04), g.uniform(0.96, 1.04)
         props = _props(nuis, draws, lambda gc: (gc.uniform(0.0, 1.0), gc.uniform(0.85, 1.05),
                                                 gc.uniform(0.12, 0.3)))
         shot, latent = _disturb(Shot(room.prims, (x0, y0, side), gain, contrast, 0.012), nuis,
-                                draws, props, backdrop)
+                                draws, props, backdrop, _index(material))
         shots.append(shot)
         latents.append(latent)
         titles.append(make_title(STYLES[style[j]], SCENES[scene[j]],
@@ -259,7 +268,8 @@ def generate(params: dict[str, int]) -> tuple[np.ndarray, pd.DataFrame, dict[str
     g_prod, g_split, g_cover, g_query, g_log, g_title = (np.random.default_rng(s) for s in seeds)
     nuis = Nuisance.from_params(params)
     cat = _make_catalogue(params["n_products"], g_prod, g_split, nuis)
-    made = [_product_shot(p, g_prod, nuis, i) for i, p in enumerate(cat.products)]
+    made = [_product_shot(p, g_prod, nuis, i, int(cat.material[i]))
+            for i, p in enumerate(cat.products)]
     product_shots, product_latents = [s for s, _ in made], [lt for _, lt in made]
     cover_shots, covers, cover_latents = _make_covers(cat, params["n_covers"], params["n_days"],
                                                       g_cover, g_title, nuis)
@@ -287,10 +297,12 @@ def _query_shot(cat: Catalogue, t: int, g: np.random.Generator, nuis: Nuisance,
     fit = cat.affinity[:, cat.leaf[t]]
     scene_i = int(g.choice(len(SCENES), p=fit / fit.sum()))
     style_i = int(cat.style[t]) if g.random() < 0.6 else int(g.integers(len(STYLES)))
+    material = (draw_material(nuis.materials, STYLES[style_i], draws("materials"))
+                if nuis.materials else None)
     members = _pick_members(cat, scene_i, style_i, int(g.integers(2, 5)), cat.split[t], g,
                             first=t)
     room = compose(SCENES[scene_i], STYLES[style_i], members, cat.products, g, front=t,
-                   backdrop=backdrop)
+                   backdrop=backdrop, material=material)
     x0, y0, w, h = room.boxes[room.members.index(t)]
     side = max(w, h) * g.uniform(*QUERY_VIEW)
     cx = x0 + w / 2 + g.uniform(-QUERY_SHIFT, QUERY_SHIFT) * side
@@ -309,7 +321,13 @@ def _query_shot(cat: Catalogue, t: int, g: np.random.Generator, nuis: Nuisance,
     props = _props(nuis, draws, lambda gc: (
         cx + gc.choice([-1, 1]) * gc.uniform(0.15, 0.5) * side,
         cy + gc.uniform(0.25, 0.55) * side, gc.uniform(0.2, 0.4) * side))
-    return _disturb(shot, nuis, draws, props, backdrop, cull=True, framing=nz.QUERY_CAMERA)
+    return _disturb(shot, nuis, draws, props, backdrop, _index(material), cull=True,
+                    framing=nz.QUERY_CAMERA)
+
+
+def _index(material: dict | None) -> int:
+    """The latent of a room's material: its signature style's index, -1 for none."""
+    return -1 if material is None else int(material["index"])
 
 
 def _cull(prims: np.ndarray, x0: float, y0: float, side: float) -> np.ndarray:
@@ -355,7 +373,9 @@ def _latent_table(cat: Catalogue, covers: pd.DataFrame, targets: np.ndarray,
     (covers), leaf category and identity (products, queries) and the light warmth (covers);
     then every nuisance value drawn (``nuisance_*``: the product's colourway, -1 for its
     style's own colours, none for covers; backdrop, -1 for the style's own; camera, light,
-    props, sensor noise and JPEG quality, 0 for none)."""
+    props, sensor noise and JPEG quality, 0 for none; material, the style index of the
+    signature material on a product's upholstery or on a cover's or query scene's walls and
+    rug, -1 for none: a query's room may be of another style than its product)."""
     n_p, n_c = len(cat.products), len(covers)
     style = np.concatenate([np.array(STYLES)[cat.style], covers["true_style"].to_numpy(),
                             np.array(STYLES)[cat.style[targets]]])
