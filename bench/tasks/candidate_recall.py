@@ -462,7 +462,8 @@ class CandidateRecall(Task):
         elif reference.label == RANDOM:
             candidates = random_candidates(rd, max(ks), ctx.seed)
         else:
-            candidates = seedless_i2i(rd, embeddings.take(rd.data.item_rows), max(ks))
+            candidates = cached_i2i(rd, embeddings.take(rd.data.item_rows), max(ks),
+                                    ctx.cache)
         return recall_metrics(rd, candidates, ks)
 
 
@@ -473,11 +474,21 @@ def seedless_i2i(rd: RecallData, vectors: np.ndarray, k: int) -> np.ndarray:
     """:func:`i2i_candidates`, computed once per process for each vectors and pool: it does
     not depend on the seed, and the runner asks for it once per seed (half the task's i2i
     time on the default run)."""
-    key = array_digest(vectors, rd.pool, rd.history, k)
+    key = array_digest(vectors, rd.pool, rd.history, rd.popular, k)
     if key not in _I2I:
         _I2I.clear()
         _I2I[key] = i2i_candidates(rd, vectors, k)
     return _I2I[key]
+
+
+def cached_i2i(rd: RecallData, vectors: np.ndarray, k: int, cache: Any) -> np.ndarray:
+    """:func:`seedless_i2i`, its lists kept in ``cache`` (a cached re-run reads them: the
+    merge of ~2.6M neighbour pairs is most of an i2i row's second on the default world)."""
+    key = fingerprint("candidate_recall_i2i", RECALL_VERSION,
+                      array_digest(vectors, rd.pool, rd.history, rd.popular, k))
+    found = cached(cache, "candidate_recall", key,
+                   lambda: {"candidates": seedless_i2i(rd, vectors, k)}, codec=NPZ)
+    return np.asarray(found["candidates"])
 
 
 _PREPARED: dict[str, RecallData] = {}
@@ -505,25 +516,38 @@ FUNNEL_SEED = 20240612  # the funnel's draws: fixed, shared by every arm and see
 _FUNNEL: dict[str, Any] = {}
 
 
+GRID_LIMIT = 4_000_000  # users x covers up to which the draws are kept in memory (4 x 8 bytes each)
+
+
 def funnel_draws(simulator: Any, candidates: np.ndarray, seed: int = FUNNEL_SEED
                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The noisy logit and three uniforms of each (user, candidate cover) [U, K], drawn per
     (user, cover) from a fixed stream: the same cover of the same user gets the same draws
     whichever arm recalled it (common random numbers across arms with different recalled
-    sets). Users are drawn in chunks of 256, so memory stays at 256 x covers."""
+    sets). Users are drawn in chunks of 256, so memory stays at 256 x covers; on a world of at
+    most ``GRID_LIMIT`` (user, cover) pairs the draws are kept for the next arm."""
     n_items = len(simulator.item_ids)
+    keep = len(candidates) * n_items <= GRID_LIMIT
     noise, uniforms = np.empty(candidates.shape), [np.empty(candidates.shape) for _ in range(3)]
     for start in range(0, len(candidates), 256):
         rows = slice(start, start + 256)
-        g = np.random.default_rng([seed, start])
-        size = (len(candidates[rows]), n_items)
-        grid = [g.normal(0, simulator.noise_sd, size), g.random(size), g.random(size),
-                g.random(size)]
+        key = ("grid", id(simulator), seed, start, n_items, simulator.noise_sd)
+        grid = _GRIDS.get(key)
+        if grid is None:
+            g = np.random.default_rng([seed, start])
+            size = (len(candidates[rows]), n_items)
+            grid = [g.normal(0, simulator.noise_sd, size), g.random(size), g.random(size),
+                    g.random(size)]
+            if keep:
+                _GRIDS[key] = grid
         noise[rows] = np.take_along_axis(grid[0], candidates[rows], 1)
         for u, drawn in zip(uniforms, grid[1:]):
             u[rows] = np.take_along_axis(drawn, candidates[rows], 1)
     users = np.arange(len(candidates))
     return simulator.score(users[:, None], candidates) + noise, tuple(uniforms)
+
+
+_GRIDS: dict[tuple, list[np.ndarray]] = {}
 
 
 def funnel_world(serving: Any, candidates: np.ndarray) -> Any:
@@ -652,6 +676,7 @@ def funnel_of(dataset: Dataset, ctx: TaskContext, options: dict[str, Any]) -> Fu
                       options["history_length"], ctx.profile.name if ctx.profile else None)
     if _FUNNEL.get("key") != key:
         _FUNNEL.clear()
+        _GRIDS.clear()
         _FUNNEL["key"] = key
         _FUNNEL["value"] = Funnel(dataset, ctx, options)
     return _FUNNEL["value"]
