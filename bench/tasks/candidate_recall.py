@@ -627,7 +627,7 @@ class Funnel:
                                        torch.from_numpy(self.serving.history)).numpy()
             item_vectors = model.items(torch.arange(len(self.serving.data.item_rows))).numpy()
         world = funnel_world(self.serving, self.recalled(user_vectors, item_vectors))
-        scores = replace_world(self.serving, world).model_scores(embeddings, feature_set, ctx)
+        scores = self.ranking(world, embeddings, feature_set, ctx)
         if scores is None:
             return []
         totals = online.serve(world, scores)
@@ -644,6 +644,23 @@ class Funnel:
                         "evidence": mean_evidence("user", users, per_user * scale)})
         return out
 
+    def ranking(self, world: Any, embeddings: Embeddings | None, feature_set: str,
+                ctx: TaskContext) -> np.ndarray | None:
+        """The ctr task's DICM click probabilities of the recalled covers [U, K], kept in
+        ``ctx.cache`` (keyed by the ctr model's settings, the vectors and the recalled covers):
+        the prediction is most of a cached re-run's funnel time."""
+        s = self.serving
+        vectors = None if embeddings is None else embeddings.take(s.data.item_rows)
+        key = fingerprint("candidate_recall_funnel", RECALL_VERSION, ctr_task.CTR_VERSION,
+                          s.dataset.fingerprint, s.ctr_options, feature_set, ctx.seed,
+                          array_digest(world.candidates, s.history, self.user_vocab,
+                                       *(() if vectors is None else (
+                                           np.ascontiguousarray(vectors, np.float32),))))
+        found = cached(ctx.cache, "candidate_recall", key, lambda: {
+            "scores": replace_world(s, world).model_scores(embeddings, feature_set, ctx)},
+            codec=NPZ, keep=lambda v: v["scores"] is not None)
+        return found["scores"]
+
     def baseline(self, ctx: TaskContext) -> dict[str, np.ndarray]:
         """The ID-only funnel's per-user totals (the ID-only towers and the ID-only DICM)."""
         key = ("baseline", ctx.seed)
@@ -658,7 +675,7 @@ class Funnel:
                                 torch.from_numpy(self.serving.history)).numpy()
                 v = model.items(torch.arange(len(self.serving.data.item_rows))).numpy()
             world = funnel_world(self.serving, self.recalled(u, v))
-            scores = replace_world(self.serving, world).model_scores(None, "none", ctx)
+            scores = self.ranking(world, None, "none", ctx)
             _FUNNEL[key] = online.serve(world, scores)
         return _FUNNEL[key]
 
