@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -40,6 +41,9 @@ def recall_figure(stats: pd.DataFrame) -> Figure:
     panels = (("Pre-Rank two-tower (and IDs only)", [n for n in names if not n.endswith(
         " [i2i]") and n not in REFERENCES]), ("i2i (FAISS neighbours of the history)",
                                              [n for n in names if n.endswith(" [i2i]")]))
+    palette = matplotlib.colormaps["tab20"]  # more lines than the default cycle's 10 colours
+    colour = {name.removesuffix(" [i2i]"): palette(i % 20) for i, name in enumerate(
+        dict.fromkeys(n.removesuffix(" [i2i]") for n in names))}
     for ax, (title, rows) in zip(axes, panels):
         for name in [*rows, *REFERENCES]:
             line = data[data["extractor"] == name]
@@ -50,7 +54,8 @@ def recall_figure(stats: pd.DataFrame) -> Figure:
                                                        line["high"] - line["mean"]],
                         marker="o", ms=3, capsize=2, lw=1.2,
                         ls="--" if reference else "-", color="0.45" if name in REFERENCES
-                        else None, label=name.removesuffix(" [i2i]"))
+                        else colour[name.removesuffix(" [i2i]")],
+                        label=name.removesuffix(" [i2i]"))
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(data["k"].unique()), [str(k) for k in sorted(data["k"].unique())])
         ax.set_xlabel("K (candidates per user)")
