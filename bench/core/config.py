@@ -73,7 +73,7 @@ _QUICK = Profile(
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only"),
     tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
-           "online"),
+           "online", "candidate_recall"),
     seeds=1,
     train={"*": dict(image_size=32, width=16)},
 )
@@ -90,7 +90,7 @@ _DEFAULT = Profile(
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only", *LADDER),
     tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
-           "online"),
+           "online", "candidate_recall"),
     seeds=2,  # with bootstrap intervals over units; 3 seeds did not fit 15 minutes (docs/metrics.md)
     train={"*": dict(image_size=32, width=32)},
 )
@@ -106,7 +106,7 @@ _FULL = Profile(
     extractors=("pixels", "random", "pretrained", "moco_v2", "swav", "m6_moe",
                 "m6_moe_image_only", *LADDER),
     tasks=("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
-           "online"),
+           "online", "candidate_recall"),
     seeds=3,
     train={"*": dict(image_size=64, width=64, arch="resnet18")},
     embed_batch_size=512,

@@ -549,7 +549,7 @@ PLOTS: list[tuple[str, str, str, Callable[[PlotContext], Figure]]] = [
 
 # Tasks the plots above draw; every other task gets ``task_scores`` (no report edit needed).
 DRAWN_TASKS = ("knn", "retrieval", "classify", "finetune_classify", "finetune_retrieval", "ctr",
-               "online",
+               "online", "candidate_recall",
                "ams")
 
 
@@ -582,6 +582,19 @@ TASK_PLOTS: dict[str, tuple[str, str, str, Callable[[PlotContext], Figure]]] = {
                "the two orderings with a bootstrap interval over arms (docs/online.md).",
                online_offline),
 }
+
+
+def recall_curves(ctx: PlotContext) -> Figure:
+    from bench.report.recall import recall_figure
+
+    return recall_figure(_task(ctx, "candidate_recall"))
+
+
+TASK_PLOTS["candidate_recall"] = (
+    "recall_curves", "Recall@K against K",
+    "Each recall model's Recall@K of the evaluation day's clicks for K = 50, 100, 200, with 95% "
+    "intervals over users: the extractors' Pre-Rank two-tower rows (left) and their i2i rows "
+    "(right), popularity and random dashed in both (docs/recall.md).", recall_curves)
 
 
 def default_plots(ctx: PlotContext) -> list[tuple[str, str, str, Callable[[PlotContext], Figure]]]:

@@ -1,0 +1,224 @@
+"""The recall stage (bench/tasks/candidate_recall.py): its metrics against an independent
+computation, FAISS serving against exact inner products, the no-history rule, and a user's
+folder. Each test names the bug it fails on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.core.cache import Cache
+from bench.embed.embeddings import Embeddings
+from bench.tasks import TaskContext, get_task
+from bench.tasks import candidate_recall as cr
+from tests.test_online import mini_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+OPTIONS = {**cr._COMMON, "epochs": 1, "batch_size": 256, "history_length": 5, "ks": [5, 20]}
+
+
+@pytest.fixture(scope="module")
+def setting():
+    dataset = mini_dataset()
+    vectors = Embeddings(dataset.ids, np.random.default_rng(0).normal(size=(len(dataset), 8)))
+    return dataset, vectors, cr.prepared(dataset, OPTIONS)
+
+
+def reference_rates(rd: cr.RecallData, candidates: np.ndarray, k: int, cold: bool = False
+                    ) -> tuple[float, float, int]:
+    """HitRate@k and Recall@k with Python sets from the raw log (independent of ``hits``):
+    per user with an evaluation-day click on a cover not clicked before."""
+    data = rd.data
+    labels = data.labels.numpy()
+    items = data.item.numpy()
+    hit, recall = [], []
+    for e, code in enumerate(rd.user_code):
+        earlier = np.flatnonzero((data.groups == code) & (data.day < data.eval_day)
+                                 & (labels[:, 0] > 0))
+        earlier = earlier[np.argsort(data.day[earlier], kind="stable")]
+        before = {int(i) for i in items[earlier[-rd.history.shape[1]:]]}  # the last L clicks
+        clicked = {int(i) for i in items[(data.groups == code) & (data.day == data.eval_day)
+                                         & (labels[:, 0] > 0)]} - before
+        if cold:
+            clicked = {i for i in clicked if rd.cold[i]}
+        if not clicked:
+            continue
+        top = {int(i) for i in candidates[e, :k] if i >= 0}
+        hit.append(float(bool(clicked & top)))
+        recall.append(len(clicked & top) / len(clicked))
+    return float(np.mean(hit)), float(np.mean(recall)), len(hit)
+
+
+def test_hitrate_and_recall_equal_a_set_computation(setting):
+    """Planted: counting a user's repeated clicks twice, dividing by K instead of the
+    targets, or scoring -1 padding as a hit all fail."""
+    _, _, rd = setting
+    g = np.random.default_rng(4)
+    candidates = np.stack([g.permutation(rd.pool)[:20] for _ in range(rd.n_users)])
+    candidates[::7, 15:] = -1  # short lists
+    rows = {r["metric"]: r for r in cr.recall_metrics(rd, candidates, [5, 20])}
+    for prefix, cold in (("", False), ("cold_", True)):
+        if f"{prefix}recall_users" not in rows:
+            continue
+        for k in (5, 20):
+            hit, recall, users = reference_rates(rd, candidates, k, cold)
+            assert rows[f"{prefix}hitrate@{k}"]["value"] == pytest.approx(hit)
+            assert rows[f"{prefix}click_recall@{k}"]["value"] == pytest.approx(recall)
+            assert rows[f"{prefix}recall_users"]["value"] == users
+            assert len(rows[f"{prefix}hitrate@{k}"]["evidence"].values) == users
+    assert "cold_recall_users" in rows
+
+
+def test_two_tower_served_through_faiss_equals_exact_inner_products(setting):
+    """The FAISS inner-product index returns, per user, the K pool covers of largest exact
+    inner product (numpy brute force; history covers excluded). Planted: serving the item
+    vectors without their bias coordinate, or from the whole catalogue instead of the pool,
+    fails."""
+    dataset, vectors, rd = setting
+    model = cr.cached_two_tower(rd.data, vectors.take(rd.data.item_rows), dataset, OPTIONS, 0,
+                                None)
+    users, items = cr.tower_vectors(model, rd)
+    k = 20
+    served = cr.two_tower_candidates(rd, users, items, k)
+    exact = users.astype(np.float64) @ items[rd.pool].astype(np.float64).T
+    for e in range(rd.n_users):
+        allowed = ~np.isin(rd.pool, rd.history[e])
+        order = np.argsort(-exact[e][allowed], kind="stable")[:k]
+        want = exact[e][allowed][order]
+        got = exact[e][np.searchsorted(rd.pool, served[e])]
+        np.testing.assert_allclose(np.sort(got)[::-1], want, rtol=1e-4, atol=1e-5)
+        assert set(served[e]) <= set(rd.pool[allowed])
+    # the served score is the model's click logit up to its constant offset
+    with torch.inference_mode():
+        logit = model(torch.from_numpy(rd.user_vocab[:3]), torch.from_numpy(rd.history[:3]),
+                      torch.from_numpy(served[:3, 0])).numpy()
+    np.testing.assert_allclose(logit - model.offset.item(), exact[:3][np.arange(3),
+                               np.searchsorted(rd.pool, served[:3, 0])], rtol=1e-4, atol=1e-5)
+
+
+def test_i2i_merges_by_the_largest_cosine_and_a_user_without_history_gets_popularity(setting):
+    """i2i's list is the pool ordered by the largest cosine similarity to any earlier click
+    (brute force), and a user with no click before the evaluation day gets the popularity list
+    (docs/recall.md). Planted: summing similarities, or an empty list for a history-less user,
+    fails."""
+    _, vectors, rd = setting
+    x = vectors.take(rd.data.item_rows)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    k = 10
+    got = cr.i2i_candidates(rd, x, k)
+    empty = np.flatnonzero((rd.history < 0).all(1))
+    assert len(empty), "the mini world should have a user without history"
+    popular = cr.popularity_candidates(rd, k)
+    np.testing.assert_array_equal(got[empty], popular[empty])
+    assert (got >= 0).all()
+    for e in np.flatnonzero((rd.history >= 0).any(1))[:20]:
+        h = rd.history[e][rd.history[e] >= 0]
+        score = (unit[rd.pool] @ unit[h].T).max(1)
+        allowed = ~np.isin(rd.pool, h)
+        best = np.sort(score[allowed])[::-1][:k]
+        np.testing.assert_allclose(np.sort(score[np.searchsorted(rd.pool, got[e])])[::-1],
+                                   best, atol=1e-5)
+
+
+def test_the_task_runs_every_row_and_caches_the_towers(setting, tmp_path, monkeypatch):
+    """Every reference row runs; a second evaluation reads the towers' weights from the cache
+    (planted: no cache, i.e. training twice, fails)."""
+    dataset, vectors, _ = setting
+    task = get_task("candidate_recall")
+    cache = Cache(tmp_path)
+    ctx = TaskContext(seed=0, options=OPTIONS, cache=cache)
+    first = task.evaluate(vectors, dataset, ctx)
+    calls = []
+    real = cr.train_two_tower
+    monkeypatch.setattr(cr, "train_two_tower", lambda *a: calls.append(1) or real(*a))
+    again = task.evaluate(vectors, dataset, ctx)
+    assert calls == []
+    assert [r["value"] for r in first] == [r["value"] for r in again]
+    labels = set()
+    for reference in task.references([("pixels", None)], dataset, OPTIONS):
+        rows = task.evaluate_reference(reference, vectors, dataset, ctx)
+        labels.add(reference.label)
+        assert {"hitrate@5", "click_recall@20"} <= {r["metric"] for r in rows}
+    assert labels == {cr.BASELINE, cr.POPULARITY, cr.RANDOM, "pixels [i2i]"}
+    metrics = {r["metric"] for r in first}
+    assert {"prerank_auc", "prerank_gauc", "hitrate@20"} <= metrics
+
+
+def test_a_folder_with_a_log_runs_the_offline_part(exported_folder, plugins, tmp_path):
+    """A user's folder (manifest, images, impressions.csv; no simulator) runs the task."""
+    dataset = plugins.DATASETS["folder"](Cache(tmp_path / "c"), root=str(exported_folder),
+                                         image_size=8, workers=0)
+    assert dataset.simulator is None and "impressions" in dataset.logs
+    task = get_task("candidate_recall")
+    assert task.skip_reason(dataset) is None
+    vectors = Embeddings(dataset.ids, np.random.default_rng(1).normal(size=(len(dataset), 6)))
+    options = {**OPTIONS, "ks": [3, 5]}
+    rows = task.evaluate(vectors, dataset, TaskContext(seed=0, options=options))
+    values = {r["metric"]: r["value"] for r in rows}
+    assert 0 <= values["hitrate@5"] <= 1 and values["recall_users"] >= 1
+
+
+def test_funnel_draws_are_common_to_every_recalled_set(setting):
+    """The same (user, cover) gets the same noise and uniforms whatever else was recalled
+    (planted: drawing per candidate slot instead of per cover fails)."""
+    dataset, _, _ = setting
+    sim = dataset.simulator
+    g = np.random.default_rng(2)
+    a = np.stack([g.permutation(len(sim.item_ids))[:6] for _ in range(len(sim.user_ids))])
+    b = a[:, ::-1].copy()
+    b[:, :2] = (b[:, :2] + 1) % len(sim.item_ids)
+    noisy_a, uniforms_a = cr.funnel_draws(sim, a)
+    noisy_b, uniforms_b = cr.funnel_draws(sim, b)
+    np.testing.assert_array_equal(noisy_a[:, :4], noisy_b[:, ::-1][:, :4])
+    for ua, ub in zip(uniforms_a, uniforms_b):
+        np.testing.assert_array_equal(ua[:, :4], ub[:, ::-1][:, :4])
+
+
+def test_funnel_splits_the_gap_and_ids_only_shows_zero_lift(setting, tmp_path):
+    """With a simulator, every two-tower row serves the funnel: the ID-only funnel against
+    itself shows a lift of exactly 0; the losses at recall and at ranking are non-negative and
+    add up to the gap between the global oracle and the funnel (planted: the oracle over the
+    recalled set ranked by the model's scores, or the ceiling taken over the whole pool, fail)."""
+    dataset, vectors, _ = setting
+    ctr_options = {**cr.ctr_task._COMMON, "epochs": 1, "batch_size": 256, "history_length": 5}
+    options = {**OPTIONS, "funnel_k": 20,
+               "online": {"days": 1, "candidates": 20, "slots": 5, "ctr": ctr_options}}
+    ctx = TaskContext(seed=0, options=options, cache=Cache(tmp_path))
+    task = get_task("candidate_recall")
+    base = {r["metric"]: r for r in task.evaluate_reference(
+        task.references([], dataset, options)[0], None, dataset, ctx)}
+    assert base["funnel_ctr_lift"]["value"] == 0 and base["funnel_pctcvr_lift"]["value"] == 0
+    rows = {r["metric"]: r for r in task.evaluate(vectors, dataset, ctx)}
+    recall_loss, ranking_loss = rows["funnel_recall_loss"], rows["funnel_ranking_loss"]
+    assert (recall_loss["evidence"].values >= -1e-9).all()
+    assert (ranking_loss["evidence"].values >= -1e-9).all()
+    assert ranking_loss["value"] > 0.5  # a one-epoch model is no oracle over the recalled set
+    funnel = cr.funnel_of(dataset, ctx, options)
+    gap = 100 * (1 - rows["funnel_ctr"]["value"] * 5 / funnel.global_clicks.mean())
+    assert recall_loss["value"] + ranking_loss["value"] == pytest.approx(gap, rel=1e-6)
+    assert {"funnel_ctr_sampled", "funnel_ipv_lift", "funnel_new_share_diff"} <= set(rows)
+
+
+def test_the_report_plot_draws_recall_against_k_with_intervals():
+    """One line per row and panel, at K = 50, 100, 200, with the interval as error bars
+    (planted: reading hitrate instead of click_recall, or dropping the i2i panel, fails)."""
+    from bench.report.recall import curves, recall_figure
+
+    rows = []
+    for extractor in ("pixels", "pixels [i2i]", "none (ids only)", "popularity recall"):
+        for k in (50, 100, 200):
+            for metric, value in ((f"click_recall@{k}", k / 1000), (f"hitrate@{k}", 0.9)):
+                rows.append({"task": "candidate_recall", "variant": "raw", "metric": metric,
+                             "extractor": extractor, "mean": value, "ci_low": value - 0.01,
+                             "ci_high": value + 0.01})
+    stats = pd.DataFrame(rows)
+    data = curves(stats)
+    assert sorted(data["k"].unique()) == [50, 100, 200]
+    assert data["mean"].max() == pytest.approx(0.2)
+    fig = recall_figure(stats)
+    left, right = fig.axes[:2]
+    assert len(left.containers) == 3 and len(right.containers) == 2  # errorbar containers
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["pixels",
+                                                                      "popularity recall"]
