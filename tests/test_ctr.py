@@ -13,8 +13,10 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from bench.scoring import metrics as bm
 from bench.tasks import TaskContext, get_task
-from bench.tasks.ctr import BASELINE, CtrTask, ablation
+from bench.tasks import ctr as ctr_task_module
+from bench.tasks.ctr import BASELINE, CtrTask, ablation, cached_training
 from bench.tasks.ctr import data as ctr_data
+from bench.tasks.ctr import train as ctr_train
 from bench.tasks.ctr.model import (
     AGGREGATORS,
     Aggregator,
@@ -26,6 +28,7 @@ from bench.tasks.ctr.synthetic import make_log
 from bench.tasks.ctr.train import (
     CtrConfig,
     build_model,
+    choose_table,
     co_click_directions,
     evaluate,
     evidence,
@@ -282,8 +285,19 @@ def test_images_beat_ids_on_a_visual_preference_log():
 def planted():
     """A visual-preference log whose 8 latent taste dimensions are hidden among 100 unit-noise
     dimensions by a random rotation (docs/ctr.md's padded-and-rotated probe, small)."""
-    dataset, embeddings = make_log(n_users=200, n_items=300, n_days=4, per_day=15, taste=3.0,
-                                   noise=0.2, seed=2)
+    return _planted(n_users=200, per_day=15)
+
+
+@pytest.fixture(scope="module")
+def planted_larger():
+    """The same with twice the users and more impressions: enough clicks on the validation
+    day for the table choice's 95% test to resolve (200 users: 0.512 vs 0.513, tied)."""
+    return _planted(n_users=400, per_day=25)
+
+
+def _planted(n_users: int, per_day: int):
+    dataset, embeddings = make_log(n_users=n_users, n_items=300, n_days=4, per_day=per_day,
+                                   taste=3.0, noise=0.2, seed=2)
     rng = np.random.default_rng(0)
     rotation, _ = np.linalg.qr(rng.normal(size=(108, 108)))
     padded = np.concatenate([embeddings.vectors[:, :8], rng.normal(size=(300, 100))], axis=1)
@@ -316,6 +330,53 @@ def test_behaviour_dims_changes_what_the_model_sees(planted):
     full = train_and_evaluate(data, x, CtrConfig(epochs=1), seed=0)[0]
     reduced = train_and_evaluate(data, x, CtrConfig(epochs=1, behaviour_dims=64), seed=0)[0]
     assert full["ctr_auc"] != reduced["ctr_auc"]
+
+
+def test_table_choice_takes_the_co_click_table_where_taste_hides_among_noise(planted_larger):
+    data, x, _ = planted_larger
+    chosen, scores = choose_table(data, x, CtrConfig(epochs=4, behaviour_dims=64))
+    assert chosen == "co_click" and scores["co_click"] > scores["full"], scores
+
+
+def test_table_choice_keeps_the_full_table_when_the_reduction_loses_the_taste(planted,
+                                                                            monkeypatch):
+    """The 8 taste coordinates alone, and a "reduction" to one of them: the choice must see
+    the loss (planted: the comparison's direction reversed)."""
+    data, x, taste = planted
+    clean = x @ taste
+    monkeypatch.setattr(ctr_train, "co_click_directions", lambda *a, **k: np.eye(8)[:, :1])
+    chosen, scores = choose_table(data, clean, CtrConfig(epochs=2, behaviour_dims=64))
+    assert chosen == "full" and scores["full"] > scores["co_click"], scores
+
+
+def test_table_choice_never_reads_the_evaluation_day(planted):
+    data, x, _ = planted
+    flipped = copy.copy(data)
+    flipped.labels = data.labels.clone()
+    flipped.labels[data.test] = 1 - flipped.labels[data.test]
+    config = CtrConfig(epochs=1, behaviour_dims=64)
+    assert choose_table(data, x, config) == choose_table(flipped, x, config)
+
+
+def test_a_single_training_day_keeps_the_full_table(planted):
+    data, x, _ = planted
+    one_day = copy.copy(data)
+    one_day.train = data.train[data.day[data.train] == data.day[data.train].max()]
+    assert choose_table(one_day, x, CtrConfig(epochs=1, behaviour_dims=64)) == ("full", {})
+
+
+def test_the_table_is_chosen_once_for_every_seed_and_ablation_row(small, cache, monkeypatch):
+    dataset, embeddings, data = small
+    calls = []
+    real = ctr_task_module.choose_table
+    monkeypatch.setattr(ctr_task_module, "choose_table",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    options = {**CtrTask.defaults["quick"], "behaviour_dims": 8, "choose_table": True}
+    vectors = embeddings.take(data.item_rows)
+    tables = {cached_training(data, vectors, dataset, options, feature_set, "mqap", seed,
+                              cache)["stats"]["image_table"]
+              for seed in (0, 1) for feature_set in ("dicm", "ad")}
+    assert len(calls) == 1 and len(tables) == 1, (calls, tables)
 
 
 def test_training_is_deterministic_per_seed(small):

@@ -37,8 +37,10 @@ from bench.tasks import Reference, Task, TaskContext, task
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import AGGREGATORS, DICM, FEATURE_SETS
 from bench.tasks.ctr.train import (
+    TABLES,
     CtrConfig,
     build_model,
+    choose_table,
     evidence,
     model_vectors,
     predict,
@@ -48,16 +50,21 @@ from bench.tasks.ctr.train import (
     train_model,
 )
 
-CTR_VERSION = "4"  # bump when the model, features or metrics change meaning (2: similarity,
-# 3: the user x ad-image input, validation options, 4: entries keep the trained weights)
+CTR_VERSION = "5"  # bump when the model, features or metrics change meaning (2: similarity,
+# 3: the user x ad-image input, validation options, 4: entries keep the trained weights,
+# 5: stats name the image table the model was built on)
 BASELINE = "none (ids only)"
+TABLE_RULE = "co_click if better at 95%, validation click AUC"  # in the table choice's key
 ABLATION_RUNGS = ("ladder:clean", "ladder:noise=0.15")  # where the paper's ablation is checked
 log = logging.getLogger(__name__)
 
 _COMMON = dict(feature_set="dicm", aggregator="mqap", history_length=20, id_dim=12,
                image_dim=12, hidden=[200, 80], batch_size=1024, lr=4e-3,
                item_fields=list(ctr_data.DEFAULT_ITEM_FIELDS), baseline=True, backend="local",
-               ablation_extractor="auto", ablation_variants=["raw"])
+               ablation_extractor="auto", ablation_variants=["raw"],
+               # the image table: full, or its co-click directions where the validation day's
+               # clicks say so (issue #24, docs/ctr.md)
+               behaviour_dims=64, choose_table=True)
 
 
 class CtrTask(Task):
@@ -233,7 +240,8 @@ def trained_model(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: D
     config = CtrConfig.from_options(options, feature_set=feature_set, aggregator=aggregator,
                                       device=device)
     view = serving_view(data.to(device), config)
-    model = build_model(view, model_vectors(data, vectors, config), config, seed)
+    table = (found.get("stats") or {}).get("image_table")
+    model = build_model(view, model_vectors(data, vectors, config, table), config, seed)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in
                            found["weights"].items()})
     return model.eval(), view
@@ -254,18 +262,22 @@ def cached_training(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset:
         settings["backend"] = {"ams": options.get("ams") or {}}
     vector_hash = None if vectors is None else hashlib.sha256(
         np.ascontiguousarray(vectors, dtype=np.float32).tobytes()).hexdigest()[:16]
+    # the table is part of what the model is: chosen (and cached) before the model's key
+    table = image_table(data, vectors, dataset, options, vector_hash, cache, device)
     key = fingerprint("ctr", CTR_VERSION, dataset.fingerprint, options["history_length"],
-                      options["item_fields"], settings, vector_hash, seed)
+                      options["item_fields"], settings, vector_hash, seed, table)
 
     def compute() -> dict[str, Any]:
         predictions = weights = None
         if ams:  # backend "ams": trained by parameter servers and workers (tasks/ctr/ams)
             from bench.tasks.ctr.ams import train_and_evaluate as train_on_ams
 
-            metrics, stats = train_on_ams(data, vectors, config, seed, options.get("ams"),
+            metrics, stats = train_on_ams(data, model_vectors(data, vectors, config, table),
+                                          config, seed, options.get("ams"),
                                           keys=dataset.ids[data.item_rows])
+            stats["image_table"] = table
         else:
-            model, view, stats = train_model(data, vectors, config, seed)
+            model, view, stats = train_model(data, vectors, config, seed, table)
             predictions = predict(model, view, data.test)
             metrics = scored(data, predictions)
             weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
@@ -274,6 +286,34 @@ def cached_training(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset:
 
     return cached(cache, "ctr", key, compute, codec=RESULT,
                   valid=lambda v: isinstance(v, dict) and "metrics" in v)
+
+
+def image_table(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Dataset,
+                options: dict[str, Any], vector_hash: str | None, cache: Cache | None,
+                device: str = "cpu") -> str | None:
+    """The image table every model of these vectors is built on ("full" or "co_click"; None
+    without vectors): with ``choose_table``, chosen once per vectors by the main configuration
+    (``feature_set``, ``aggregator``, seed 0; :func:`~bench.tasks.ctr.train.choose_table`) and
+    cached, so all seeds and the ablation rows of an extractor use the same table and an
+    ablation compares feature sets, not tables."""
+    config = CtrConfig.from_options(options, device=device)
+    if vectors is None or config.behaviour_dims <= 0:
+        return None if vectors is None else "full"
+    if not config.choose_table:
+        return "co_click"
+    settings = {k: v for k, v in vars(config).items() if k not in ("device", "extra")}
+    key = fingerprint("ctr-table", CTR_VERSION, TABLE_RULE, dataset.fingerprint, options["history_length"],
+                      options["item_fields"], settings, vector_hash)
+
+    def compute() -> dict[str, Any]:
+        chosen, evidence = choose_table(data, vectors, config)
+        return {"table": chosen, "validation_ctr_auc": evidence}
+
+    found = cached(cache, "ctr", key, compute,
+                   valid=lambda v: isinstance(v, dict) and v.get("table") in TABLES)
+    log.info("ctr: image table %s (validation ctr_auc %s)", found["table"],
+             found["validation_ctr_auc"])
+    return found["table"]
 
 
 def scored_rows(data: ctr_data.CtrData, metrics: dict[str, float],

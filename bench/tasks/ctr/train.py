@@ -19,12 +19,15 @@ import pandas as pd
 import torch
 
 from bench.scoring.metrics import auc, gauc, logloss
-from bench.scoring.stats import Evidence, mean_evidence
+from bench.scoring.stats import Cell, Evidence, compare, mean_evidence, resample
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.model import DICM, HEADS, ImageTower, loss, probabilities
 
 LABEL_OF_HEAD = {"ctr": 0, "detail": 1, "ctcvr": 2}  # column of CtrData.labels
 log = logging.getLogger(__name__)
+
+
+TABLES = ("full", "co_click")  # the image tables a model can be built on (model_vectors)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class CtrConfig:
     patience: int = 1  # epochs without a lower validation loss before training stops
     refit: bool = False  # after early stopping: retrain on every training day, best epochs
     behaviour_dims: int = 0  # > 0: the image table reduced to its co-click directions (docs/ctr.md)
+    choose_table: bool = False  # with behaviour_dims: full or reduced table, by validation loss
     threads: int = 1  # intra-op threads while training: ops here are too small to split
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -338,26 +342,90 @@ def serving_view(data: ctr_data.CtrData, config: CtrConfig) -> ctr_data.CtrData:
     return ctr_data.seen_only_in(data, fit_rows)
 
 
-def model_vectors(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig
+def model_vectors(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
+                  table: str | None = None, fit_rows: np.ndarray | None = None
                   ) -> np.ndarray | None:
-    """The image table the model is built on: ``vectors``, or with ``behaviour_dims`` their
-    co-click subspace (fitted on the training days' clicks; deterministic, so a model rebuilt
-    from cached weights gets the same table)."""
-    if vectors is None or config.behaviour_dims <= 0:
+    """The image table the model is built on: ``vectors`` (``table`` "full"), or their co-click
+    subspace ("co_click"; fitted on ``fit_rows``' clicks, by default the rows the model fits
+    on; deterministic, so a model rebuilt from cached weights gets the same table). ``table``
+    None: "co_click" when ``behaviour_dims`` > 0, else "full"."""
+    if table is None:
+        table = "co_click" if config.behaviour_dims > 0 else "full"
+    if vectors is None or table == "full":
         return vectors
-    fit_rows = (data.train if config.validation_days <= 0
-                else ctr_data.validation_split(data, config.validation_days)[0])
+    if fit_rows is None:
+        fit_rows = (data.train if config.validation_days <= 0
+                    else ctr_data.validation_split(data, config.validation_days)[0])
     x = image_vectors(vectors).numpy().astype(np.float64)
     # the subspace, in the vectors' own geometry (orthonormal basis: no whitening)
-    return x @ co_click_directions(x, data, fit_rows, config.behaviour_dims)
+    return x @ co_click_directions(x, data, fit_rows, max(config.behaviour_dims, 1))
+
+
+def choose_table(data: ctr_data.CtrData, vectors: np.ndarray, config: CtrConfig,
+                 seed: int = 0) -> tuple[str, dict[str, float]]:
+    """("full" or "co_click", the evidence): "co_click" only when its model ranks the last
+    training day's clicks better than the full table's at 95% (paired bootstrap over users,
+    the suite's own test), both fitted on the training days before it (``validation_days``,
+    at least 1) with the configured feature set and epochs; "full" otherwise, and for a log
+    with a single training day. The evidence: each table's validation click AUC and the
+    difference's 95% interval. The trial's co-click directions are fitted on the trial's own
+    days, so no validation-day click enters them, and the evaluation day is never looked at.
+
+    Why: the reduction lifts vectors whose taste sits in a few directions among many noisy
+    ones (docs/ctr.md's padded probe, 0.584 -> 0.617) and costs vectors that spread it over
+    many weak directions (pixels -0.012); which kind a table is, only held-out clicks tell.
+    The click AUC (the task's main score), not the loss: the loss (three heads) preferred the
+    reduction for swav, moco_v2 and the random backbone, whose evaluation-day AUC it lowers;
+    and only at 95%, so that one day's noise never swaps the extractor's own vectors for a
+    reduction of them (docs/ctr.md)."""
+    days = max(config.validation_days, 1)
+    if data.day is None or len(np.unique(data.day[data.train])) <= days:
+        return "full", {}  # no day to hold out: the table as the extractor gave it
+    fit_rows, validation = ctr_data.validation_split(data, days)
+    seen = ctr_data.seen_only_in(data, fit_rows)
+    trial = replace(config, validation_days=0, choose_table=False)
+    labels = seen.labels[validation, 0].cpu().numpy()
+    users = np.asarray(seen.groups)[validation]
+    cells = []
+    for table in TABLES:
+        model = build_model(seen, model_vectors(seen, vectors, trial, table, fit_rows), trial,
+                            seed)
+        fit(model, seen, fit_rows, trial, seed)
+        scores = predict(model, seen, validation)["ctr"]
+        cells.append(Cell((table,), [Evidence("auc", "user", users, scores, labels)]))
+    draws = resample(cells)
+    reduced = compare(cells[1], draws[1], cells[0], draws[0])
+    evidence = {"full": float(cells[0].seed_values()[0]),
+                "co_click": float(cells[1].seed_values()[0]),
+                "diff_low": reduced.low, "diff_high": reduced.high}
+    return ("co_click" if reduced.verdict == "better" else "full"), evidence
 
 
 def train_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
-                seed: int) -> tuple[DICM, ctr_data.CtrData, dict[str, Any]]:
+                seed: int, table: str | None = None
+                ) -> tuple[DICM, ctr_data.CtrData, dict[str, Any]]:
     """(the trained model, the data it predicts with (:func:`serving_view`), training stats);
-    the weights are what the ctr cache keeps for the online task."""
+    the weights are what the ctr cache keeps for the online task. ``table`` ("full" or
+    "co_click", see :func:`model_vectors`) overrides the config's; with ``choose_table`` and no
+    ``table`` it is chosen here (:func:`choose_table`, seed 0). ``stats["image_table"]`` names
+    the table: rebuild the model with it."""
     data.to(config.device)
-    vectors = model_vectors(data, vectors, config)
+    stats_extra: dict[str, Any] = {}
+    if table is None and vectors is not None and config.behaviour_dims > 0 \
+            and config.choose_table:
+        table, scores = choose_table(data, vectors, config)
+        stats_extra["table_evidence"] = {k: round(v, 6) for k, v in scores.items()}
+    if vectors is not None and table is None:
+        table = "co_click" if config.behaviour_dims > 0 else "full"
+    model, view, stats = _train_with_table(data, model_vectors(data, vectors, config, table),
+                                           config, seed)
+    if vectors is not None:
+        stats_extra["image_table"] = table
+    return model, view, stats | stats_extra
+
+
+def _train_with_table(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
+                      seed: int) -> tuple[DICM, ctr_data.CtrData, dict[str, Any]]:
     if config.validation_days <= 0:
         model = build_model(data, vectors, config, seed)
         return model, data, fit(model, data, data.train, config, seed)
