@@ -179,7 +179,7 @@ def test_the_online_task_serves_the_ctr_models_from_the_cache(tmp_path, monkeypa
     monkeypatch.setattr(ctr_task, "train_model", counting)
     cache = Cache(tmp_path)
     options = {**ctr_task._COMMON, "epochs": 1, "batch_size": 256, "history_length": 5,
-               "behaviour_dims": behaviour_dims}
+               "behaviour_dims": behaviour_dims, "choose_table": False}
     vectors = Embeddings(dataset.ids, np.random.default_rng(0).normal(size=(len(dataset), 8)))
     ctx = TaskContext(seed=0, options=options, cache=cache)
     ctr = get_task("ctr")
@@ -203,6 +203,13 @@ def test_the_online_task_serves_the_ctr_models_from_the_cache(tmp_path, monkeypa
     again = ctr_task.predict(model, view, data.test)
     np.testing.assert_allclose(again["ctr"], cached_predictions["ctr"], atol=1e-6)
     assert calls == ["dicm", "none"]
+    # a re-run reads the candidates' scores: no model is rebuilt, the rows are the same
+    monkeypatch.setattr(online.Serving, "model_scores",
+                        lambda *a, **k: pytest.fail("the candidates were predicted again"))
+    online._SERVING.clear()
+    rerun = task.evaluate(vectors, dataset, octx)
+    np.testing.assert_array_equal([r["value"] for r in rerun],
+                                  [r["value"] for r in rows[:len(rerun)]])
 
 
 def synthetic_verdicts() -> pd.DataFrame:
