@@ -150,8 +150,9 @@ def test_other_settings_under_the_same_run_id_are_refused(tmp_path, capsys, ctr_
      "error: dataset folder: unknown option 'colour'; known: "),
     (("--extractors", "pixels:sise=4"), "error: pixels: unknown option 'sise'; known: size"),
     (("--extractors", "pixels,nope"), "error: unknown extractor 'nope'; known: "),
-    (("--tasks", "knn,nope"), "error: unknown task 'nope'; known: classify, ctr, "
-                              "finetune_classify, finetune_retrieval, knn, online, retrieval"),
+    (("--tasks", "knn,nope"), "error: unknown task 'nope'; known: candidate_recall, classify, "
+                              "ctr, finetune_classify, finetune_retrieval, knn, online, "
+                              "retrieval"),
     (("--tasks", "knn", "--task-option", "knn.variants=raw,ft"),
      "error: task knn option variants=raw,ft: choose among its variants raw, w"),
     (("--whiten-shrinkage", "-1"), "error: --whiten-shrinkage -1: choose auto or a number >= 0"),
