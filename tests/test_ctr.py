@@ -13,7 +13,6 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from bench.scoring import metrics as bm
 from bench.tasks import TaskContext, get_task
-from bench.tasks import ctr as ctr_task_module
 from bench.tasks.ctr import BASELINE, CtrTask, ablation, cached_training
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr import train as ctr_train
@@ -368,8 +367,8 @@ def test_a_single_training_day_keeps_the_full_table(planted):
 def test_the_table_is_chosen_once_for_every_seed_and_ablation_row(small, cache, monkeypatch):
     dataset, embeddings, data = small
     calls = []
-    real = ctr_task_module.choose_table
-    monkeypatch.setattr(ctr_task_module, "choose_table",
+    real = ctr_train.choose_table
+    monkeypatch.setattr(ctr_train, "choose_table",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     options = {**CtrTask.defaults["quick"], "behaviour_dims": 8, "choose_table": True}
     vectors = embeddings.take(data.item_rows)

@@ -467,27 +467,14 @@ class CandidateRecall(Task):
         return recall_metrics(rd, candidates, ks)
 
 
-_I2I: dict[str, np.ndarray] = {}
-
-
-def seedless_i2i(rd: RecallData, vectors: np.ndarray, k: int) -> np.ndarray:
-    """:func:`i2i_candidates`, computed once per process for each vectors and pool: it does
-    not depend on the seed, and the runner asks for it once per seed (half the task's i2i
-    time on the default run)."""
-    key = array_digest(vectors, rd.pool, rd.history, rd.popular, k)
-    if key not in _I2I:
-        _I2I.clear()
-        _I2I[key] = i2i_candidates(rd, vectors, k)
-    return _I2I[key]
-
-
 def cached_i2i(rd: RecallData, vectors: np.ndarray, k: int, cache: Any) -> np.ndarray:
-    """:func:`seedless_i2i`, its lists kept in ``cache`` (a cached re-run reads them: the
-    merge of ~2.6M neighbour pairs is most of an i2i row's second on the default world)."""
+    """:func:`i2i_candidates`, kept in ``cache``: the lists do not depend on the seed, so the
+    runner's second seed and a cached re-run read them (the merge of ~2.6M neighbour pairs is
+    most of an i2i row's second on the default world)."""
     key = fingerprint("candidate_recall_i2i", RECALL_VERSION,
                       array_digest(vectors, rd.pool, rd.history, rd.popular, k))
     found = cached(cache, "candidate_recall", key,
-                   lambda: {"candidates": seedless_i2i(rd, vectors, k)}, codec=NPZ)
+                   lambda: {"candidates": i2i_candidates(rd, vectors, k)}, codec=NPZ)
     return np.asarray(found["candidates"])
 
 
@@ -646,20 +633,10 @@ class Funnel:
 
     def ranking(self, world: Any, embeddings: Embeddings | None, feature_set: str,
                 ctx: TaskContext) -> np.ndarray | None:
-        """The ctr task's DICM click probabilities of the recalled covers [U, K], kept in
-        ``ctx.cache`` (keyed by the ctr model's settings, the vectors and the recalled covers):
-        the prediction is most of a cached re-run's funnel time."""
-        s = self.serving
-        vectors = None if embeddings is None else embeddings.take(s.data.item_rows)
-        key = fingerprint("candidate_recall_funnel", RECALL_VERSION, ctr_task.CTR_VERSION,
-                          s.dataset.fingerprint, s.ctr_options, feature_set, ctx.seed,
-                          array_digest(world.candidates, s.history, self.user_vocab,
-                                       *(() if vectors is None else (
-                                           np.ascontiguousarray(vectors, np.float32),))))
-        found = cached(ctx.cache, "candidate_recall", key, lambda: {
-            "scores": replace_world(s, world).model_scores(embeddings, feature_set, ctx)},
-            codec=NPZ, keep=lambda v: v["scores"] is not None)
-        return found["scores"]
+        """The ctr task's DICM click probabilities of the recalled covers [U, K]: the online
+        task's cached scores (:meth:`online.Serving.cached_scores`, keyed by the ctr model's
+        settings, the vectors and the recalled covers) over the funnel's world."""
+        return replace_world(self.serving, world).cached_scores(embeddings, feature_set, ctx)
 
     def baseline(self, ctx: TaskContext) -> dict[str, np.ndarray]:
         """The ID-only funnel's per-user totals (the ID-only towers and the ID-only DICM)."""

@@ -40,13 +40,13 @@ from bench.tasks.ctr.train import (
     TABLES,
     CtrConfig,
     build_model,
-    choose_table,
     evidence,
     model_vectors,
     predict,
     prepare,
     scored,
     serving_view,
+    table_for,
     train_model,
 )
 
@@ -291,28 +291,26 @@ def cached_training(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset:
 def image_table(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset: Dataset,
                 options: dict[str, Any], vector_hash: str | None, cache: Cache | None,
                 device: str = "cpu") -> str | None:
-    """The image table every model of these vectors is built on ("full" or "co_click"; None
-    without vectors): with ``choose_table``, chosen once per vectors by the main configuration
-    (``feature_set``, ``aggregator``, seed 0; :func:`~bench.tasks.ctr.train.choose_table`) and
-    cached, so all seeds and the ablation rows of an extractor use the same table and an
-    ablation compares feature sets, not tables."""
+    """The image table every model of these vectors is built on
+    (:func:`~bench.tasks.ctr.train.table_for` with the main configuration: ``feature_set``,
+    ``aggregator``, seed 0), cached, so all seeds and the ablation rows of an extractor use the
+    same table and an ablation compares feature sets, not tables."""
+    if vectors is None:
+        return None
     config = CtrConfig.from_options(options, device=device)
-    if vectors is None or config.behaviour_dims <= 0:
-        return None if vectors is None else "full"
-    if not config.choose_table:
-        return "co_click"
     settings = {k: v for k, v in vars(config).items() if k not in ("device", "extra")}
-    key = fingerprint("ctr-table", CTR_VERSION, TABLE_RULE, dataset.fingerprint, options["history_length"],
-                      options["item_fields"], settings, vector_hash)
+    key = fingerprint("ctr-table", CTR_VERSION, TABLE_RULE, dataset.fingerprint,
+                      options["history_length"], options["item_fields"], settings, vector_hash)
 
     def compute() -> dict[str, Any]:
-        chosen, evidence = choose_table(data, vectors, config)
-        return {"table": chosen, "validation_ctr_auc": evidence}
+        table, evidence = table_for(data, vectors, config)
+        return {"table": table, "validation_ctr_auc": evidence}
 
     found = cached(cache, "ctr", key, compute,
                    valid=lambda v: isinstance(v, dict) and v.get("table") in TABLES)
-    log.info("ctr: image table %s (validation ctr_auc %s)", found["table"],
-             found["validation_ctr_auc"])
+    if found["validation_ctr_auc"]:
+        log.info("ctr: image table %s (validation ctr_auc %s)", found["table"],
+                 found["validation_ctr_auc"])
     return found["table"]
 
 

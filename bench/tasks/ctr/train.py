@@ -54,7 +54,7 @@ class CtrConfig:
     patience: int = 1  # epochs without a lower validation loss before training stops
     refit: bool = False  # after early stopping: retrain on every training day, best epochs
     behaviour_dims: int = 0  # > 0: the image table reduced to its co-click directions (docs/ctr.md)
-    choose_table: bool = False  # with behaviour_dims: full or reduced table, by validation loss
+    choose_table: bool = False  # with behaviour_dims: full or reduced table, on a held-out day
     threads: int = 1  # intra-op threads while training: ops here are too small to split
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -343,15 +343,11 @@ def serving_view(data: ctr_data.CtrData, config: CtrConfig) -> ctr_data.CtrData:
 
 
 def model_vectors(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
-                  table: str | None = None, fit_rows: np.ndarray | None = None
-                  ) -> np.ndarray | None:
-    """The image table the model is built on: ``vectors`` (``table`` "full"), or their co-click
-    subspace ("co_click"; fitted on ``fit_rows``' clicks, by default the rows the model fits
-    on; deterministic, so a model rebuilt from cached weights gets the same table). ``table``
-    None: "co_click" when ``behaviour_dims`` > 0, else "full"."""
-    if table is None:
-        table = "co_click" if config.behaviour_dims > 0 else "full"
-    if vectors is None or table == "full":
+                  table: str | None, fit_rows: np.ndarray | None = None) -> np.ndarray | None:
+    """The image table the model is built on: ``vectors`` (``table`` "full" or None), or their
+    co-click subspace ("co_click"; fitted on ``fit_rows``' clicks, by default the rows the
+    model fits on; deterministic, so a model rebuilt from cached weights gets the same table)."""
+    if vectors is None or table != "co_click":
         return vectors
     if fit_rows is None:
         fit_rows = (data.train if config.validation_days <= 0
@@ -359,6 +355,20 @@ def model_vectors(data: ctr_data.CtrData, vectors: np.ndarray | None, config: Ct
     x = image_vectors(vectors).numpy().astype(np.float64)
     # the subspace, in the vectors' own geometry (orthonormal basis: no whitening)
     return x @ co_click_directions(x, data, fit_rows, max(config.behaviour_dims, 1))
+
+
+def table_for(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig
+              ) -> tuple[str | None, dict[str, float]]:
+    """(the image table of ``config`` for these vectors, the evidence of a choice): None without
+    vectors, "full" without ``behaviour_dims``, "co_click" with it, and with ``choose_table``
+    too whichever :func:`choose_table` finds: the one place the rule lives."""
+    if vectors is None:
+        return None, {}
+    if config.behaviour_dims <= 0:
+        return "full", {}
+    if not config.choose_table:
+        return "co_click", {}
+    return choose_table(data, vectors, config)
 
 
 def choose_table(data: ctr_data.CtrData, vectors: np.ndarray, config: CtrConfig,
@@ -406,22 +416,17 @@ def train_model(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrC
                 ) -> tuple[DICM, ctr_data.CtrData, dict[str, Any]]:
     """(the trained model, the data it predicts with (:func:`serving_view`), training stats);
     the weights are what the ctr cache keeps for the online task. ``table`` ("full" or
-    "co_click", see :func:`model_vectors`) overrides the config's; with ``choose_table`` and no
-    ``table`` it is chosen here (:func:`choose_table`, seed 0). ``stats["image_table"]`` names
-    the table: rebuild the model with it."""
+    "co_click", see :func:`model_vectors`) overrides :func:`table_for`'s (a choice runs with
+    seed 0). ``stats["image_table"]`` names the table: rebuild the model with it."""
     data.to(config.device)
-    stats_extra: dict[str, Any] = {}
-    if table is None and vectors is not None and config.behaviour_dims > 0 \
-            and config.choose_table:
-        table, scores = choose_table(data, vectors, config)
-        stats_extra["table_evidence"] = {k: round(v, 6) for k, v in scores.items()}
-    if vectors is not None and table is None:
-        table = "co_click" if config.behaviour_dims > 0 else "full"
+    evidence: dict[str, float] = {}
+    if table is None:
+        table, evidence = table_for(data, vectors, config)
     model, view, stats = _train_with_table(data, model_vectors(data, vectors, config, table),
                                            config, seed)
-    if vectors is not None:
-        stats_extra["image_table"] = table
-    return model, view, stats | stats_extra
+    if evidence:
+        stats["table_evidence"] = {k: round(v, 6) for k, v in evidence.items()}
+    return model, view, stats | {"image_table": table}
 
 
 def _train_with_table(data: ctr_data.CtrData, vectors: np.ndarray | None, config: CtrConfig,
