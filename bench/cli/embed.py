@@ -77,6 +77,8 @@ def main(args: argparse.Namespace) -> int:
                 "dataset": dataset.name, "n": len(dataset), "world_size": world.size,
                 "time": dt.datetime.now().isoformat(timespec="seconds"),
                 "extractors": summaries})
+    if world.distributed:  # everything is written; skip finalisation (leave_process says why)
+        distributed.leave_process(0)
     return 0
 
 

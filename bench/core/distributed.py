@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -134,3 +135,20 @@ def leave_group(completed: bool) -> None:
     if completed:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def leave_process(code: int = 0) -> NoReturn:
+    """End a rank's process now, without the interpreter's finalisation; call it after the
+    rank's results are written and the group is left.
+
+    Why: gloo's worker thread drops its last collectives (and the tensors Python made for
+    them) a moment after the caller's ``wait`` returns. When that happens during
+    ``Py_Finalize`` the thread cannot take the GIL and the process aborts (SIGABRT,
+    "terminate called without an active exception"). A core dump from CI's flake shows it:
+    ``ProcessGroupGloo::runLoop`` -> ``~AsyncBarrierWork`` -> ``~AsyncAllgatherWork`` ->
+    ``decref`` -> ``take_gil`` -> ``pthread_exit`` -> ``std::terminate``, after the rank had
+    written its file, met the barrier and destroyed the group. PyTorch tried an ``atexit``
+    fix upstream (pytorch#179291) and dropped it, so a rank skips finalisation instead."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -165,7 +165,7 @@ def sharded_rank(rank: int, world_size: int, port: int, vectors: np.ndarray,
     """One rank of a loopback sharded search; rank 0 saves the merged neighbours."""
     import torch.distributed as dist
 
-    from bench.core.distributed import World, leave_group
+    from bench.core.distributed import World, leave_group, leave_process
     from bench.search import sharded
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -179,6 +179,7 @@ def sharded_rank(rank: int, world_size: int, port: int, vectors: np.ndarray,
         completed = True
     finally:
         leave_group(completed)
+    leave_process(0)
 
 
 def sharded_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int,

@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from bench.core.cache import save_npz, write_json
+from bench.core.distributed import leave_process
 from bench.tasks.ctr import data as ctr_data
 from bench.tasks.ctr.ams import server as ams_server
 from bench.tasks.ctr.ams.accounting import Meter, peak_rss_mb, summarize
@@ -376,10 +377,9 @@ def _shutdown(ok: bool, timeout: float) -> None:
 
 
 def _spawn_entry(rank: int, job: AmsJob, rdv: Rendezvous, outdir: str) -> None:
-    status = run_rank(rank, job, rdv, outdir)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)  # skip interpreter teardown: RPC threads of dead peers must not hold us
+    # skip interpreter teardown: RPC threads of dead peers must not hold us, and gloo's
+    # threads must not abort us (leave_process says why)
+    leave_process(run_rank(rank, job, rdv, outdir))
 
 
 # -- the launcher --
