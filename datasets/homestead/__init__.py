@@ -14,7 +14,7 @@ run with no download, on data whose ground truth is known. The world holds
   changes, whose ``identity`` is that product's id in the product-shot gallery;
 - nuisance factors of real catalogues on every image (``nuisance``: colourways shared across
   styles, backgrounds across styles, camera, light, props, sensor noise, JPEG, mirrored
-  pictures) and the style
+  pictures, a room photo's camera height) and the style
   cue that takes colour's place (``materials``: each style's signature material on walls, rugs
   and upholstery), each a dataset option recorded in the latents table as ``nuisance_*``; off
   by default (``nuisance=0``: homestead-1.1's pictures), ``nuisance=1`` turns them on
@@ -85,7 +85,8 @@ __all__ = ["COARSE", "DEFAULTS", "FACTORS", "GENERATOR_VERSION", "LABEL_NOISE", 
 # (``nuisance``: colourways, backgrounds, camera, light, clutter, noise, jpeg); nuisance=0 draws
 # homestead-1.1's images, item table and logs exactly. 2.1: the style materials
 # (``materials``, materials.py), on with nuisance=1; nuisance=0 is still homestead-1.1. 2.2: the
-# ``mirror`` factor (a share of pictures mirrored left to right), on with nuisance=1.
+# ``mirror`` (a share of pictures mirrored left to right) and ``height`` (a room photo's camera
+# height) factors, on with nuisance=1.
 GENERATOR_VERSION = "homestead-2.2"
 DEFAULTS: dict[str, int] = dict(image_size=32, n_products=1500, n_covers=2400, n_queries=2000,
                                 n_users=600, n_days=6, impressions_per_user_day=20, seed=0,
