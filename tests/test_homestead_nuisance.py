@@ -19,7 +19,8 @@ TINY = dict(image_size=32, n_products=36, n_covers=12, n_queries=12, n_users=3, 
 COLUMNS = {"colourways": ["colourway"], "backgrounds": ["backdrop"],
            "camera": ["zoom", "shift_x", "shift_y", "tilt"],
            "light": ["brightness", "contrast", "cast"], "clutter": ["clutter"],
-           "noise": ["noise"], "jpeg": ["jpeg"], "materials": ["material"]}
+           "noise": ["noise"], "jpeg": ["jpeg"], "materials": ["material"],
+           "mirror": ["mirror"], "height": ["height"]}
 # homestead-1.1 (main at ae19acc, before the nuisance factors), built at these options: sha256
 # as in benchmarks/homestead_digest.py. The logs are left out: behaviour.py is not this
 # generator's to freeze. Float rendering may differ on another CPU's numpy; then rebuild the
@@ -77,7 +78,8 @@ def test_each_factor_changes_pixels_and_its_own_latents_only(build, bare, factor
     alone = build(nuisance=0, **{factor: DEFAULTS[factor]})
     assert alone.fingerprint != bare.fingerprint
     changed = np.any(alone.images() != bare.images(), axis=(1, 2, 3))
-    assert changed.mean() > 0.5, f"{factor} changed only {changed.mean():.0%} of the images"
+    # mirror: half the pictures; height: the covers only
+    assert changed.mean() > {"mirror": 0.3, "height": 0.1}.get(factor, 0.5), f"{factor} changed only {changed.mean():.0%} of the images"
     pd.testing.assert_frame_equal(alone.table, bare.table)
     for name, frame in bare.logs.items():
         pd.testing.assert_frame_equal(alone.logs[name], frame)
@@ -122,6 +124,37 @@ def test_a_query_differs_from_its_catalogue_shot_in_backdrop_and_camera(build):
     assert (q["nuisance_backdrop"].to_numpy() != p["nuisance_backdrop"].to_numpy()).mean() > 0.7
 
 
+def test_mirror_flips_exactly_the_pictures_it_records(build, bare):
+    """``mirror``: the flagged pictures are the bare world's mirrored left to right, the rest
+    untouched; every role gets some, and a query is mirrored apart from its catalogue shot."""
+    world = build(nuisance=0, mirror=50)
+    flags = world.latents["nuisance_mirror"].to_numpy()
+    assert set(np.unique(flags)) == {0, 1}
+    on = flags == 1
+    np.testing.assert_array_equal(world.images()[on], bare.images()[on][:, :, ::-1])
+    np.testing.assert_array_equal(world.images()[~on], bare.images()[~on])
+    roles = world.table["role"].to_numpy()
+    assert all(on[roles == r].any() for r in ("product", "content", "query"))
+    lat = world.latents.set_index("id")
+    queries = world.table[world.table["role"] == "query"]
+    assert (lat.loc[queries["id"], "nuisance_mirror"].to_numpy()
+            != lat.loc[queries["identity"], "nuisance_mirror"].to_numpy()).any()
+
+
+def test_camera_height_moves_the_room_photos_only(build, bare):
+    """``height``: every cover is shot from a camera height of its own (recorded, up to
+    ``HEIGHT`` of the view), and only covers: product shots and query crops stay as they were."""
+    from bench_plugins.datasets.homestead.nuisance import HEIGHT
+
+    world = build(nuisance=0, height=100)
+    lift = world.latents["nuisance_height"].to_numpy()
+    cover = (world.table["role"] == "content").to_numpy()
+    assert (lift[~cover] == 0).all() and (lift[cover] != 0).all()
+    assert np.abs(lift).max() <= HEIGHT
+    changed = np.any(world.images() != bare.images(), axis=(1, 2, 3))
+    np.testing.assert_array_equal(changed, cover)
+
+
 def test_colour_cast_stays_apart_from_warmth():
     """The cast moves green against red and blue together: a cover's red/blue ratio, where
     warmth lives, and its mean brightness stay as they were."""
@@ -137,7 +170,8 @@ def test_colour_cast_stays_apart_from_warmth():
 
 
 @pytest.mark.parametrize("option", [dict(nuisance=2), dict(clutter=6), dict(jpeg=96),
-                                    dict(colourways=101), dict(noise=-1), dict(materials=101)])
+                                    dict(colourways=101), dict(noise=-1), dict(materials=101),
+                                    dict(mirror=101), dict(height=201)])
 def test_factor_options_are_checked(build, option):
     with pytest.raises(DatasetError, match=f"{next(iter(option))}=.* is outside"):
         build(**option)

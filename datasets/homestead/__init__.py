@@ -13,7 +13,8 @@ run with no download, on data whose ground truth is known. The world holds
 - image-search queries: crops of fresh scenes around one product, with scale, shift and light
   changes, whose ``identity`` is that product's id in the product-shot gallery;
 - nuisance factors of real catalogues on every image (``nuisance``: colourways shared across
-  styles, backgrounds across styles, camera, light, props, sensor noise, JPEG) and the style
+  styles, backgrounds across styles, camera, light, props, sensor noise, JPEG, mirrored
+  pictures, a room photo's camera height) and the style
   cue that takes colour's place (``materials``: each style's signature material on walls, rugs
   and upholstery), each a dataset option recorded in the latents table as ``nuisance_*``; off
   by default (``nuisance=0``: homestead-1.1's pictures), ``nuisance=1`` turns them on
@@ -83,8 +84,10 @@ __all__ = ["COARSE", "DEFAULTS", "FACTORS", "GENERATOR_VERSION", "LABEL_NOISE", 
 # 1.1: tighter, cleaner query crops (QUERY_*); repeats test-only. 2.0: the nuisance factors
 # (``nuisance``: colourways, backgrounds, camera, light, clutter, noise, jpeg); nuisance=0 draws
 # homestead-1.1's images, item table and logs exactly. 2.1: the style materials
-# (``materials``, materials.py), on with nuisance=1; nuisance=0 is still homestead-1.1.
-GENERATOR_VERSION = "homestead-2.1"
+# (``materials``, materials.py), on with nuisance=1; nuisance=0 is still homestead-1.1. 2.2: the
+# ``mirror`` (a share of pictures mirrored left to right) and ``height`` (a room photo's camera
+# height) factors, on with nuisance=1.
+GENERATOR_VERSION = "homestead-2.2"
 DEFAULTS: dict[str, int] = dict(image_size=32, n_products=1500, n_covers=2400, n_queries=2000,
                                 n_users=600, n_days=6, impressions_per_user_day=20, seed=0,
                                 nuisance=0, **NUISANCE_DEFAULTS)

@@ -36,6 +36,19 @@ of what homestead-1.1 draws:
   ``noise/1000 * U(0.5, 1.5)`` on top of the renderer's own.
 - ``jpeg`` (lowest quality, default 70; 0 = off): every image is JPEG-encoded and decoded at its
   rendered size with a quality drawn from ``jpeg`` .. 95 (PIL's encoder).
+- ``mirror`` (percent, default 50): that share of every role's pictures (products, covers,
+  queries) is mirrored left to right, each on its own draw, as a room is photographed from
+  either side and a listing shows a sofa facing left or right. homestead-1.1's rooms put their
+  fixtures on one side (a living room's window and a study's shelves on the left, wall art and
+  the study's clock on the right), so an 8x8 pixel grid matched scenes by where things sit;
+  mirrored, the objects still say the scene and the layout no longer does. A query and its
+  catalogue shot are mirrored independently.
+- ``height`` (percent strength, default 100): the camera height of a room photograph (covers
+  only): the view moves up or down by up to ``HEIGHT`` of its side, uniform, so a room's
+  horizon, its kitchen cabinets or its balcony railing sit higher or lower in the picture from
+  one photo of a scene type to the next, as photographers shoot from a chair's height or a
+  standing one. Scene types differ in horizon by at most 0.1 (``SCENE_HORIZON``): an 8x8
+  grid matched scenes by where those bands fell; what is in the room still says the scene.
 - ``materials`` (percent, default 90): not a nuisance but the style cue that takes colour's
   place, so it lives in ``materials.py``; it is listed here because it shares the options,
   the ``nuisance=0`` switch and the per-item streams: that share of products, covers and query
@@ -63,15 +76,18 @@ from PIL import Image
 from .shapes import ANG, CB, CR, CX, CY, texture
 from .vocabulary import RGB, STYLE_SPECS
 
+# Appended, never reordered: a factor's position keys its random stream (``ItemDraws``).
 FACTORS = ("colourways", "backgrounds", "camera", "light", "clutter", "noise", "jpeg",
-           "materials")
+           "materials", "mirror", "height")
 DEFAULTS: dict[str, int] = dict(colourways=80, backgrounds=85, camera=100, light=100, clutter=2,
-                                noise=15, jpeg=70, materials=90)
+                                noise=15, jpeg=70, materials=90, mirror=50, height=100)
 LIMITS: dict[str, tuple[int, int]] = dict(colourways=(0, 100), backgrounds=(0, 100),
                                           camera=(0, 100), light=(0, 100), clutter=(0, 5),
-                                          noise=(0, 200), jpeg=(0, 95), materials=(0, 100))
+                                          noise=(0, 200), jpeg=(0, 95), materials=(0, 100),
+                                          mirror=(0, 100), height=(0, 200))
 
 ZOOM, OFFSET, TILT_DEG = 0.25, 0.08, 6.0            # camera at full strength
+HEIGHT = 0.15           # a room photo's camera height: view moved up or down, share of its side
 QUERY_CAMERA = 1.6      # a user's photo is framed more loosely than a listing photo
 PATTERN_SHARE = 0.3     # of backdrops whose wall pattern comes from any style (else its own)
 BRIGHTNESS, CONTRAST, CAST = 0.3, 0.15, 0.12        # light at full strength
@@ -136,6 +152,8 @@ class Nuisance:
     noise: int = 0
     jpeg: int = 0
     materials: int = 0
+    mirror: int = 0
+    height: int = 0
 
     @classmethod
     def from_params(cls, params: dict[str, int]) -> Nuisance:
@@ -246,6 +264,24 @@ def lit(gain: tuple[float, float, float], brightness: float, cast: float
 
 def clutter_count(most: int, g: np.random.Generator) -> int:
     return int(g.integers(0, most + 1)) if most else 0
+
+
+def camera_height(strength: int, g: np.random.Generator) -> float:
+    """How far a room photo's view moves down (negative: up), as a share of its side."""
+    return float(HEIGHT * strength / 100 * g.uniform(-1, 1)) if strength else 0.0
+
+
+def mirrored(share: int, g: np.random.Generator) -> int:
+    """1 if the picture is mirrored left to right (``share`` percent of them), else 0."""
+    return int(g.random() * 100 < share) if share else 0
+
+
+def mirror(images: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Mirror left to right, in place, each image whose flag is 1 (before JPEG, as a camera
+    would: the encoder's blocks then fall on the mirrored picture)."""
+    rows = np.flatnonzero(flags > 0)
+    images[rows] = images[rows][:, :, ::-1]
+    return images
 
 
 def sensor_sigma(noise: int, g: np.random.Generator) -> float:

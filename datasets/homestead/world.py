@@ -172,13 +172,16 @@ def _props(n: Nuisance, draws: nz.ItemDraws,
 
 def _disturb(shot: Shot, n: Nuisance, draws: nz.ItemDraws, props: Props,
              backdrop: dict | None, material: int = -1, cull: bool = False,
-             framing: float = 1.0) -> tuple[Shot, Latent]:
+             framing: float = 1.0, lift: float = 0.0) -> tuple[Shot, Latent]:
     """Props in front, then camera, light and sensor noise on a shot; the values drawn are
-    returned for the latents table. Factors at 0 leave the shot exactly as it was."""
+    returned for the latents table (with the JPEG quality and the mirror flag, which
+    ``generate`` applies to the rendered pixels). Factors at 0 leave the shot exactly as it was."""
     prims, view, gain, contrast, noise = shot.prims, shot.view, shot.gain, shot.contrast, shot.noise
     rows, count = props
     latent: Latent = {"backdrop": -1 if backdrop is None else backdrop["index"], "clutter": count,
-                      "material": material}
+                      "material": material, "height": lift}
+    if lift:  # a room photo's camera height (``nuisance.camera_height``), before the camera
+        view = (view[0], view[1] + lift * view[2], view[2])
     if rows:
         prims = np.concatenate([prims, np.asarray(rows, np.float32)])
     cam = nz.camera(n.camera, draws("camera"), framing) if n.camera else (1.0, 0.0, 0.0, 0.0)
@@ -192,7 +195,8 @@ def _disturb(shot: Shot, n: Nuisance, draws: nz.ItemDraws, props: Props,
     sigma = nz.sensor_sigma(n.noise, draws("noise"))
     latent.update(zoom=cam[0], shift_x=cam[1], shift_y=cam[2], tilt=cam[3], brightness=bright,
                   contrast=con, cast=cast, noise=sigma,
-                  jpeg=nz.jpeg_quality(n.jpeg, draws("jpeg")))
+                  jpeg=nz.jpeg_quality(n.jpeg, draws("jpeg")),
+                  mirror=nz.mirrored(n.mirror, draws("mirror")))
     return Shot(prims, view, gain, contrast, noise + sigma if sigma else noise), latent
 
 
@@ -229,8 +233,9 @@ def _make_covers(cat: Catalogue, n: int, n_days: int, g: np.random.Generator,
         x0, y0, side = g.uniform(-0.04, 0.04), g.uniform(-0.04, 0.04), g.uniform(0.96, 1.04)
         props = _props(nuis, draws, lambda gc: (gc.uniform(0.0, 1.0), gc.uniform(0.85, 1.05),
                                                 gc.uniform(0.12, 0.3)))
+        lift = nz.camera_height(nuis.height, draws("height"))
         shot, latent = _disturb(Shot(room.prims, (x0, y0, side), gain, contrast, 0.012), nuis,
-                                draws, props, backdrop, _index(material))
+                                draws, props, backdrop, _index(material), lift=lift)
         shots.append(shot)
         latents.append(latent)
         titles.append(make_title(STYLES[style[j]], SCENES[scene[j]],
@@ -278,6 +283,7 @@ def generate(params: dict[str, int]) -> tuple[np.ndarray, pd.DataFrame, dict[str
                     params["seed"])
     nuisance = pd.DataFrame(product_latents + cover_latents + query_latents)
     if len(nuisance):
+        nz.mirror(images, nuisance["mirror"].to_numpy())
         nz.compress(images, nuisance["jpeg"].to_numpy())
     table = _item_table(cat, covers, targets, g_split)
     logs = behaviour_log(covers, params["n_users"], params["n_days"],
@@ -373,9 +379,10 @@ def _latent_table(cat: Catalogue, covers: pd.DataFrame, targets: np.ndarray,
     (covers), leaf category and identity (products, queries) and the light warmth (covers);
     then every nuisance value drawn (``nuisance_*``: the product's colourway, -1 for its
     style's own colours, none for covers; backdrop, -1 for the style's own; camera, light,
-    props, sensor noise and JPEG quality, 0 for none; material, the style index of the
-    signature material on a product's upholstery or on a cover's or query scene's walls and
-    rug, -1 for none: a query's room may be of another style than its product)."""
+    props, sensor noise and JPEG quality, 0 for none; mirror, 1 for a picture mirrored left to
+    right; height, a cover's camera height (0 for products and queries); material, the style
+    index of the signature material on a product's upholstery or on a cover's or query scene's
+    walls and rug, -1 for none: a query's room may be of another style than its product)."""
     n_p, n_c = len(cat.products), len(covers)
     style = np.concatenate([np.array(STYLES)[cat.style], covers["true_style"].to_numpy(),
                             np.array(STYLES)[cat.style[targets]]])
