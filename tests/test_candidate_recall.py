@@ -326,3 +326,9 @@ def test_the_report_plot_draws_recall_against_k_with_intervals():
     assert len(left.containers) == 3 and len(right.containers) == 2  # errorbar containers
     assert [t.get_text() for t in right.get_legend().get_texts()] == ["pixels",
                                                                       "popularity recall"]
+    expected = pd.DataFrame([{**r, "metric": f"expected_{r['metric']}", "mean": 0.5,
+                              "ci_low": 0.49, "ci_high": 0.51}
+                             for r in rows if r["metric"].startswith("click_recall")])
+    both = pd.concat([stats, expected])
+    assert (curves(both)["mean"] == 0.5).all()  # the main score's family where it exists
+    assert "expected" in recall_figure(both).axes[0].get_ylabel()
