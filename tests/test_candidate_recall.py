@@ -332,3 +332,21 @@ def test_the_report_plot_draws_recall_against_k_with_intervals():
     both = pd.concat([stats, expected])
     assert (curves(both)["mean"] == 0.5).all()  # the main score's family where it exists
     assert "expected" in recall_figure(both).axes[0].get_ylabel()
+
+
+def test_the_run_records_the_main_score_the_task_names_for_its_dataset(setting, tmp_path):
+    """run.json ``main_scores`` (what the report ranks by and ``bench validate`` checks) takes
+    ``main_score_for(dataset)`` (planted: the class's ``main_score`` fails)."""
+    from types import SimpleNamespace
+
+    from bench.run.schedule import write_verdicts
+
+    dataset, _, _ = setting
+    errors: list = []
+    run = SimpleNamespace(tasks=["candidate_recall", "ctr"], spec=SimpleNamespace(reference=None),
+                          info={}, dir=tmp_path, prepared=SimpleNamespace(cache=None),
+                          dataset=dataset, timings={}, error=lambda *a: errors.append(a))
+    write_verdicts(run)
+    assert errors == []
+    assert run.info["main_scores"] == {"candidate_recall": "expected_click_recall@100",
+                                       "ctr": "ctr_auc"}
