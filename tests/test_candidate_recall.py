@@ -4,6 +4,8 @@ folder. Each test names the bug it fails on."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -141,9 +143,111 @@ def test_the_task_runs_every_row_and_caches_the_towers(setting, tmp_path, monkey
         rows = task.evaluate_reference(reference, vectors, dataset, ctx)
         labels.add(reference.label)
         assert {"hitrate@5", "click_recall@20"} <= {r["metric"] for r in rows}
-    assert labels == {cr.BASELINE, cr.POPULARITY, cr.RANDOM, "pixels [i2i]"}
+    assert labels == {cr.BASELINE, cr.POPULARITY, cr.RANDOM, cr.ORACLE, "pixels [i2i]"}
     metrics = {r["metric"] for r in first}
-    assert {"prerank_auc", "prerank_gauc", "hitrate@20"} <= metrics
+    assert {"prerank_auc", "prerank_gauc", "hitrate@20", "expected_click_recall@20",
+            "cold_expected_click_recall@5"} <= metrics
+
+
+def reference_expected(dataset, rd: cr.RecallData, candidates: np.ndarray, k: int,
+                       cold: bool = False) -> np.ndarray:
+    """Per evaluated user, expected_click_recall@k from the raw log and the user model, one
+    (user, cover) pair at a time: the pool from the table's publish days, the history from the
+    user's clicks before the evaluation day (its last L), users and covers matched by id."""
+    log = dataset.logs["impressions"]
+    sim = dataset.simulator
+    eval_day = int(log["day"].max())
+    ids = dataset.table["id"].astype(str).to_numpy()[rd.data.item_rows]  # ctr index -> id
+    users = np.unique(log["user_id"].to_numpy())[rd.user_code]
+    published = dict(zip(dataset.table["id"].astype(str), dataset.table["publish_day"]))
+    pool = [i for i in sorted(set(log["item_id"].astype(str))) if published[i] <= eval_day]
+    if cold:
+        pool = [i for i in pool if published[i] >= eval_day]
+    sim_item = {str(i): j for j, i in enumerate(sim.item_ids)}
+    sim_user = {str(u): j for j, u in enumerate(sim.user_ids)}
+    out = []
+    for e, user in enumerate(users):
+        mine = log[(log["user_id"] == user) & (log["day"] < eval_day) & (log["click"] > 0)]
+        before = set(mine.sort_values("day", kind="stable")["item_id"].astype(str)
+                     .to_numpy()[-rd.history.shape[1]:])
+        allowed = [i for i in pool if i not in before]
+        p = dict(zip(allowed, sim.probabilities(sim_user[str(user)], np.array(
+            [sim_item[i] for i in allowed], dtype=np.int64))["click"].tolist()))
+        top = {ids[c] for c in candidates[e, :k] if c >= 0}
+        total = sum(p.values())
+        out.append(sum(p.get(i, 0.0) for i in top) / total if total > 0 else np.nan)
+    return np.array(out)
+
+
+def reordered(sim):
+    """The same user model with its users and its covers listed backwards."""
+    users = ("user_ids", "taste_style", "taste_scene", "taste_coarse", "warmth_pref",
+             "activity", "favourites")
+    items = ("item_ids", "item_style", "item_scene", "mix", "warmth", "popularity",
+             "publish_day")
+    return dataclasses.replace(sim, **{f: getattr(sim, f)[::-1].copy() for f in users + items})
+
+
+def test_expected_click_recall_equals_a_pair_by_pair_computation(setting):
+    """expected_click_recall@K (and its cold form) equal a dictionary computation over the raw
+    log and the user model, whatever order the simulator lists its users and covers in, and
+    the oracle row holds each user's largest possible mass. Planted: the history covers left in
+    the denominator, the users matched by position instead of id, or the cold share divided by
+    every cover's mass, all fail."""
+    dataset, _, rd = setting
+    backwards = dataclasses.replace(dataset, simulator=reordered(dataset.simulator))
+    np.testing.assert_allclose(cr.true_clicks(backwards, rd), rd.truth, rtol=1e-12)
+    g = np.random.default_rng(5)
+    candidates = np.stack([g.permutation(rd.pool)[:20] for _ in range(rd.n_users)])
+    candidates[::5, 12:] = -1
+    candidates = cr.without_history(np.concatenate([candidates, np.full_like(
+        candidates, -1)], 1), rd.history, 20)
+    rows = {r["metric"]: r for r in cr.expected_metrics(rd, candidates, [5, 20])}
+    for prefix, cold in (("", False), ("cold_", True)):
+        for k in (5, 20):
+            want = reference_expected(dataset, rd, candidates, k, cold)
+            row = rows[f"{prefix}expected_click_recall@{k}"]
+            np.testing.assert_allclose(row["evidence"].values, want[~np.isnan(want)],
+                                       rtol=1e-9)
+            assert row["value"] == pytest.approx(np.nanmean(want), rel=1e-9)
+    oracle = cr.oracle_candidates(rd, 20)
+    best = {r["metric"]: r for r in cr.expected_metrics(rd, oracle, [5, 20])}
+    for k in (5, 20):
+        mass = np.sort(rd.truth, axis=1)[:, ::-1][:, :k].sum(1) / rd.truth.sum(1)
+        np.testing.assert_allclose(best[f"expected_click_recall@{k}"]["evidence"].values,
+                                   mass, rtol=1e-9)
+        assert (best[f"expected_click_recall@{k}"]["evidence"].values
+                >= rows[f"expected_click_recall@{k}"]["evidence"].values - 1e-12).all()
+    for e in range(rd.n_users):
+        assert not set(oracle[e]) & set(rd.history[e][rd.history[e] >= 0])
+        assert set(oracle[e][oracle[e] >= 0]) <= set(rd.pool)
+
+
+def test_the_main_score_is_the_expected_recall_with_a_simulator_else_the_logged_one(
+        setting, exported_folder, plugins, tmp_path):
+    """A world with a simulator ranks and checks the ladder on expected_click_recall@100; a
+    user's folder (no simulator) keeps click_recall@100, and its rows have no expected recall
+    (planted: the expected score for every dataset fails on the folder)."""
+    from bench.run.session import declared
+    from bench.tasks import check_task
+
+    dataset, _, _ = setting
+    task = get_task("candidate_recall")
+    check_task(task, "candidate_recall")
+    assert task.main_score_for(dataset) == "expected_click_recall@100"
+    assert declared(task, dataset)["main_score"] == "expected_click_recall@100"
+    folder = plugins.DATASETS["folder"](Cache(tmp_path / "c"), root=str(exported_folder),
+                                        image_size=8, workers=0)
+    assert task.main_score_for(folder) == "click_recall@100" == declared(task, folder)[
+        "main_score"]
+    assert cr.ORACLE not in {r.label for r in task.references([], folder, OPTIONS)}
+    vectors = Embeddings(folder.ids, np.random.default_rng(1).normal(size=(len(folder), 6)))
+    rows = task.evaluate(vectors, folder, TaskContext(seed=0, options={**OPTIONS,
+                                                                        "ks": [3, 100]}))
+    metrics = {r["metric"] for r in rows}
+    assert "click_recall@100" in metrics
+    assert not any("expected" in m for m in metrics)
+    assert get_task("ctr").main_score_for(dataset) == get_task("ctr").main_score
 
 
 def test_a_folder_with_a_log_runs_the_offline_part(exported_folder, plugins, tmp_path):
@@ -222,3 +326,27 @@ def test_the_report_plot_draws_recall_against_k_with_intervals():
     assert len(left.containers) == 3 and len(right.containers) == 2  # errorbar containers
     assert [t.get_text() for t in right.get_legend().get_texts()] == ["pixels",
                                                                       "popularity recall"]
+    expected = pd.DataFrame([{**r, "metric": f"expected_{r['metric']}", "mean": 0.5,
+                              "ci_low": 0.49, "ci_high": 0.51}
+                             for r in rows if r["metric"].startswith("click_recall")])
+    both = pd.concat([stats, expected])
+    assert (curves(both)["mean"] == 0.5).all()  # the main score's family where it exists
+    assert "expected" in recall_figure(both).axes[0].get_ylabel()
+
+
+def test_the_run_records_the_main_score_the_task_names_for_its_dataset(setting, tmp_path):
+    """run.json ``main_scores`` (what the report ranks by and ``bench validate`` checks) takes
+    ``main_score_for(dataset)`` (planted: the class's ``main_score`` fails)."""
+    from types import SimpleNamespace
+
+    from bench.run.schedule import write_verdicts
+
+    dataset, _, _ = setting
+    errors: list = []
+    run = SimpleNamespace(tasks=["candidate_recall", "ctr"], spec=SimpleNamespace(reference=None),
+                          info={}, dir=tmp_path, prepared=SimpleNamespace(cache=None),
+                          dataset=dataset, timings={}, error=lambda *a: errors.append(a))
+    write_verdicts(run)
+    assert errors == []
+    assert run.info["main_scores"] == {"candidate_recall": "expected_click_recall@100",
+                                       "ctr": "ctr_auc"}

@@ -362,7 +362,7 @@ def write_verdicts(run: Run) -> None:
     try:
         references = task_references(run.tasks, run.spec.reference)
         run.info["references"] = references
-        run.info["main_scores"] = {name: registry.find_task(name).main_score
+        run.info["main_scores"] = {name: registry.find_task(name).main_score_for(run.dataset)
                                    for name in references}
         verdicts.compute(run.dir, references,
                          MetricBook(run.info.get("metrics")).lower_is_better,

@@ -85,7 +85,8 @@ class Run:
                                      "plugins": list(spec.plugins),
                                      **{key: old[key] for key in CARRIED_INFO if old.get(key)}}
         self.info["task_info"] = {**self.info.get("task_info", {}),
-                                  **{name: declared(task) for name, task in prepared.tasks}}
+                                  **{name: declared(task, self.dataset)
+                                     for name, task in prepared.tasks}}
         self.environment = environment()  # once: save() runs after every cell
         self.device = run_device(spec.profile)  # what tasks train on (ctx.device)
         # extractors ready for reference rows: (extractor, embeddings or their cache file)
@@ -253,10 +254,11 @@ def protocol_gap(task: Any, extractor: Any) -> str | None:
             f"bench/core/extractor.py); {extractor.name} does not")
 
 
-def declared(task: Any) -> dict[str, Any]:
-    """What run.json records of a task's declaration, for the report (which reads files only)."""
+def declared(task: Any, dataset: Any) -> dict[str, Any]:
+    """What run.json records of a task's declaration, for the report (which reads files only);
+    the main score is the one the task names for this dataset (``main_score_for``)."""
     return {"description": task.description, "stage": task.stage,
-            "main_score": task.main_score, "reference": task.reference}
+            "main_score": task.main_score_for(dataset), "reference": task.reference}
 
 
 def run_device(profile: Profile) -> str:

@@ -12,7 +12,10 @@ Declared (class attributes):
   question it answers: ``recall``, ``ranking``, ``image search``, ``transfer`` or ``other``);
 - ``needs``: what the dataset must have, in words (``skip_reason`` says when it does not);
 - ``metrics``: ``MetricInfo`` entries covering every metric name it emits; ``main_score``: one
-  of them, what the report ranks the extractors by;
+  of them, what the report ranks the extractors by and the ladder check reads (on any dataset;
+  ``main_score_for(dataset)`` may name a better one where the dataset has what it needs, e.g.
+  ``candidate_recall``'s expected click recall with a simulator; the run records the one it
+  used in run.json ``main_scores``);
 - ``variants``: of ``raw``, ``w`` (whitened) and ``ft`` (fine-tuned); ``seeded``: whether its
   rows depend on the seed; ``defaults``: options per profile name;
 - ``reference``: the row every other row is tested against; ``extractor_protocol``: a
@@ -20,7 +23,8 @@ Declared (class attributes):
   ``bench.core.extractor.BackboneExtractor``), or None;
 - ``whitening_labels``: label columns the whitening dimension ``k=auto`` agrees with.
 
-Implemented: ``evaluate(embeddings, dataset, ctx)``; optionally ``population(dataset)`` (the
+Implemented: ``evaluate(embeddings, dataset, ctx)``; optionally ``main_score_for(dataset)``,
+``population(dataset)`` (the
 rows the whitening is fitted on: all rows by default), ``skip_reason(dataset)``, and
 ``references(extractors, dataset, options)`` with ``evaluate_reference(reference, embeddings,
 dataset, ctx)``: rows that belong to no extractor of the run (ctr's ID-only ranker and its
@@ -105,6 +109,11 @@ class Task:
     reference: ClassVar[str] = "random"
     extractor_protocol: ClassVar[type | None] = None
     whitening_labels: ClassVar[tuple[str, ...]] = LABEL_COLUMNS
+
+    def main_score_for(self, dataset: Dataset) -> str:
+        """The main score on ``dataset``: ``main_score``, unless the task has a better score
+        that only some datasets can give (it must be a declared score metric too)."""
+        return self.main_score
 
     def population(self, dataset: Dataset) -> np.ndarray:
         """The rows the whitening of the ``w`` variant is fitted on (its train split)."""
