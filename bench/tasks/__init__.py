@@ -24,11 +24,10 @@ Declared (class attributes):
 - ``whitening_labels``: label columns the whitening dimension ``k=auto`` agrees with.
 
 Implemented: ``evaluate(embeddings, dataset, ctx)``; optionally ``main_score_for(dataset)``,
-``population(dataset)`` (the
-rows the whitening is fitted on: all rows by default), ``skip_reason(dataset)``, and
-``references(extractors, dataset, options)`` with ``evaluate_reference(reference, embeddings,
-dataset, ctx)``: rows that belong to no extractor of the run (ctr's ID-only ranker and its
-ablations, fine-tuning's scratch backbones). The runner asks for those once, after every
+``population(dataset)`` (the rows the whitening is fitted on: all rows by default),
+``skip_reason(dataset)``, and ``references(extractors, dataset, options)`` with
+``evaluate_reference(reference, embeddings, dataset, ctx)``: rows that belong to no extractor
+of the run (ctr's ID-only ranker and its ablations, fine-tuning's scratch backbones). The runner asks for those once, after every
 extractor's own cells, with the run's extractors in reference order (the profile's list, then
 by name), and evaluates each once per variant and seed under its declared ``label``.
 
