@@ -350,3 +350,34 @@ def test_the_run_records_the_main_score_the_task_names_for_its_dataset(setting, 
     assert errors == []
     assert run.info["main_scores"] == {"candidate_recall": "expected_click_recall@100",
                                        "ctr": "ctr_auc"}
+
+
+def test_the_whitened_variant_trains_its_own_towers_and_only_full_schedules_it(
+        setting, tmp_path, monkeypatch):
+    """``w`` is a variant of the task (its own two-tower model and i2i lists on the whitened
+    vectors); the default and quick profiles run raw only, ``full`` both (planted: the task
+    without ``w``, or the default profile scheduling it, fails)."""
+    from bench.core.config import get_profile
+    from bench.vectors import variants
+
+    task = get_task("candidate_recall")
+    assert variants.scheduled(task, task.options(get_profile("default"))) == ("raw",)
+    assert variants.scheduled(task, task.options(get_profile("quick"))) == ("raw",)
+    assert variants.scheduled(task, task.options(get_profile("full"))) == ("raw", "w")
+    dataset, vectors, _ = setting
+    by_variant, fitted = variants.for_task(vectors, dataset, task, {"k": "full"},
+                                           wanted=("raw", "w"))
+    assert fitted is not None and set(by_variant) == {"raw", "w"}
+    ctx = TaskContext(seed=0, options=OPTIONS, cache=Cache(tmp_path))
+    trained = []
+    real = cr.train_two_tower
+    monkeypatch.setattr(cr, "train_two_tower",
+                        lambda *a: trained.append(a[1] is not None) or real(*a))
+    raw = {r["metric"]: r["value"] for r in task.evaluate(by_variant["raw"], dataset, ctx)}
+    whitened = {r["metric"]: r["value"] for r in task.evaluate(by_variant["w"], dataset, ctx)}
+    assert sum(trained) == 2  # one image model per variant (besides the funnel's IDs-only one)
+    assert raw.keys() == whitened.keys() and raw != whitened
+    i2i = next(r for r in task.references([("pixels", None)], dataset, OPTIONS)
+               if r.label == "pixels [i2i]")
+    assert "w" in i2i.variants
+    assert task.evaluate_reference(i2i, by_variant["w"], dataset, ctx)
