@@ -15,6 +15,7 @@ from bench.core.cache import Cache
 from bench.embed.embeddings import Embeddings
 from bench.tasks import TaskContext, get_task
 from bench.tasks import candidate_recall as cr
+from bench.tasks import ctr as ctr_task
 from tests.test_online import mini_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,9 +82,9 @@ def test_two_tower_served_through_faiss_equals_exact_inner_products(setting):
     dataset, vectors, rd = setting
     model = cr.cached_two_tower(rd.data, vectors.take(rd.data.item_rows), dataset, OPTIONS, 0,
                                 None)
-    users, items = cr.tower_vectors(model, rd)
+    users, items = cr.tower_vectors(model, rd.user_vocab, rd.history)
     k = 20
-    served = cr.two_tower_candidates(rd, users, items, k)
+    served = cr.two_tower_candidates(rd.pool, rd.history, users, items, k)
     exact = users.astype(np.float64) @ items[rd.pool].astype(np.float64).T
     for e in range(rd.n_users):
         allowed = ~np.isin(rd.pool, rd.history[e])
@@ -381,3 +382,27 @@ def test_the_whitened_variant_trains_its_own_towers_and_only_full_schedules_it(
                if r.label == "pixels [i2i]")
     assert "w" in i2i.variants
     assert task.evaluate_reference(i2i, by_variant["w"], dataset, ctx)
+
+
+def test_expected_recall_matches_users_by_id_when_the_ids_are_numbers(setting):
+    """A log and a simulator whose user ids are integers (text order 10 < 9, not numeric)
+    give every user the same true-click row as the text ids (planted: the log's ids sorted as
+    numbers, not as the ctr task's text codes, matches users to the wrong rows and fails)."""
+    dataset, _, rd = setting
+    ids = np.sort(np.asarray(dataset.simulator.user_ids).astype(str))
+    number = {u: 9 + i for i, u in enumerate(np.random.default_rng(1).permutation(ids))}
+    logs = {**dataset.logs, "impressions": dataset.logs["impressions"].assign(
+        user_id=lambda f: f["user_id"].astype(str).map(number))}
+    sim = dataclasses.replace(dataset.simulator, user_ids=np.array(
+        [number[u] for u in np.asarray(dataset.simulator.user_ids).astype(str)]))
+    numeric = dataclasses.replace(dataset, logs=logs, simulator=sim,
+                                  fingerprint=dataset.fingerprint + "-numeric-ids")
+    other = cr.recall_data(ctr_task.load(numeric, OPTIONS), numeric.table)
+    truth = cr.true_clicks(numeric, other)
+    of_code = np.unique(logs["impressions"]["user_id"].astype(str).to_numpy())
+    back = {str(v): u for u, v in number.items()}
+    text_codes = np.unique(dataset.logs["impressions"]["user_id"].astype(str).to_numpy())
+    row_of = {u: e for e, u in enumerate(text_codes[rd.user_code])}
+    assert other.n_users == rd.n_users
+    for e, code in enumerate(other.user_code):
+        np.testing.assert_allclose(truth[e], rd.truth[row_of[back[of_code[code]]]], rtol=1e-12)

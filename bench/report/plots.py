@@ -592,9 +592,11 @@ def recall_curves(ctx: PlotContext) -> Figure:
 
 TASK_PLOTS["candidate_recall"] = (
     "recall_curves", "Recall@K against K",
-    "Each recall model's Recall@K of the evaluation day's clicks for K = 50, 100, 200, with 95% "
-    "intervals over users: the extractors' Pre-Rank two-tower rows (left) and their i2i rows "
-    "(right), popularity and random dashed in both (docs/recall.md).", recall_curves)
+    "Each recall model's Recall@K for K = 50, 100, 200, with 95% intervals over users: the "
+    "expected click recall (true click probabilities) on a world with a simulator, else the "
+    "recall of the evaluation day's clicks. The extractors' Pre-Rank two-tower rows (left) and "
+    "their i2i rows (right); popularity, random and (with a simulator) the oracle dashed in "
+    "both (docs/recall.md).", recall_curves)
 
 
 def default_plots(ctx: PlotContext) -> list[tuple[str, str, str, Callable[[PlotContext], Figure]]]:

@@ -10,7 +10,10 @@ on the covers it clicked that day:
 - ``click_recall@K``: the share of them that is; both averaged over users, with intervals over
   users, and ``cold_*`` the same on the clicks of covers first published that day;
 - ``prerank_auc`` and ``prerank_gauc`` (and ``cold_*``): the two-tower model's inner product as
-  a score of the evaluation day's impressions, as the DICM paper scores its Pre-Rank model.
+  a score of the evaluation day's impressions, as the DICM paper scores its Pre-Rank model;
+- with a simulator (homestead), ``expected_click_recall@K`` (and ``cold_*``): the share of the
+  user's true click probability mass that its K candidates hold, no click drawn; it is then the
+  main score (``main_score_for``), and the funnel's online rows are added (below).
 
 Targets and candidates leave out the covers the user clicked before the evaluation day (no recall
 model re-recommends them, so none is credited with them). A user with no click before that day
@@ -27,7 +30,10 @@ Rows (docs/recall.md):
 - references: ``<extractor> [i2i]`` (each extractor's item-to-item recall: FAISS cosine
   neighbours of the user's last clicks, merged by the largest similarity), ``none (ids only)``
   (the two-tower model without images: what every row is tested against), ``popularity recall``
-  (the most clicked covers of the last training day) and ``random recall``.
+  (the most clicked covers of the last training day), ``random recall`` and, with a
+  simulator, ``oracle recall (true clicks)`` (the ceiling).
+
+Both rows exist per variant (``raw``, ``w``); the default and quick profiles run ``raw`` only.
 """
 
 from __future__ import annotations
@@ -201,33 +207,34 @@ def true_clicks(dataset: Dataset, rd: RecallData) -> np.ndarray | None:
     user model, ``simulator.probabilities``: the noise integrated out, no draw); 0 outside the
     pool and on the user's history covers, the exclusions of the targets. None without a
     simulator (a folder's log)."""
+    from bench.tasks import online
+
     sim = dataset.simulator
     if sim is None:
         return None
-    item_rows = rd.data.item_rows
-    rows = dataset.positions(sim.item_ids)
-    found = np.clip(np.searchsorted(item_rows, rows), 0, len(item_rows) - 1)
-    known = item_rows[found] == rows
-    sim_of_item = np.full(len(item_rows), -1, dtype=np.int64)
-    sim_of_item[found[known]] = np.flatnonzero(known)
-    log_users = np.unique(dataset.logs["impressions"]["user_id"].to_numpy())  # ctr's codes
-    sim_user = pd.Index(np.asarray(sim.user_ids).astype(str)).get_indexer(
-        log_users[rd.user_code].astype(str))
+    n_items = len(rd.data.item_rows)
+    item_index, user_code = online.simulator_items(dataset, rd.data), online.simulator_users(dataset)
+    sim_of_item = np.full(n_items, -1, dtype=np.int64)
+    sim_of_item[item_index[item_index >= 0]] = np.flatnonzero(item_index >= 0)
+    sim_of_code = np.full(int(rd.data.groups.max()) + 1, -1, dtype=np.int64)
+    sim_of_code[user_code[user_code >= 0]] = np.flatnonzero(user_code >= 0)
+    sim_user = sim_of_code[rd.user_code]
     if (sim_user < 0).any():
-        raise ValueError(f"dataset {dataset.name!r}: {int((sim_user < 0).sum())} evaluated users "
-                         f"of the log are not users of its simulator, e.g. "
-                         f"{log_users[rd.user_code][sim_user < 0][0]!r}")
+        missing = np.unique(dataset.logs["impressions"]["user_id"].astype(str).to_numpy())[
+            rd.user_code[sim_user < 0]]
+        raise ValueError(f"dataset {dataset.name!r}: {len(missing)} evaluated users of the log "
+                         f"are not users of its simulator, e.g. {missing[0]!r}")
     items = rd.pool[sim_of_item[rd.pool] >= 0]
     eligible = np.sort(sim_of_item[items])  # the funnel's pool: one grid serves both
     grid = click_grid(sim, eligible)
-    out = np.zeros((rd.n_users, len(item_rows)))
+    out = np.zeros((rd.n_users, n_items))
     out[:, items] = grid[sim_user][:, np.searchsorted(eligible, sim_of_item[items])]
     user, slot = np.nonzero(rd.history >= 0)
     out[user, rd.history[user, slot]] = 0.0
     return out
 
 
-_GRID: dict[str, Any] = {}
+_CLICK_GRID: dict[str, Any] = {}
 
 
 def click_grid(sim: Any, items: np.ndarray) -> np.ndarray:
@@ -235,14 +242,14 @@ def click_grid(sim: Any, items: np.ndarray) -> np.ndarray:
     computed once per process: the expected recall and the funnel's global oracle read the same
     grid (600 users x 2,400 covers x 24 quadrature nodes, about 0.8 s on the default world)."""
     key = fingerprint(id(sim), array_digest(np.asarray(items, dtype=np.int64)))
-    if _GRID.get("key") != key:
+    if _CLICK_GRID.get("key") != key:
         out = np.empty((len(sim.user_ids), len(items)))
         for start in range(0, len(out), 64):  # [64, covers, nodes] at a time
             users = np.arange(start, min(start + 64, len(out)))
             out[users] = sim.probabilities(users[:, None], items[None, :])["click"]
-        _GRID.clear()
-        _GRID.update(key=key, value=out, sim=sim)  # holding sim keeps its id from reuse
-    return _GRID["value"]
+        _CLICK_GRID.clear()
+        _CLICK_GRID.update(key=key, value=out, sim=sim)  # holding sim keeps its id from reuse
+    return _CLICK_GRID["value"]
 
 
 def expected_metrics(rd: RecallData, candidates: np.ndarray, ks: list[int]
@@ -434,23 +441,24 @@ def cached_two_tower(data: ctr_data.CtrData, vectors: np.ndarray | None, dataset
 
 
 @torch.inference_mode()
-def tower_vectors(model: TwoTower, rd: RecallData) -> tuple[np.ndarray, np.ndarray]:
-    """(user vectors [E, d + 1] of the evaluated users, item vectors [n_items, d + 1])."""
+def tower_vectors(model: TwoTower, user_vocab: np.ndarray, history: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(user vectors [U, d + 1] of these users (ID-embedding index, history), item vectors
+    [n_items, d + 1] of every cover)."""
     with torch_threads(1):
-        users = model.users(torch.from_numpy(rd.user_vocab),
-                            torch.from_numpy(rd.history)).numpy()
-        items = model.items(torch.arange(len(rd.data.item_rows))).numpy()
+        users = model.users(torch.from_numpy(user_vocab), torch.from_numpy(history)).numpy()
+        items = model.items(torch.arange(len(model.item_vocab))).numpy()
     return users.astype(np.float32), items.astype(np.float32)
 
 
-def two_tower_candidates(rd: RecallData, users: np.ndarray, items: np.ndarray, k: int
-                         ) -> np.ndarray:
-    """The top ``k`` pool covers of each user by inner product, served through a FAISS
-    inner-product index over the pool's item vectors, the user's earlier clicks left out."""
-    index = faiss_index.build_index(items[rd.pool], metric="ip")
-    n = min(k + rd.history.shape[1], len(rd.pool))
+def two_tower_candidates(pool: np.ndarray, history: np.ndarray, users: np.ndarray,
+                         items: np.ndarray, k: int) -> np.ndarray:
+    """The top ``k`` ``pool`` covers of each user by inner product, served through a FAISS
+    inner-product index over the pool's item vectors, the user's ``history`` left out."""
+    index = faiss_index.build_index(items[pool], metric="ip")
+    n = min(k + history.shape[1], len(pool))
     _, found = faiss_index.search(index, users, n)
-    return without_history(rd.pool[found], rd.history, k)
+    return without_history(pool[found], history, k)
 
 
 @torch.inference_mode()
@@ -530,9 +538,9 @@ class CandidateRecall(Task):
         rd = prepared(dataset, options)
         vectors = None if embeddings is None else embeddings.take(rd.data.item_rows)
         model = cached_two_tower(rd.data, vectors, dataset, options, ctx.seed, ctx.cache)
-        users, items = tower_vectors(model, rd)
+        users, items = tower_vectors(model, rd.user_vocab, rd.history)
         ks = sorted(int(k) for k in options["ks"])
-        candidates = two_tower_candidates(rd, users, items, max(ks))
+        candidates = two_tower_candidates(rd.pool, rd.history, users, items, max(ks))
         out = recall_metrics(rd, candidates, ks) + expected_metrics(rd, candidates, ks) + \
             prerank_rows(model, rd)
         if dataset.simulator is not None and options.get("funnel", True):
@@ -609,10 +617,9 @@ def make_candidate_recall() -> CandidateRecall:
 # --- the funnel: recall K, rank with the ctr task's DICM model, show S slots (docs/recall.md)
 
 FUNNEL_SEED = 20240612  # the funnel's draws: fixed, shared by every arm and seed
-_FUNNEL: dict[str, Any] = {}
-
-
 GRID_LIMIT = 4_000_000  # users x covers up to which the draws are kept in memory (4 x 8 bytes each)
+_FUNNEL: dict[str, Any] = {}
+_DRAWS: dict[tuple, list[np.ndarray]] = {}  # funnel_draws' per-chunk draws, kept for the next arm
 
 
 def funnel_draws(simulator: Any, candidates: np.ndarray, seed: int = FUNNEL_SEED
@@ -628,22 +635,20 @@ def funnel_draws(simulator: Any, candidates: np.ndarray, seed: int = FUNNEL_SEED
     for start in range(0, len(candidates), 256):
         rows = slice(start, start + 256)
         key = ("grid", id(simulator), seed, start, n_items, simulator.noise_sd)
-        grid = _GRIDS.get(key)
+        grid = _DRAWS.get(key)
         if grid is None:
             g = np.random.default_rng([seed, start])
             size = (len(candidates[rows]), n_items)
             grid = [g.normal(0, simulator.noise_sd, size), g.random(size), g.random(size),
                     g.random(size)]
             if keep:
-                _GRIDS[key] = grid
+                _DRAWS[key] = grid
         noise[rows] = np.take_along_axis(grid[0], candidates[rows], 1)
         for u, drawn in zip(uniforms, grid[1:]):
             u[rows] = np.take_along_axis(drawn, candidates[rows], 1)
     users = np.arange(len(candidates))
     return simulator.score(users[:, None], candidates) + noise, tuple(uniforms)
 
-
-_GRIDS: dict[tuple, list[np.ndarray]] = {}
 
 
 def funnel_world(serving: Any, candidates: np.ndarray) -> Any:
@@ -697,15 +702,16 @@ class Funnel:
         top = -np.sort(-click_grid(sim, eligible), axis=1)[:, :slots]
         return top @ curve
 
-    def recalled(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """[U, K] simulator positions of each user's K two-tower candidates."""
+    def served(self, model: TwoTower, embeddings: Embeddings | None, feature_set: str,
+               ctx: TaskContext) -> tuple[Any, np.ndarray | None]:
+        """One arm's funnel day: each simulator user's K covers recalled by ``model`` (its
+        FAISS top K over the pool) and the ctr task's DICM scores of them (``feature_set``)."""
         s = self.serving
-        history = s.history
-        rd = RecallData(s.data, s.item_index[self.pool_sim], np.zeros(0, dtype=bool),
-                        np.zeros(len(users)), self.user_vocab, history, np.zeros(0, np.int64),
-                        np.zeros(0, np.int64), np.zeros(0, np.int64))
-        found = two_tower_candidates(rd, users, items, self.k)
-        return self.sim_of_item[found]
+        users, items = tower_vectors(model, self.user_vocab, s.history)
+        found = two_tower_candidates(s.item_index[self.pool_sim], s.history, users, items,
+                                     self.k)
+        world = funnel_world(s, self.sim_of_item[found])
+        return world, self.ranking(world, embeddings, feature_set, ctx)
 
     def rows(self, model: TwoTower, embeddings: Embeddings | None, feature_set: str,
              ctx: TaskContext) -> list[dict[str, Any]]:
@@ -713,12 +719,7 @@ class Funnel:
         ctr task's DICM model of ``feature_set``), against the ID-only funnel."""
         from bench.tasks import online
 
-        with torch.inference_mode(), torch_threads(1):
-            user_vectors = model.users(torch.from_numpy(self.user_vocab),
-                                       torch.from_numpy(self.serving.history)).numpy()
-            item_vectors = model.items(torch.arange(len(self.serving.data.item_rows))).numpy()
-        world = funnel_world(self.serving, self.recalled(user_vectors, item_vectors))
-        scores = self.ranking(world, embeddings, feature_set, ctx)
+        world, scores = self.served(model, embeddings, feature_set, ctx)
         if scores is None:
             return []
         totals = online.serve(world, scores)
@@ -751,13 +752,7 @@ class Funnel:
             options = {**_COMMON, **ctx.options}
             model = cached_two_tower(self.serving.data, None, self.serving.dataset, options,
                                      ctx.seed, ctx.cache)
-            with torch.inference_mode(), torch_threads(1):
-                u = model.users(torch.from_numpy(self.user_vocab),
-                                torch.from_numpy(self.serving.history)).numpy()
-                v = model.items(torch.arange(len(self.serving.data.item_rows))).numpy()
-            world = funnel_world(self.serving, self.recalled(u, v))
-            scores = self.ranking(world, None, "none", ctx)
-            _FUNNEL[key] = online.serve(world, scores)
+            _FUNNEL[key] = online.serve(*self.served(model, None, "none", ctx))
         return _FUNNEL[key]
 
 
@@ -774,7 +769,7 @@ def funnel_of(dataset: Dataset, ctx: TaskContext, options: dict[str, Any]) -> Fu
                       options["history_length"], ctx.profile.name if ctx.profile else None)
     if _FUNNEL.get("key") != key:
         _FUNNEL.clear()
-        _GRIDS.clear()
+        _DRAWS.clear()
         _FUNNEL["key"] = key
         _FUNNEL["value"] = Funnel(dataset, ctx, options)
     return _FUNNEL["value"]

@@ -319,18 +319,12 @@ class Serving:
               ctr_options: dict[str, Any]) -> Serving:
         sim = dataset.simulator
         data = ctr_task.load(dataset, ctr_options)
-        item_rows = dataset.positions(sim.item_ids)
-        found = np.searchsorted(data.item_rows, item_rows)
-        found = np.clip(found, 0, len(data.item_rows) - 1)
-        item_index = np.where(data.item_rows[found] == item_rows, found, -1)
+        item_index = simulator_items(dataset, data)
         eligible = np.flatnonzero((item_index >= 0) & (sim.publish_day <= data.eval_day))
         world = online_world(sim, eligible, data.eval_day, int(options["days"]),
                              int(options["candidates"]), int(options["slots"]))
-        log_users = np.unique(dataset.logs["impressions"]["user_id"].astype(str).to_numpy())
-        code = np.clip(np.searchsorted(log_users, sim.user_ids), 0, len(log_users) - 1)
-        known = log_users[code] == sim.user_ids
-        user_code = np.where(known, code, -1)
-        history = final_histories(data, code, known)
+        user_code = simulator_users(dataset)
+        history = final_histories(data, np.maximum(user_code, 0), user_code >= 0)
         return cls(world, data, ctr_options, dataset, item_index, user_code, history, {})
 
     def model_scores(self, embeddings: Embeddings | None, feature_set: str,
@@ -378,6 +372,24 @@ class Serving:
 
 
 _SERVING: dict[str, Any] = {}
+
+
+def simulator_items(dataset: Dataset, data: ctr_data.CtrData) -> np.ndarray:
+    """[I] each simulator cover's ctr item index (``data.item_rows`` position; -1: not in the
+    log): the one map between the user model's covers and the ctr task's, shared by the online
+    task and candidate_recall's expected recall."""
+    item_rows = dataset.positions(dataset.simulator.item_ids)
+    found = np.clip(np.searchsorted(data.item_rows, item_rows), 0, len(data.item_rows) - 1)
+    return np.where(data.item_rows[found] == item_rows, found, -1)
+
+
+def simulator_users(dataset: Dataset) -> np.ndarray:
+    """[U] each simulator user's code in the log (the ctr task's ``groups``: the rank of its id
+    among the log's ids as text; -1: not in the log)."""
+    log_users = np.unique(dataset.logs["impressions"]["user_id"].astype(str).to_numpy())
+    ids = np.asarray(dataset.simulator.user_ids).astype(str)
+    code = np.clip(np.searchsorted(log_users, ids), 0, len(log_users) - 1)
+    return np.where(log_users[code] == ids, code, -1)
 
 
 def final_histories(data: ctr_data.CtrData, code: np.ndarray, known: np.ndarray) -> np.ndarray:
